@@ -1,0 +1,1 @@
+"""Credit and usage metering gateway: atomic Redis debits, PostgreSQL as the source of truth."""

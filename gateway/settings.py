@@ -1,0 +1,53 @@
+"""Settings, read from the environment when the app is built (never at import time)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import msgspec
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/metering"
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    redis_url: str = DEFAULT_REDIS_URL
+    database_url: str = DEFAULT_DATABASE_URL
+    admin_key: str | None = None
+    flush_interval: float = 1.0  # seconds; 0 disables the background flusher
+    flush_batch: int = 5000  # events per shard per Postgres transaction
+    tiers_file: str | None = None
+    key_prefix: str = "m"
+    shards: int = 16
+    idempotency_ttl: int = 7 * 24 * 3600  # seconds a request_id is remembered in Redis
+    redis_timeout: float = 2.0  # seconds, socket and connect timeout
+    auth_cache_ttl: float = 5.0  # seconds an API key lookup is cached per process
+    max_body_bytes: int = 64 * 1024
+
+
+_ENV = {
+    "redis_url": "METERING_REDIS_URL",
+    "database_url": "METERING_DATABASE_URL",
+    "admin_key": "METERING_ADMIN_KEY",
+    "flush_interval": "METERING_FLUSH_INTERVAL",
+    "flush_batch": "METERING_FLUSH_BATCH",
+    "tiers_file": "METERING_TIERS_FILE",
+    "key_prefix": "METERING_KEY_PREFIX",
+    "shards": "METERING_SHARDS",
+    "idempotency_ttl": "METERING_IDEMPOTENCY_TTL",
+    "redis_timeout": "METERING_REDIS_TIMEOUT",
+    "auth_cache_ttl": "METERING_AUTH_CACHE_TTL",
+    "max_body_bytes": "METERING_MAX_BODY_BYTES",
+}
+
+
+def settings_from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Build Settings from METERING_* variables; explicit overrides win."""
+    env = os.environ if env is None else env
+    raw: dict[str, object] = {f: env[v] for f, v in _ENV.items() if env.get(v, "") != ""}
+    raw.update(overrides)
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SystemExit(f"invalid configuration: {exc}") from None

@@ -1,0 +1,74 @@
+"""Tiers and their monthly allocations, read from a TOML file."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from decimal import Decimal
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from gateway.money import AmountError, parse_amount
+
+DEFAULT_TIERS_FILE = "tiers.default.toml"
+
+
+class TierConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    name: str
+    allocation: int  # micro-credits
+    monthly_cap: int | None  # micro-credits, None when uncapped
+
+
+@dataclass(frozen=True, slots=True)
+class TierTable:
+    tiers: dict[str, Tier]
+    default: str
+
+    def get(self, name: str) -> Tier | None:
+        return self.tiers.get(name)
+
+    @property
+    def default_tier(self) -> Tier:
+        return self.tiers[self.default]
+
+
+def _micro(value: Any, where: str, *, allow_zero: bool) -> int:
+    if isinstance(value, float):
+        raise TierConfigError(f"{where} must be a decimal string, not a float")
+    if allow_zero and Decimal(str(value)) == 0:
+        return 0
+    try:
+        return parse_amount(str(value), field=where)
+    except AmountError as exc:
+        raise TierConfigError(str(exc)) from None
+
+
+def parse_tiers(text: str) -> TierTable:
+    data = tomllib.loads(text)
+    raw = data.get("tiers")
+    if not isinstance(raw, dict) or not raw:
+        raise TierConfigError("the tiers file needs a [tiers.NAME] table per tier")
+    tiers: dict[str, Tier] = {}
+    for name, spec in raw.items():
+        if not (1 <= len(name) <= 50):
+            raise TierConfigError(f"tier name {name!r} must be 1 to 50 characters")
+        alloc = _micro(spec.get("allocation", "0"), f"tiers.{name}.allocation", allow_zero=True)
+        cap_raw = spec.get("monthly_cap")
+        cap = None if cap_raw is None else _micro(cap_raw, f"tiers.{name}.monthly_cap", allow_zero=True)
+        tiers[name] = Tier(name=name, allocation=alloc, monthly_cap=cap)
+    default = data.get("default_tier", "trial")
+    if default not in tiers:
+        raise TierConfigError(f"default_tier {default!r} is not one of the tiers")
+    return TierTable(tiers=tiers, default=default)
+
+
+def load_tiers(path: str | None) -> TierTable:
+    if path:
+        return parse_tiers(Path(path).read_text())
+    return parse_tiers(resources.files("gateway").joinpath(DEFAULT_TIERS_FILE).read_text())

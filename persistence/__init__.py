@@ -1,0 +1,1 @@
+"""PostgreSQL persistence: migrations, every SQL statement, and the functions that run them."""

@@ -1,0 +1,94 @@
+"""Apply a batch of Redis ledger events to PostgreSQL in one transaction, idempotently."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import asyncpg
+
+from persistence import queries
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One ledger event as the Lua scripts write it to a shard stream (amounts in micro-credits)."""
+
+    txn: str
+    type: str
+    user_id: str
+    request_id: str
+    amount: int
+    balance_after: int
+    version: int
+    ts_ms: int
+    model: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    metadata: str | None = None
+    tier: str | None = None
+    allocation: int | None = None
+    cap: int | None = None
+
+
+def _dec(micro: int | None) -> Decimal | None:
+    return None if micro is None else Decimal(micro).scaleb(-6)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    inserted: int  # ledger rows newly written (replayed events are not counted)
+    users: int  # user rows whose balance moved forward
+
+
+async def apply_events(conn: asyncpg.Connection, events: list[Event]) -> BatchResult:
+    """Write events to the ledger and move each user's row to its newest state.
+
+    Run inside a transaction. Replaying events already applied changes nothing: ledger rows are
+    keyed by transaction id, and a user's row only moves to a higher Redis version.
+    """
+    ledger = await conn.fetch(
+        queries.LEDGER_INSERT_BATCH,
+        [e.txn for e in events],
+        [e.user_id for e in events],
+        [e.type for e in events],
+        [_dec(e.amount) for e in events],
+        [_dec(e.balance_after) for e in events],
+        [e.request_id for e in events],
+        [e.model for e in events],
+        [e.input_tokens for e in events],
+        [e.output_tokens for e in events],
+        [e.metadata for e in events],
+        [e.version for e in events],
+        [datetime.fromtimestamp(e.ts_ms / 1000, UTC) for e in events],
+    )
+    latest: dict[str, Event] = {}
+    tiers: dict[str, Event] = {}
+    for e in events:  # stream order is mutation order
+        if e.user_id not in latest or latest[e.user_id].version < e.version:
+            latest[e.user_id] = e
+        if e.tier is not None and (e.user_id not in tiers or tiers[e.user_id].version < e.version):
+            tiers[e.user_id] = e
+    users = list(latest)
+    status = await conn.execute(
+        queries.USERS_APPLY_BATCH,
+        users,
+        [_dec(latest[u].balance_after) for u in users],
+        [latest[u].version for u in users],
+        [tiers[u].tier if u in tiers else None for u in users],
+        [_dec(tiers[u].allocation) if u in tiers else None for u in users],
+        [_dec(tiers[u].cap) if u in tiers else None for u in users],
+    )
+    return BatchResult(inserted=len(ledger), users=int(status.split()[-1]))
+
+
+async def try_flush_lock(conn: asyncpg.Connection, stream: str) -> bool:
+    """Take the per-stream flush lock for the current transaction, without waiting."""
+    return bool(await conn.fetchval(queries.FLUSH_LOCK, stream))
+
+
+async def ledger_sum(conn: asyncpg.Connection | asyncpg.Pool, user_id: str) -> tuple[Decimal, int]:
+    rec = await conn.fetchrow(queries.LEDGER_SUM, user_id)
+    assert rec is not None
+    return rec["total"], rec["n"]

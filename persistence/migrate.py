@@ -1,0 +1,40 @@
+"""Apply the numbered SQL files in persistence/migrations once each, in order."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import asyncpg
+
+from persistence import queries
+
+
+def migration_files() -> list[tuple[str, str]]:
+    folder = resources.files("persistence").joinpath("migrations")
+    names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".sql"))
+    return [(name.removesuffix(".sql"), folder.joinpath(name).read_text()) for name in names]
+
+
+async def migrate(conn: asyncpg.Connection) -> list[str]:
+    """Apply pending migrations; safe when several processes start at once. Returns applied."""
+    applied: list[str] = []
+    async with conn.transaction():
+        await conn.execute(queries.MIGRATIONS_LOCK)
+        await conn.execute(queries.MIGRATIONS_TABLE)
+        done = {r["version"] for r in await conn.fetch(queries.MIGRATIONS_APPLIED)}
+        for version, sql in migration_files():
+            if version in done:
+                continue
+            await conn.execute(sql)
+            await conn.execute(queries.MIGRATION_RECORD, version)
+            applied.append(version)
+    return applied
+
+
+async def pending(conn: asyncpg.Connection) -> list[str]:
+    """Migrations not applied yet (all of them when the table is missing)."""
+    try:
+        done = {r["version"] for r in await conn.fetch(queries.MIGRATIONS_APPLIED)}
+    except asyncpg.UndefinedTableError:
+        done = set()
+    return [v for v, _ in migration_files() if v not in done]

@@ -1,0 +1,110 @@
+"""Every SQL statement the code runs. Nothing else in the code base holds SQL.
+
+The test suite prepares each statement in ``ALL`` on a database migrated from scratch, so a
+column that does not exist, a wrong type or a column/value count mismatch fails CI.
+All statements are parameterized; no value is ever formatted into SQL text.
+"""
+
+from __future__ import annotations
+
+USER_COLUMNS = (
+    "user_id, credits_remaining, credits_allocated, tier, monthly_cap, last_reset, "
+    "created_at, updated_at, redis_version"
+)
+
+# $1 user_id, $2 allocation, $3 tier, $4 monthly_cap, $5 last_reset (start of the current period).
+# Creates the user with the tier's allocation and its 'allocation' ledger entry, or returns the
+# existing row untouched. ``created`` tells which.
+USER_CREATE = f"""
+WITH ins AS (
+    INSERT INTO user_credits (user_id, credits_remaining, credits_allocated, tier, monthly_cap,
+                              last_reset)
+    VALUES ($1, $2, $2, $3, $4, $5)
+    ON CONFLICT (user_id) DO NOTHING
+    RETURNING {USER_COLUMNS}
+), ledger AS (
+    INSERT INTO credit_transactions (id, user_id, transaction_type, amount, balance_after,
+                                     request_id, redis_version, created_at)
+    SELECT gen_random_uuid(), user_id, 'allocation', credits_remaining, credits_remaining,
+           'sys:create', 0, created_at
+    FROM ins
+)
+SELECT {USER_COLUMNS}, true AS created FROM ins
+UNION ALL
+SELECT {USER_COLUMNS}, false AS created FROM user_credits WHERE user_id = $1
+LIMIT 1
+"""
+
+USER_GET = f"SELECT {USER_COLUMNS} FROM user_credits WHERE user_id = $1"
+
+# One statement per flush batch: every event of the batch, at most once (the primary key is the
+# event's transaction id; (user_id, request_id) is unique too).
+LEDGER_INSERT_BATCH = """
+INSERT INTO credit_transactions (id, user_id, transaction_type, amount, balance_after, request_id,
+                                 model, input_tokens, output_tokens, metadata, redis_version,
+                                 created_at)
+SELECT * FROM unnest($1::uuid[], $2::varchar[], $3::varchar[], $4::numeric[], $5::numeric[],
+                     $6::varchar[], $7::varchar[], $8::bigint[], $9::bigint[], $10::jsonb[],
+                     $11::bigint[], $12::timestamptz[])
+ON CONFLICT DO NOTHING
+RETURNING id
+"""
+
+# Each user's newest state in the batch; the version guard makes replays and stale batches no-ops.
+# tier/alloc/cap are NULL for users whose batch holds no tier change.
+USERS_APPLY_BATCH = """
+UPDATE user_credits AS u
+SET credits_remaining = s.bal,
+    redis_version = s.ver,
+    tier = COALESCE(s.tier, u.tier),
+    credits_allocated = COALESCE(s.alloc, u.credits_allocated),
+    monthly_cap = CASE WHEN s.tier IS NULL THEN u.monthly_cap ELSE s.cap END,
+    updated_at = now()
+FROM unnest($1::varchar[], $2::numeric[], $3::bigint[], $4::varchar[], $5::numeric[],
+            $6::numeric[]) AS s(user_id, bal, ver, tier, alloc, cap)
+WHERE u.user_id = s.user_id AND u.redis_version < s.ver
+"""
+
+# Serializes flushers per stream (other gateway processes skip the shard while one holds it).
+FLUSH_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext($1))"
+
+LEDGER_SUM = """
+SELECT COALESCE(sum(amount), 0) AS total, count(*) AS n
+FROM credit_transactions WHERE user_id = $1
+"""
+
+API_KEY_INSERT = """
+INSERT INTO api_keys (name, key_hash, scopes) VALUES ($1, $2, $3)
+ON CONFLICT (name) DO NOTHING
+RETURNING name, scopes, created_at
+"""
+
+API_KEY_BY_HASH = """
+SELECT name, scopes FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL
+"""
+
+API_KEY_LIST = "SELECT name, scopes, created_at, revoked_at FROM api_keys ORDER BY created_at"
+
+API_KEY_REVOKE = """
+UPDATE api_keys SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL RETURNING name
+"""
+
+MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    text PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+MIGRATIONS_LOCK = "SELECT pg_advisory_xact_lock(hashtext('metering:migrations'))"
+MIGRATIONS_APPLIED = "SELECT version FROM schema_migrations ORDER BY version"
+MIGRATION_RECORD = "INSERT INTO schema_migrations (version) VALUES ($1)"
+
+DATABASE_EXISTS = "SELECT 1 FROM pg_database WHERE datname = $1"
+
+PING = "SELECT 1"
+
+ALL: dict[str, str] = {
+    name: value
+    for name, value in dict(globals()).items()
+    if name.isupper() and isinstance(value, str) and name != "USER_COLUMNS"
+}

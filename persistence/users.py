@@ -1,0 +1,67 @@
+"""user_credits rows: create (or fetch) and read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+import asyncpg
+
+from persistence import queries
+
+
+class UserCreditsError(ValueError):
+    """A row could not be written; the message says which constraint and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class UserRow:
+    user_id: str
+    credits_remaining: Decimal
+    credits_allocated: Decimal
+    tier: str
+    monthly_cap: Decimal | None
+    last_reset: datetime | None
+    created_at: datetime | None
+    updated_at: datetime | None
+    redis_version: int
+
+
+def _row(rec: asyncpg.Record) -> UserRow:
+    return UserRow(**{k: rec[k] for k in UserRow.__slots__})
+
+
+async def create_user_credits(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    user_id: str,
+    *,
+    tier: str,
+    allocation: Decimal,
+    monthly_cap: Decimal | None,
+    last_reset: datetime,
+) -> tuple[UserRow, bool]:
+    """Create the user's row with the tier's allocation (and its ledger entry), or return the
+    existing row unchanged. Returns (row, created)."""
+    for _ in range(3):
+        try:
+            rec = await conn.fetchrow(
+                queries.USER_CREATE, user_id, allocation, tier, monthly_cap, last_reset
+            )
+        except asyncpg.StringDataRightTruncationError:
+            raise UserCreditsError(
+                f"user_id is {len(user_id)} characters; user_credits.user_id holds at most 255"
+            ) from None
+        except asyncpg.NumericValueOutOfRangeError:
+            raise UserCreditsError(
+                f"allocation {allocation} or monthly_cap {monthly_cap} does not fit numeric(12,6)"
+            ) from None
+        if rec is not None:
+            return _row(rec), bool(rec["created"])
+        # A concurrent insert committed after this statement's snapshot: read it again.
+    raise UserCreditsError(f"user {user_id!r} could not be created or read")
+
+
+async def get_user(conn: asyncpg.Connection | asyncpg.Pool, user_id: str) -> UserRow | None:
+    rec = await conn.fetchrow(queries.USER_GET, user_id)
+    return None if rec is None else _row(rec)
