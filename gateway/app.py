@@ -1,0 +1,109 @@
+"""The app factory: settings from the environment, pools opened and closed in the lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from litestar import Litestar, Request, Response
+from litestar.openapi import OpenAPIConfig
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.auth import Authenticator, scope_guard
+from gateway.clock import Clock, system_clock
+from gateway.controllers import CreditsController, HealthController, KeysController
+from gateway.errors import InsufficientCredits, MeteringError
+from gateway.flusher import Flusher
+from gateway.keys import Keys
+from gateway.money import fmt
+from gateway.service import DB_ERRORS, CreditService
+from gateway.settings import Settings, settings_from_env
+from gateway.tiers import load_tiers
+from persistence.db import open_pool
+
+log = logging.getLogger("metering.app")
+
+
+def _error(status: int, detail: str, **extra: Any) -> Response[dict[str, Any]]:
+    return Response({"status_code": status, "detail": detail, **extra}, status_code=status)
+
+
+def metering_error(_: Request[Any, Any, Any], exc: MeteringError) -> Response[dict[str, Any]]:
+    if isinstance(exc, InsufficientCredits):
+        return _error(402, exc.detail, reason=exc.reason, credits_remaining=fmt(exc.balance))
+    return _error(exc.status_code, exc.detail)
+
+
+def redis_down(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    log.error("redis error: %s", type(exc).__name__)
+    return _error(503, "Redis is unreachable or too slow; nothing was charged, retry later")
+
+
+def postgres_down(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    log.error("postgres error: %s", type(exc).__name__)
+    return _error(503, "PostgreSQL is unreachable; retry later")
+
+
+def create_app(settings: Settings | None = None, *, clock: Clock = system_clock) -> Litestar:
+    settings = settings if settings is not None else settings_from_env()
+    tiers = load_tiers(settings.tiers_file)
+    keys = Keys(settings.key_prefix, settings.shards)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        redis = Redis.from_url(
+            settings.redis_url, decode_responses=True, socket_timeout=settings.redis_timeout,
+            socket_connect_timeout=settings.redis_timeout, max_connections=256)
+        pool = await open_pool(settings.database_url)
+        service = CreditService(redis, pool, keys, tiers, clock, settings.idempotency_ttl)
+        flusher = Flusher(redis, pool, keys, settings.flush_batch)
+        app.state.update(redis=redis, pool=pool, service=service, flusher=flusher,
+                         authenticator=Authenticator(pool, settings.admin_key,
+                                                     settings.auth_cache_ttl))
+        scheduler = AsyncIOScheduler()
+        if settings.flush_interval > 0:
+            scheduler.add_job(_flush_job, "interval", args=[flusher],
+                              seconds=settings.flush_interval, max_instances=1, coalesce=True,
+                              id="flush")
+            scheduler.start()
+        try:
+            yield
+        finally:
+            if scheduler.running:
+                scheduler.shutdown(wait=False)
+                await _flush_job(flusher)  # hand over what is pending before stopping
+            await redis.aclose()
+            await pool.close()
+
+    return Litestar(
+        route_handlers=[CreditsController, KeysController, HealthController],
+        guards=[scope_guard],
+        lifespan=[lifespan],
+        exception_handlers={
+            MeteringError: metering_error,
+            RedisConnectionError: redis_down,
+            RedisTimeoutError: redis_down,
+            **dict.fromkeys(DB_ERRORS, postgres_down),
+            asyncpg.PostgresError: postgres_down,
+        },
+        openapi_config=OpenAPIConfig(title="Metering gateway", version="0.1.0"),
+        request_max_body_size=settings.max_body_bytes,
+        debug=False,
+    )
+
+
+async def _flush_job(flusher: Flusher) -> None:
+    try:
+        stats = await flusher.flush()
+        if stats.events:
+            log.info("flushed %d events (%d new ledger rows)", stats.events, stats.inserted)
+    except Exception:
+        log.exception("flush failed; events stay in Redis and are retried next round")
+
+

@@ -1,0 +1,109 @@
+"""The ``metering`` command: serve, migrate, flush, inspect."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from dataclasses import asdict
+from typing import Any
+
+import asyncpg
+from redis.asyncio import Redis
+
+from gateway.flusher import Flusher
+from gateway.keys import Keys
+from gateway.settings import Settings, settings_from_env
+from persistence import db, ledger, users
+from persistence.migrate import migrate
+
+
+async def _migrate(settings: Settings) -> list[str]:
+    created = await db.ensure_database(settings.database_url)
+    if created:
+        print(f"created database {db.split_database(settings.database_url)[0]}", file=sys.stderr)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()
+
+
+async def _flush(settings: Settings) -> dict[str, Any]:
+    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    pool = await db.open_pool(settings.database_url, max_size=2)
+    try:
+        flusher = Flusher(redis, pool, Keys(settings.key_prefix, settings.shards),
+                          settings.flush_batch)
+        stats = await flusher.flush()
+        return {"events": stats.events, "new_ledger_rows": stats.inserted,
+                "skipped_shards": stats.skipped_shards, "backlog": await flusher.backlog()}
+    finally:
+        await redis.aclose()
+        await pool.close()
+
+
+async def _inspect(settings: Settings, user_id: str) -> dict[str, Any]:
+    keys = Keys(settings.key_prefix, settings.shards)
+    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        state = await redis.hgetall(keys.user(user_id))
+        row = await users.get_user(conn, user_id)
+        total, n = await ledger.ledger_sum(conn, user_id)
+        return {
+            "user_id": user_id,
+            "redis_key": keys.user(user_id),
+            "redis": state or None,
+            "postgres": None if row is None else asdict(row),
+            "ledger": {"entries": n, "sum": str(total)},
+            "unflushed_events_in_shard": await redis.xlen(keys.user_stream(user_id)),
+        }
+    finally:
+        await redis.aclose()
+        await conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="metering", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="apply migrations, start the API and the flusher")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    sub.add_parser("migrate", help="create the database if missing and apply migrations")
+    sub.add_parser("flush", help="flush pending events from Redis to PostgreSQL now")
+    inspect = sub.add_parser("inspect", help="a user's Redis state and Postgres row side by side")
+    inspect.add_argument("user_id")
+    args = parser.parse_args(argv)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = settings_from_env()
+
+    if args.command == "migrate":
+        applied = asyncio.run(_migrate(settings))
+        print(f"applied: {', '.join(applied) or 'nothing, up to date'}")
+        return 0
+    if args.command == "flush":
+        print(json.dumps(asyncio.run(_flush(settings))))
+        return 0
+    if args.command == "inspect":
+        print(json.dumps(asyncio.run(_inspect(settings, args.user_id)), indent=2, default=str))
+        return 0
+    # serve
+    import uvicorn
+
+    asyncio.run(_migrate(settings))
+    if not settings.admin_key:
+        logging.getLogger("metering").warning(
+            "METERING_ADMIN_KEY is not set: only stored API keys will be accepted")
+    uvicorn.run("gateway.app:create_app", factory=True, host=args.host, port=args.port,
+                workers=args.workers, log_level="info", access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,40 @@
+"""Domain errors raised by the service; the app maps each to one HTTP status."""
+
+from __future__ import annotations
+
+
+class MeteringError(Exception):
+    status_code = 400
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class InsufficientCredits(MeteringError):
+    status_code = 402
+
+    def __init__(self, detail: str, balance: int, reason: str = "insufficient_credits") -> None:
+        super().__init__(detail)
+        self.balance = balance
+        self.reason = reason
+
+
+class IdempotencyConflict(MeteringError):
+    status_code = 409
+
+
+class Conflict(MeteringError):
+    status_code = 409
+
+
+class NotFound(MeteringError):
+    status_code = 404
+
+
+class Unprocessable(MeteringError):
+    status_code = 422
+
+
+class Unavailable(MeteringError):
+    status_code = 503

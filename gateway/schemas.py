@@ -1,0 +1,147 @@
+"""Request and response bodies (msgspec). Amounts travel as decimal strings with 6 places."""
+
+from __future__ import annotations
+
+import hashlib
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from gateway.money import parse_amount
+
+UserId = Annotated[
+    str,
+    Meta(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$",
+         description="1 to 255 characters, no control characters"),
+]
+RequestId = Annotated[
+    str,
+    Meta(min_length=1, max_length=128, pattern=r"^[\x20-\x7e]+$",
+         description="1 to 128 printable ASCII characters, unique per user"),
+]
+Tokens = Annotated[int, Meta(ge=0, le=10**15)]
+Model = Annotated[str, Meta(min_length=1, max_length=255)]
+AmountIn = Annotated[
+    Decimal,
+    Meta(description="decimal string or number, > 0, at most 6 decimal places, <= 999999.999999"),
+]
+
+RESERVED_REQUEST_PREFIX = "sys:"
+
+
+def _check_request_id(request_id: str) -> None:
+    if request_id.startswith(RESERVED_REQUEST_PREFIX):
+        raise ValueError(f"request_id may not start with {RESERVED_REQUEST_PREFIX!r} (reserved)")
+
+
+class DebitRequest(Struct, forbid_unknown_fields=True):
+    user_id: UserId
+    amount: AmountIn
+    request_id: RequestId
+    model: Model | None = None
+    input_tokens: Tokens | None = None
+    output_tokens: Tokens | None = None
+    metadata: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        parse_amount(self.amount)
+        _check_request_id(self.request_id)
+
+
+class GrantRequest(Struct, forbid_unknown_fields=True):
+    user_id: UserId
+    amount: AmountIn
+    request_id: RequestId
+    kind: Literal["purchase", "bonus", "adjustment"] = "purchase"
+    reason: Annotated[str, Meta(max_length=1000)] | None = None
+
+    def __post_init__(self) -> None:
+        parse_amount(self.amount)
+        _check_request_id(self.request_id)
+
+
+class TierRequest(Struct, forbid_unknown_fields=True):
+    tier: Annotated[str, Meta(min_length=1, max_length=50)]
+
+
+class KeyRequest(Struct, forbid_unknown_fields=True):
+    name: Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[\x21-\x7e]+$")]
+    scopes: Annotated[list[Literal["debit", "read", "admin"]], Meta(min_length=1)]
+
+
+class DebitResult(Struct):
+    transaction_id: str
+    user_id: str
+    charged: str
+    credits_remaining: str
+    replayed: bool
+
+
+class GrantResult(Struct):
+    transaction_id: str
+    user_id: str
+    granted: str
+    credits_remaining: str
+    replayed: bool
+
+
+class Balance(Struct):
+    user_id: str
+    tier: str
+    credits_remaining: str
+    credits_allocated: str
+    monthly_cap: str | None
+    last_reset: str
+
+
+class TierChange(Struct):
+    user_id: str
+    tier: str
+    credits_allocated: str
+    credits_remaining: str
+    monthly_cap: str | None
+    adjustment: str
+    transaction_id: str | None
+
+
+class TierInfo(Struct):
+    name: str
+    monthly_allocation: str
+    monthly_cap: str | None
+    default: bool
+
+
+class TierList(Struct):
+    tiers: list[TierInfo]
+
+
+class KeyCreated(Struct):
+    key: str
+    name: str
+    scopes: list[str]
+
+
+class KeyInfo(Struct):
+    name: str
+    scopes: list[str]
+    created_at: str | None
+    revoked_at: str | None
+
+
+class ErrorBody(Struct):
+    status_code: int
+    detail: str
+
+
+class PaymentRequired(Struct):
+    status_code: int
+    detail: str
+    reason: str
+    credits_remaining: str
+
+
+def fingerprint(*parts: object) -> str:
+    """A stable digest of a request body, so a retry with a different body is told apart."""
+    return hashlib.blake2b(msgspec.json.encode(parts, order="sorted"), digest_size=12).hexdigest()

@@ -1,0 +1,179 @@
+"""The credit service: every balance change is one Lua call; a user missing from Redis is
+hydrated from PostgreSQL (created there first if unknown) and the call is retried once."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import msgspec
+from redis.asyncio import Redis
+
+from gateway.clock import Clock, epoch_ms, period_start
+from gateway.errors import IdempotencyConflict, InsufficientCredits, Unavailable, Unprocessable
+from gateway.keys import Keys
+from gateway.money import MAX_MICRO, fmt, parse_amount, to_decimal, to_micro
+from gateway.schemas import (
+    Balance,
+    DebitRequest,
+    DebitResult,
+    GrantRequest,
+    GrantResult,
+    TierChange,
+    fingerprint,
+)
+from gateway.scripts import Scripts
+from gateway.tiers import TierTable
+from persistence.users import UserCreditsError, UserRow, create_user_credits
+
+log = logging.getLogger("metering.service")
+
+DB_ERRORS = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    status: str  # ok | replay
+    txn: str
+    delta: int
+    balance: int
+
+
+class CreditService:
+    def __init__(
+        self,
+        redis: Redis,
+        pool: asyncpg.Pool,
+        keys: Keys,
+        tiers: TierTable,
+        clock: Clock,
+        idempotency_ttl: int,
+    ) -> None:
+        self.redis = redis
+        self.pool = pool
+        self.keys = keys
+        self.tiers = tiers
+        self.clock = clock
+        self.scripts = Scripts(redis)
+        self.idempotency_ttl = idempotency_ttl
+
+    # -- hot path -------------------------------------------------------------------------
+
+    async def debit(self, req: DebitRequest) -> DebitResult:
+        micro = parse_amount(req.amount)
+        extra: list[Any] = []
+        if req.model is not None:
+            extra += ["model", req.model]
+        if req.input_tokens is not None:
+            extra += ["tin", req.input_tokens]
+        if req.output_tokens is not None:
+            extra += ["tout", req.output_tokens]
+        if req.metadata is not None:
+            extra += ["meta", msgspec.json.encode(req.metadata)]
+        fp = fingerprint("debit", micro, req.model, req.input_tokens, req.output_tokens,
+                         req.metadata)
+        res = await self._apply(req.user_id, req.request_id, -micro, fp, "usage", extra)
+        return DebitResult(res.txn, req.user_id, fmt(-res.delta), fmt(res.balance),
+                           res.status == "replay")
+
+    async def grant(self, req: GrantRequest) -> GrantResult:
+        micro = parse_amount(req.amount)
+        extra: list[Any] = []
+        if req.reason is not None:
+            extra += ["meta", msgspec.json.encode({"reason": req.reason})]
+        fp = fingerprint("grant", micro, req.kind, req.reason)
+        res = await self._apply(req.user_id, req.request_id, micro, fp, req.kind, extra)
+        return GrantResult(res.txn, req.user_id, fmt(res.delta), fmt(res.balance),
+                           res.status == "replay")
+
+    async def _apply(self, user_id: str, request_id: str, delta: int, fp: str, event: str,
+                     extra: list[Any]) -> Applied:
+        keys = [self.keys.user(user_id), self.keys.request(user_id, request_id),
+                self.keys.user_stream(user_id)]
+        txn = str(uuid.uuid4())
+        args = [user_id, delta, fp, txn, epoch_ms(self.clock()), self.idempotency_ttl,
+                request_id, event, MAX_MICRO, *extra]
+        res = await self.scripts.apply(keys=keys, args=args)
+        if res[0] == "miss":
+            await self.hydrate(user_id)
+            res = await self.scripts.apply(keys=keys, args=args)
+        status = res[0]
+        if status in ("ok", "replay"):
+            return Applied(status, res[1], int(res[2]), int(res[3]))
+        if status == "nsf":
+            bal = int(res[1])
+            raise InsufficientCredits(
+                f"insufficient credits: {fmt(-delta)} requested, {fmt(bal)} remaining", bal)
+        if status == "overflow":
+            raise Unprocessable(
+                f"this grant would take the balance past the maximum of {fmt(MAX_MICRO)} "
+                f"(balance {fmt(int(res[1]))})")
+        if status == "conflict":
+            raise IdempotencyConflict(
+                f"request_id {request_id!r} was already used for this user with a different body")
+        raise RuntimeError(f"unexpected script result {res!r}")
+
+    async def balance(self, user_id: str) -> Balance:
+        key = self.keys.user(user_id)
+        fields = ("bal", "alloc", "tier", "cap", "reset")
+        state = await self.redis.hmget(key, fields)
+        if state[0] is None:
+            await self.hydrate(user_id)
+            state = await self.redis.hmget(key, fields)
+        bal, alloc, tier, cap, reset = state
+        return Balance(user_id, tier, fmt(int(bal)), fmt(int(alloc)),
+                       fmt(int(cap)) if cap else None, reset)
+
+    async def set_tier(self, user_id: str, tier_name: str) -> TierChange:
+        tier = self.tiers.get(tier_name)
+        if tier is None:
+            raise Unprocessable(
+                f"unknown tier {tier_name!r}; known tiers: {', '.join(self.tiers.tiers)}")
+        keys = [self.keys.user(user_id), self.keys.user_stream(user_id)]
+        txn = str(uuid.uuid4())
+        cap = "" if tier.monthly_cap is None else str(tier.monthly_cap)
+        args = [user_id, tier.name, tier.allocation, cap, txn, epoch_ms(self.clock()),
+                f"sys:tier:{txn}", MAX_MICRO]
+        res = await self.scripts.set_tier(keys=keys, args=args)
+        if res[0] == "miss":
+            await self.hydrate(user_id)
+            res = await self.scripts.set_tier(keys=keys, args=args)
+        if res[0] == "overflow":
+            raise Unprocessable(
+                f"moving to tier {tier.name!r} would take the balance past {fmt(MAX_MICRO)}")
+        return TierChange(
+            user_id=user_id, tier=tier.name, credits_allocated=fmt(tier.allocation),
+            credits_remaining=fmt(int(res[3])),
+            monthly_cap=None if tier.monthly_cap is None else fmt(tier.monthly_cap),
+            adjustment=fmt(int(res[2])), transaction_id=res[1] or None)
+
+    # -- cold path ------------------------------------------------------------------------
+
+    async def hydrate(self, user_id: str) -> UserRow:
+        """Load the user from PostgreSQL (creating it with the default tier's allocation) and
+        put it in Redis unless another request already did; a newer Redis state always wins."""
+        tier = self.tiers.default_tier
+        try:
+            row, created = await create_user_credits(
+                self.pool, user_id, tier=tier.name, allocation=to_decimal(tier.allocation),
+                monthly_cap=None if tier.monthly_cap is None else to_decimal(tier.monthly_cap),
+                last_reset=period_start(self.clock()))
+        except UserCreditsError as exc:
+            raise Unprocessable(str(exc)) from None
+        except DB_ERRORS as exc:
+            log.warning("cannot load user from PostgreSQL: %s", type(exc).__name__)
+            raise Unavailable(
+                "PostgreSQL is unreachable and this user is not cached in Redis; retry later"
+            ) from None
+        if created:
+            log.info("created user_credits row", extra={"user_id": user_id, "tier": tier.name})
+        reset = (row.last_reset or period_start(self.clock())).isoformat()
+        cap = "" if row.monthly_cap is None else str(to_micro(row.monthly_cap))
+        await self.scripts.hydrate(
+            keys=[self.keys.user(user_id)],
+            args=[to_micro(row.credits_remaining), to_micro(row.credits_allocated), row.tier, cap,
+                  reset, row.redis_version])
+        return row
