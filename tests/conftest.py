@@ -1,0 +1,135 @@
+"""Fixtures: a private PostgreSQL database (created, migrated, dropped) and a private Redis key
+prefix per test, so a developer's running gateway is never touched."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import httpx
+import pytest
+from litestar import Litestar
+from redis.asyncio import Redis
+
+from gateway.app import create_app
+from gateway.keys import Keys
+from gateway.settings import Settings
+from persistence import db
+from persistence.migrate import migrate
+
+PG_SERVER = os.environ.get("METERING_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+REDIS_URL = os.environ.get("METERING_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+ADMIN_KEY = "test-admin-key"
+
+
+class Client(httpx.AsyncClient):
+    app: Litestar
+
+
+class FakeClock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kw: float) -> None:
+        self.now += timedelta(**kw)
+
+
+@pytest.fixture(scope="session")
+async def database_url() -> AsyncIterator[str]:
+    url = f"{PG_SERVER}/metering_test_{uuid.uuid4().hex[:10]}"
+    await db.ensure_database(url)
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    yield url
+    await db.drop_database(url)
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await db.open_pool(database_url, max_size=10)
+    await pool.execute("TRUNCATE credit_transactions, user_credits, api_keys")
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def redis(prefix: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(REDIS_URL, decode_responses=True)
+    yield client
+    async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        await client.delete(key)
+    await client.aclose()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(datetime(2026, 11, 25, 12, 0, tzinfo=UTC))
+
+
+@pytest.fixture
+def settings(database_url: str, prefix: str) -> Settings:
+    return Settings(redis_url=REDIS_URL, database_url=database_url, admin_key=ADMIN_KEY,
+                    flush_interval=0, key_prefix=prefix, shards=4, auth_cache_ttl=0.5)
+
+
+@pytest.fixture
+def keys(settings: Settings) -> Keys:
+    return Keys(settings.key_prefix, settings.shards)
+
+
+@pytest.fixture
+async def client(
+    settings: Settings, clock: FakeClock, pool: asyncpg.Pool, redis: Redis
+) -> AsyncIterator[Client]:
+    """The app in this test's event loop (lifespan included), driven through httpx."""
+    app = create_app(settings, clock=clock)
+    async with running(app):
+        transport = httpx.ASGITransport(app=app)
+        async with Client(transport=transport, base_url="http://gateway") as c:
+            c.app = app
+            c.headers["Authorization"] = f"Bearer {ADMIN_KEY}"
+            yield c
+
+
+@asynccontextmanager
+async def running(app: Litestar) -> AsyncIterator[None]:
+    """Run the app's lifespan in a task of its own (anyio scopes must exit where they began)."""
+    started, stop = asyncio.Event(), asyncio.Event()
+
+    async def lifespan() -> None:
+        async with app.lifespan():
+            started.set()
+            await stop.wait()
+
+    task = asyncio.create_task(lifespan())
+    waiter = asyncio.create_task(started.wait())
+    await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        waiter.cancel()
+        task.result()  # startup failed: raise its error
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+
+
+@pytest.fixture
+def anyio_backend() -> Iterator[str]:
+    yield "asyncio"

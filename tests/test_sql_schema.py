@@ -1,0 +1,77 @@
+"""Every SQL statement in the code is prepared against the migrated schema, so a statement that
+names a missing column, or a column/value count mismatch like the seed's, fails here."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from persistence import queries
+from persistence.migrate import migrate, migration_files
+
+ROOT = Path(__file__).resolve().parent.parent
+SQL_WORDS = re.compile(r"\b(INSERT\s+INTO|UPDATE\s+\w+\s+(AS\s+\w+\s+)?SET|DELETE\s+FROM|SELECT\s.+\sFROM)\b",
+                       re.IGNORECASE | re.DOTALL)
+
+
+@pytest.mark.parametrize("name", sorted(queries.ALL))
+async def test_statement_prepares_on_migrated_schema(database_url: str, name: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        stmt = await conn.prepare(queries.ALL[name])
+        # every $n placeholder is a real parameter: a count mismatch cannot hide
+        placeholders = {int(n) for n in re.findall(r"\$(\d+)", queries.ALL[name])}
+        assert len(stmt.get_parameters()) == (max(placeholders) if placeholders else 0)
+    finally:
+        await conn.close()
+
+
+async def test_the_seed_bug_is_caught_by_preparing(database_url: str) -> None:
+    """The check above can fail: the original broken INSERT does not prepare."""
+    seed_insert = """
+        INSERT INTO user_credits (user_id, credits_remaining, credits_allocated, last_reset)
+        VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (user_id) DO NOTHING"""
+    conn = await asyncpg.connect(database_url)
+    try:
+        with pytest.raises(asyncpg.PostgresSyntaxError, match="more expressions than target"):
+            await conn.prepare(seed_insert)
+    finally:
+        await conn.close()
+
+
+def test_no_sql_outside_the_queries_module() -> None:
+    """SQL lives in persistence/queries.py only, so the test above sees all of it."""
+    offenders = []
+    for path in [*ROOT.joinpath("gateway").rglob("*.py"), *ROOT.joinpath("persistence").rglob("*.py")]:
+        if path.name == "queries.py":
+            continue
+        if SQL_WORDS.search(path.read_text()):
+            offenders.append(str(path.relative_to(ROOT)))
+    assert offenders == []
+
+
+async def test_migrations_are_idempotent_and_complete(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await migrate(conn) == []  # already applied by the fixture
+        applied = [r["version"] for r in await conn.fetch(queries.MIGRATIONS_APPLIED)]
+        assert applied == [v for v, _ in migration_files()]
+        cols = {r["column_name"]: (r["data_type"], r["numeric_precision"], r["numeric_scale"],
+                                   r["is_nullable"], r["character_maximum_length"])
+                for r in await conn.fetch(
+                    "SELECT column_name, data_type, numeric_precision, numeric_scale, "
+                    "is_nullable, character_maximum_length FROM information_schema.columns "
+                    "WHERE table_name = 'user_credits'")}
+        assert cols["id"][0] == "uuid"
+        assert cols["user_id"] == ("character varying", None, None, "NO", 255)
+        assert cols["credits_remaining"][:4] == ("numeric", 12, 6, "NO")
+        assert cols["credits_allocated"][:4] == ("numeric", 12, 6, "NO")
+        assert cols["tier"] == ("character varying", None, None, "NO", 50)
+        assert cols["monthly_cap"][:4] == ("numeric", 12, 6, "YES")
+        for c in ("last_reset", "created_at", "updated_at"):
+            assert cols[c][0] == "timestamp with time zone"
+    finally:
+        await conn.close()
