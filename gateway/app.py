@@ -11,7 +11,7 @@ import asyncpg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from litestar import Litestar, Request, Response
 from litestar.openapi import OpenAPIConfig
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -57,9 +57,12 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        redis = Redis.from_url(
+        # A blocking pool: a burst waits (up to redis_timeout) for a free connection instead of
+        # failing at once, and the number of connections to Redis stays bounded.
+        redis = Redis(connection_pool=BlockingConnectionPool.from_url(
             settings.redis_url, decode_responses=True, socket_timeout=settings.redis_timeout,
-            socket_connect_timeout=settings.redis_timeout, max_connections=256)
+            socket_connect_timeout=settings.redis_timeout, max_connections=64,
+            timeout=settings.redis_timeout))
         pool = await open_pool(settings.database_url)
         service = CreditService(redis, pool, keys, tiers, clock, settings.idempotency_ttl)
         flusher = Flusher(redis, pool, keys, settings.flush_batch)

@@ -1,0 +1,165 @@
+"""The write-behind flusher: exactly-once effect under crashes, retries and concurrent flushers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from gateway import flusher as flusher_module
+from gateway.flusher import Flusher, parse_event
+from gateway.keys import Keys
+from persistence import db
+from persistence.ledger import apply_events
+from tests.books import assert_books_balance
+from tests.conftest import REDIS_URL, Client
+
+
+async def spend(client: Client, users: int, per_user: int, amount: str = "0.01") -> int:
+    results = await asyncio.gather(*(
+        client.post("/api/v1/credits/debit",
+                    json={"user_id": f"f{u}", "amount": amount, "request_id": f"r{u}-{i}"})
+        for u in range(users) for i in range(per_user)))
+    assert {r.status_code for r in results} == {200}
+    return len(results)
+
+
+async def usage_rows(pool: asyncpg.Pool) -> int:
+    return int(await pool.fetchval(
+        "SELECT count(*) FROM credit_transactions WHERE transaction_type = 'usage'"))
+
+
+async def test_crash_after_commit_before_ack_does_not_double_count(
+    client: Client, pool: asyncpg.Pool, redis: Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    n = await spend(client, users=5, per_user=20)
+    flusher: Flusher = client.app.state.flusher
+
+    async def crash(*_: Any) -> None:
+        raise ConnectionError("gateway died between the Postgres commit and XDEL")
+
+    monkeypatch.setattr(flusher, "acknowledge", crash)
+    with pytest.raises(ConnectionError):
+        await flusher.flush()
+    committed = await usage_rows(pool)
+    assert committed > 0  # committed ...
+    assert await flusher.backlog() == n  # ... but nothing acknowledged in Redis
+    monkeypatch.undo()
+    stats = await flusher.flush()  # the retry re-reads events already applied
+    assert stats.events == n and stats.inserted == n - committed
+    assert await usage_rows(pool) == n
+    assert await flusher.backlog() == 0
+    await assert_books_balance(pool, redis, keys)
+
+
+async def test_failure_before_commit_loses_nothing(
+    client: Client, pool: asyncpg.Pool, redis: Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    n = await spend(client, users=3, per_user=10)
+    flusher: Flusher = client.app.state.flusher
+
+    async def apply_then_fail(conn: asyncpg.Connection, events: list[Any]) -> Any:
+        await apply_events(conn, events)
+        raise asyncpg.PostgresConnectionError("connection lost before COMMIT")
+
+    monkeypatch.setattr(flusher_module, "apply_events", apply_then_fail)
+    with pytest.raises(asyncpg.PostgresConnectionError):
+        await flusher.flush()
+    assert await usage_rows(pool) == 0  # rolled back
+    assert await flusher.backlog() == n  # still in Redis
+    monkeypatch.undo()
+    stats = await flusher.flush()
+    assert stats.inserted == n and await usage_rows(pool) == n
+    await assert_books_balance(pool, redis, keys)
+
+
+async def test_replaying_an_old_batch_changes_nothing(client: Client, pool: asyncpg.Pool,
+                                                      redis: Redis, keys: Keys) -> None:
+    await spend(client, users=2, per_user=5)
+    old = [parse_event(f) for s in keys.all_streams() for _, f in await redis.xrange(s)]
+    await client.post("/api/v1/credits/debit",
+                      json={"user_id": "f0", "amount": "1", "request_id": "later"})
+    await client.app.state.flusher.flush()
+    async with pool.acquire() as conn, conn.transaction():
+        result = await apply_events(conn, old)  # a stale, duplicate batch
+    assert (result.inserted, result.users) == (0, 0)
+    await assert_books_balance(pool, redis, keys)
+
+
+async def test_two_flushers_at_once_apply_each_event_once(
+    client: Client, pool: asyncpg.Pool, redis: Redis, keys: Keys, database_url: str
+) -> None:
+    n = await spend(client, users=40, per_user=25)
+    flushers: list[Flusher] = []
+    pools = [await db.open_pool(database_url, max_size=2) for _ in range(3)]
+    clients = [Redis.from_url(REDIS_URL, decode_responses=True) for _ in range(3)]
+    try:
+        flushers = [Flusher(r, p, keys, batch=37) for r, p in zip(clients, pools, strict=True)]
+        stats = await asyncio.gather(*(f.flush() for f in flushers))
+        # shards skipped because another flusher held them are drained by a later round
+        rest = await flushers[0].flush()
+        assert sum(s.inserted for s in stats) + rest.inserted == n
+        assert await usage_rows(pool) == n
+    finally:
+        for r in clients:
+            await r.aclose()
+        for p in pools:
+            await p.close()
+    await assert_books_balance(pool, redis, keys)
+
+
+async def test_redis_emptied_rehydrates_from_postgres(client: Client, pool: asyncpg.Pool,
+                                                      redis: Redis, keys: Keys) -> None:
+    await client.post("/api/v1/credits/debit",
+                      json={"user_id": "lost", "amount": "2", "request_id": "a"})
+    await client.app.state.flusher.flush()
+    await redis.delete(keys.user("lost"))  # as after FLUSHALL or a fresh Redis
+    bal = await client.get("/api/v1/credits/balance", params={"user_id": "lost"})
+    assert bal.json()["credits_remaining"] == "3.000000"  # not a fresh 5.00 allocation
+    r = await client.post("/api/v1/credits/debit",
+                          json={"user_id": "lost", "amount": "1", "request_id": "b"})
+    assert r.json()["credits_remaining"] == "2.000000"
+    await client.app.state.flusher.flush()
+    await assert_books_balance(pool, redis, keys)
+
+
+async def test_hydration_never_overwrites_a_newer_redis_state(client: Client, pool: asyncpg.Pool,
+                                                              redis: Redis, keys: Keys) -> None:
+    await client.post("/api/v1/credits/debit",
+                      json={"user_id": "h", "amount": "1", "request_id": "a"})
+    service = client.app.state.service
+    await service.hydrate("h")  # a second gateway hydrating late from the (stale) Postgres row
+    assert (await redis.hget(keys.user("h"), "bal")) == "4000000"
+
+
+async def test_background_job_flushes_on_its_own(settings: Any, pool: asyncpg.Pool,
+                                                 redis: Redis, keys: Keys) -> None:
+    from gateway.app import create_app
+    from tests.conftest import running
+
+    app = create_app(type(settings)(**{**_fields(settings), "flush_interval": 0.05}))
+    async with running(app):
+        await app.state.service.balance("bg")
+        from gateway.schemas import DebitRequest
+        from decimal import Decimal
+
+        await app.state.service.debit(DebitRequest("bg", Decimal("1"), "x"))
+        await _eventually(lambda: pool.fetchval(
+            "SELECT count(*) FROM credit_transactions WHERE request_id='x'"))
+    await assert_books_balance(pool, redis, keys)
+
+
+def _fields(settings: Any) -> dict[str, Any]:
+    return {f: getattr(settings, f) for f in settings.__struct_fields__}
+
+
+async def _eventually(probe: Callable[[], Awaitable[Any]], tries: int = 200) -> None:
+    for _ in range(tries):
+        if await probe():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached")
