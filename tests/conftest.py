@@ -4,6 +4,7 @@ prefix per test, so a developer's running gateway is never touched."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -25,6 +26,8 @@ from persistence.migrate import migrate
 PG_SERVER = os.environ.get("METERING_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 REDIS_URL = os.environ.get("METERING_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ADMIN_KEY = "test-admin-key"
+
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 class Client(httpx.AsyncClient):
