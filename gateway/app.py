@@ -59,21 +59,37 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         # A blocking pool: a burst waits (up to redis_timeout) for a free connection instead of
         # failing at once, and the number of connections to Redis stays bounded.
-        redis = Redis(connection_pool=BlockingConnectionPool.from_url(
-            settings.redis_url, decode_responses=True, socket_timeout=settings.redis_timeout,
-            socket_connect_timeout=settings.redis_timeout, max_connections=64,
-            timeout=settings.redis_timeout))
+        redis = Redis(
+            connection_pool=BlockingConnectionPool.from_url(
+                settings.redis_url,
+                decode_responses=True,
+                socket_timeout=settings.redis_timeout,
+                socket_connect_timeout=settings.redis_timeout,
+                max_connections=64,
+                timeout=settings.redis_timeout,
+            )
+        )
         pool = await open_pool(settings.database_url)
         service = CreditService(redis, pool, keys, tiers, clock, settings.idempotency_ttl)
         flusher = Flusher(redis, pool, keys, settings.flush_batch)
-        app.state.update(redis=redis, pool=pool, service=service, flusher=flusher,
-                         authenticator=Authenticator(pool, settings.admin_key,
-                                                     settings.auth_cache_ttl))
+        app.state.update(
+            redis=redis,
+            pool=pool,
+            service=service,
+            flusher=flusher,
+            authenticator=Authenticator(pool, settings.admin_key, settings.auth_cache_ttl),
+        )
         scheduler = AsyncIOScheduler()
         if settings.flush_interval > 0:
-            scheduler.add_job(_flush_job, "interval", args=[flusher],
-                              seconds=settings.flush_interval, max_instances=1, coalesce=True,
-                              id="flush")
+            scheduler.add_job(
+                _flush_job,
+                "interval",
+                args=[flusher],
+                seconds=settings.flush_interval,
+                max_instances=1,
+                coalesce=True,
+                id="flush",
+            )
             scheduler.start()
         try:
             yield
@@ -108,5 +124,3 @@ async def _flush_job(flusher: Flusher) -> None:
             log.info("flushed %d events (%d new ledger rows)", stats.events, stats.inserted)
     except Exception:
         log.exception("flush failed; events stay in Redis and are retried next round")
-
-

@@ -11,6 +11,7 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 from litestar.connection import ASGIConnection
@@ -69,8 +70,9 @@ class Authenticator:
         self._cache.clear()
 
 
-async def scope_guard(connection: ASGIConnection[object, object, object, object],
-                      handler: BaseRouteHandler) -> None:
+async def scope_guard(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
     """Every route declares opt={"scope": ...}; health checks declare none and skip this guard."""
     scope = handler.opt.get("scope")
     if scope is None:

@@ -35,11 +35,16 @@ async def _flush(settings: Settings) -> dict[str, Any]:
     redis = Redis.from_url(settings.redis_url, decode_responses=True)
     pool = await db.open_pool(settings.database_url, max_size=2)
     try:
-        flusher = Flusher(redis, pool, Keys(settings.key_prefix, settings.shards),
-                          settings.flush_batch)
+        flusher = Flusher(
+            redis, pool, Keys(settings.key_prefix, settings.shards), settings.flush_batch
+        )
         stats = await flusher.flush()
-        return {"events": stats.events, "new_ledger_rows": stats.inserted,
-                "skipped_shards": stats.skipped_shards, "backlog": await flusher.backlog()}
+        return {
+            "events": stats.events,
+            "new_ledger_rows": stats.inserted,
+            "skipped_shards": stats.skipped_shards,
+            "backlog": await flusher.backlog(),
+        }
     finally:
         await redis.aclose()
         await pool.close()
@@ -79,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     inspect.add_argument("user_id")
     args = parser.parse_args(argv)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = settings_from_env()
 
     if args.command == "migrate":
@@ -99,9 +103,17 @@ def main(argv: list[str] | None = None) -> int:
     asyncio.run(_migrate(settings))
     if not settings.admin_key:
         logging.getLogger("metering").warning(
-            "METERING_ADMIN_KEY is not set: only stored API keys will be accepted")
-    uvicorn.run("gateway.app:create_app", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level="info", access_log=False)
+            "METERING_ADMIN_KEY is not set: only stored API keys will be accepted"
+        )
+    uvicorn.run(
+        "gateway.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level="info",
+        access_log=False,
+    )
     return 0
 
 

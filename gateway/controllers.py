@@ -1,15 +1,22 @@
-"""HTTP routes. Thin: validate (msgspec), call the service, return its result."""
+"""HTTP routes. Thin: validate (msgspec), call the service, return its result.
+
+Each route declares the scope it needs in ``opt``; ``gateway.auth.scope_guard`` enforces it.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from litestar import Controller, Request, delete, get, post, put
+from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.datastructures import State
-from litestar.params import Parameter
+from litestar.params import JSONBody, PathParameter, QueryParameter
 
+from gateway.auth import generate_key, hash_key
 from gateway.errors import Conflict, NotFound
+from gateway.health import readiness
+from gateway.money import fmt
 from gateway.schemas import (
+    USER_ID_PATTERN,
     Balance,
     DebitRequest,
     DebitResult,
@@ -22,13 +29,17 @@ from gateway.schemas import (
     TierInfo,
     TierList,
     TierRequest,
-    UserId,
 )
-from gateway.money import fmt
-from gateway.auth import generate_key, hash_key
+from gateway.service import CreditService
 from persistence import api_keys
 
-UserIdQuery = Parameter(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")
+UserIdQuery = Annotated[str, QueryParameter(min_length=1, max_length=255, pattern=USER_ID_PATTERN)]
+UserIdPath = Annotated[str, PathParameter(min_length=1, max_length=255, pattern=USER_ID_PATTERN)]
+
+
+def _service(state: State) -> CreditService:
+    service: CreditService = state.service
+    return service
 
 
 class CreditsController(Controller):
@@ -36,41 +47,42 @@ class CreditsController(Controller):
     tags = ["credits"]
 
     @post("/credits/debit", opt={"scope": "debit"}, status_code=200)
-    async def debit(self, data: DebitRequest, state: State) -> DebitResult:
+    async def debit(self, data: JSONBody[DebitRequest], state: State) -> DebitResult:
         """Charge credits atomically (idempotent by request_id). 402 when the balance is short."""
-        return await state.service.debit(data)  # type: ignore[no-any-return]
+        return await _service(state).debit(data)
 
     @get("/credits/balance", opt={"scope": "read"})
-    async def balance(self, state: State, user_id: UserId = UserIdQuery) -> Balance:
+    async def balance(self, state: State, user_id: UserIdQuery) -> Balance:
         """The user's balance, from Redis; an unknown user is created with the default tier."""
-        return await state.service.balance(user_id)  # type: ignore[no-any-return]
+        return await _service(state).balance(user_id)
 
     @post("/credits/grant", opt={"scope": "admin"}, status_code=200)
-    async def grant(self, data: GrantRequest, state: State) -> GrantResult:
+    async def grant(self, data: JSONBody[GrantRequest], state: State) -> GrantResult:
         """Add credits (purchase, bonus or adjustment), idempotent by request_id."""
-        return await state.service.grant(data)  # type: ignore[no-any-return]
+        return await _service(state).grant(data)
 
     @put("/credits/{user_id:str}/tier", opt={"scope": "admin"})
-    async def set_tier(self, user_id: str, data: TierRequest, state: State) -> TierChange:
+    async def set_tier(
+        self, user_id: UserIdPath, data: JSONBody[TierRequest], state: State
+    ) -> TierChange:
         """Move a user to a tier; the balance moves by the difference of the allocations."""
-        return await state.service.set_tier(_user_path(user_id), data.tier)  # type: ignore[no-any-return]
+        return await _service(state).set_tier(user_id, data.tier)
 
     @get("/tiers", opt={"scope": "read"})
     async def tiers(self, state: State) -> TierList:
-        table = state.service.tiers
-        return TierList([
-            TierInfo(t.name, fmt(t.allocation), None if t.monthly_cap is None else fmt(t.monthly_cap),
-                     t.name == table.default)
-            for t in table.tiers.values()
-        ])
-
-
-def _user_path(user_id: str) -> str:
-    from gateway.errors import Unprocessable
-
-    if not (1 <= len(user_id) <= 255) or any(ord(c) < 0x20 or ord(c) == 0x7F for c in user_id):
-        raise Unprocessable("user_id must be 1 to 255 characters without control characters")
-    return user_id
+        """The configured tiers and their monthly allocations."""
+        table = _service(state).tiers
+        return TierList(
+            [
+                TierInfo(
+                    t.name,
+                    fmt(t.allocation),
+                    None if t.monthly_cap is None else fmt(t.monthly_cap),
+                    t.name == table.default,
+                )
+                for t in table.tiers.values()
+            ]
+        )
 
 
 class KeysController(Controller):
@@ -79,7 +91,7 @@ class KeysController(Controller):
     opt = {"scope": "admin"}
 
     @post("/", status_code=201)
-    async def create(self, data: KeyRequest, state: State) -> KeyCreated:
+    async def create(self, data: JSONBody[KeyRequest], state: State) -> KeyCreated:
         """Create an API key. The key is shown once; only its hash is stored."""
         key = generate_key()
         rec = await api_keys.insert_key(state.pool, data.name, hash_key(key), list(data.scopes))
@@ -89,14 +101,22 @@ class KeysController(Controller):
 
     @get("/")
     async def list_keys(self, state: State) -> list[KeyInfo]:
+        """Every key's name, scopes and dates (never the key)."""
         return [
-            KeyInfo(k.name, list(k.scopes), k.created_at.isoformat() if k.created_at else None,
-                    k.revoked_at.isoformat() if k.revoked_at else None)
+            KeyInfo(
+                k.name,
+                list(k.scopes),
+                k.created_at.isoformat() if k.created_at else None,
+                k.revoked_at.isoformat() if k.revoked_at else None,
+            )
             for k in await api_keys.list_keys(state.pool)
         ]
 
     @delete("/{name:str}", status_code=204)
-    async def revoke(self, name: str, state: State) -> None:
+    async def revoke(
+        self, name: Annotated[str, PathParameter(max_length=100)], state: State
+    ) -> None:
+        """Revoke a key: at once in this process, within auth_cache_ttl in the others."""
         if not await api_keys.revoke_key(state.pool, name):
             raise NotFound(f"no active API key named {name!r}")
         state.authenticator.forget()
@@ -108,10 +128,10 @@ class HealthController(Controller):
 
     @get("/live")
     async def live(self) -> dict[str, str]:
+        """The process is up."""
         return {"status": "ok"}
 
     @get("/ready")
-    async def ready(self, request: Request[Any, Any, Any]) -> Any:
-        from gateway.health import readiness
-
+    async def ready(self, request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+        """200 only when Redis and PostgreSQL answer and migrations are applied."""
         return await readiness(request.app.state)

@@ -12,7 +12,9 @@ the shard's advisory lock, commit, then delete them from the stream (XDEL). Exac
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import asyncpg
 from redis.asyncio import Redis
@@ -23,7 +25,7 @@ from persistence.ledger import Event, apply_events, try_flush_lock
 log = logging.getLogger("metering.flusher")
 
 
-def parse_event(fields: dict[str, str]) -> Event:
+def parse_event(fields: Mapping[str, str]) -> Event:
     def opt_int(name: str) -> int | None:
         v = fields.get(name)
         return None if v in (None, "") else int(v)
@@ -71,7 +73,9 @@ class Flusher:
     async def flush_shard(self, shard: int, stats: FlushStats) -> None:
         stream = self.keys.stream(shard)
         while True:
-            entries = await self.redis.xrange(stream, count=self.batch)
+            entries = cast(
+                list[tuple[str, dict[str, str]]], await self.redis.xrange(stream, count=self.batch)
+            )
             if not entries:
                 return
             events = [parse_event(f) for _, f in entries]
@@ -95,4 +99,5 @@ class Flusher:
         async with self.redis.pipeline(transaction=False) as pipe:
             for stream in self.keys.all_streams():
                 pipe.xlen(stream)
-            return sum(await pipe.execute())
+            counts: list[Any] = await pipe.execute()
+            return sum(int(c) for c in counts)

@@ -28,5 +28,6 @@ async def readiness(state: State) -> Response[dict[str, Any]]:
     except Exception as exc:
         checks["postgres"] = f"unreachable: {type(exc).__name__}"
     ok = all(v == "ok" for v in checks.values()) and len(checks) == 3
-    return Response({"status": "ready" if ok else "not ready", "checks": checks},
-                    status_code=200 if ok else 503)
+    return Response(
+        {"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503
+    )

@@ -11,15 +11,24 @@ from msgspec import Meta, Struct
 
 from gateway.money import parse_amount
 
+USER_ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 UserId = Annotated[
     str,
-    Meta(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$",
-         description="1 to 255 characters, no control characters"),
+    Meta(
+        min_length=1,
+        max_length=255,
+        pattern=USER_ID_PATTERN,
+        description="1 to 255 characters, no control characters",
+    ),
 ]
 RequestId = Annotated[
     str,
-    Meta(min_length=1, max_length=128, pattern=r"^[\x20-\x7e]+$",
-         description="1 to 128 printable ASCII characters, unique per user"),
+    Meta(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[\x20-\x7e]+$",
+        description="1 to 128 printable ASCII characters, unique per user",
+    ),
 ]
 Tokens = Annotated[int, Meta(ge=0, le=10**15)]
 Model = Annotated[str, Meta(min_length=1, max_length=255)]

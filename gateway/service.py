@@ -73,11 +73,13 @@ class CreditService:
             extra += ["tout", req.output_tokens]
         if req.metadata is not None:
             extra += ["meta", msgspec.json.encode(req.metadata)]
-        fp = fingerprint("debit", micro, req.model, req.input_tokens, req.output_tokens,
-                         req.metadata)
+        fp = fingerprint(
+            "debit", micro, req.model, req.input_tokens, req.output_tokens, req.metadata
+        )
         res = await self._apply(req.user_id, req.request_id, -micro, fp, "usage", extra)
-        return DebitResult(res.txn, req.user_id, fmt(-res.delta), fmt(res.balance),
-                           res.status == "replay")
+        return DebitResult(
+            res.txn, req.user_id, fmt(-res.delta), fmt(res.balance), res.status == "replay"
+        )
 
     async def grant(self, req: GrantRequest) -> GrantResult:
         micro = parse_amount(req.amount)
@@ -86,16 +88,31 @@ class CreditService:
             extra += ["meta", msgspec.json.encode({"reason": req.reason})]
         fp = fingerprint("grant", micro, req.kind, req.reason)
         res = await self._apply(req.user_id, req.request_id, micro, fp, req.kind, extra)
-        return GrantResult(res.txn, req.user_id, fmt(res.delta), fmt(res.balance),
-                           res.status == "replay")
+        return GrantResult(
+            res.txn, req.user_id, fmt(res.delta), fmt(res.balance), res.status == "replay"
+        )
 
-    async def _apply(self, user_id: str, request_id: str, delta: int, fp: str, event: str,
-                     extra: list[Any]) -> Applied:
-        keys = [self.keys.user(user_id), self.keys.request(user_id, request_id),
-                self.keys.user_stream(user_id)]
+    async def _apply(
+        self, user_id: str, request_id: str, delta: int, fp: str, event: str, extra: list[Any]
+    ) -> Applied:
+        keys = [
+            self.keys.user(user_id),
+            self.keys.request(user_id, request_id),
+            self.keys.user_stream(user_id),
+        ]
         txn = str(uuid.uuid4())
-        args = [user_id, delta, fp, txn, epoch_ms(self.clock()), self.idempotency_ttl,
-                request_id, event, MAX_MICRO, *extra]
+        args = [
+            user_id,
+            delta,
+            fp,
+            txn,
+            epoch_ms(self.clock()),
+            self.idempotency_ttl,
+            request_id,
+            event,
+            MAX_MICRO,
+            *extra,
+        ]
         res = await self.scripts.apply(keys=keys, args=args)
         if res[0] == "miss":
             await self.hydrate(user_id)
@@ -106,14 +123,17 @@ class CreditService:
         if status == "nsf":
             bal = int(res[1])
             raise InsufficientCredits(
-                f"insufficient credits: {fmt(-delta)} requested, {fmt(bal)} remaining", bal)
+                f"insufficient credits: {fmt(-delta)} requested, {fmt(bal)} remaining", bal
+            )
         if status == "overflow":
             raise Unprocessable(
                 f"this grant would take the balance past the maximum of {fmt(MAX_MICRO)} "
-                f"(balance {fmt(int(res[1]))})")
+                f"(balance {fmt(int(res[1]))})"
+            )
         if status == "conflict":
             raise IdempotencyConflict(
-                f"request_id {request_id!r} was already used for this user with a different body")
+                f"request_id {request_id!r} was already used for this user with a different body"
+            )
         raise RuntimeError(f"unexpected script result {res!r}")
 
     async def balance(self, user_id: str) -> Balance:
@@ -123,32 +143,47 @@ class CreditService:
         if state[0] is None:
             await self.hydrate(user_id)
             state = await self.redis.hmget(key, fields)
-        bal, alloc, tier, cap, reset = state
-        return Balance(user_id, tier, fmt(int(bal)), fmt(int(alloc)),
-                       fmt(int(cap)) if cap else None, reset)
+        bal, alloc, tier, cap, reset = (str(v) if v is not None else "" for v in state)
+        return Balance(
+            user_id, tier, fmt(int(bal)), fmt(int(alloc)), fmt(int(cap)) if cap else None, reset
+        )
 
     async def set_tier(self, user_id: str, tier_name: str) -> TierChange:
         tier = self.tiers.get(tier_name)
         if tier is None:
             raise Unprocessable(
-                f"unknown tier {tier_name!r}; known tiers: {', '.join(self.tiers.tiers)}")
+                f"unknown tier {tier_name!r}; known tiers: {', '.join(self.tiers.tiers)}"
+            )
         keys = [self.keys.user(user_id), self.keys.user_stream(user_id)]
         txn = str(uuid.uuid4())
         cap = "" if tier.monthly_cap is None else str(tier.monthly_cap)
-        args = [user_id, tier.name, tier.allocation, cap, txn, epoch_ms(self.clock()),
-                f"sys:tier:{txn}", MAX_MICRO]
+        args: list[str | int] = [
+            user_id,
+            tier.name,
+            tier.allocation,
+            cap,
+            txn,
+            epoch_ms(self.clock()),
+            f"sys:tier:{txn}",
+            MAX_MICRO,
+        ]
         res = await self.scripts.set_tier(keys=keys, args=args)
         if res[0] == "miss":
             await self.hydrate(user_id)
             res = await self.scripts.set_tier(keys=keys, args=args)
         if res[0] == "overflow":
             raise Unprocessable(
-                f"moving to tier {tier.name!r} would take the balance past {fmt(MAX_MICRO)}")
+                f"moving to tier {tier.name!r} would take the balance past {fmt(MAX_MICRO)}"
+            )
         return TierChange(
-            user_id=user_id, tier=tier.name, credits_allocated=fmt(tier.allocation),
+            user_id=user_id,
+            tier=tier.name,
+            credits_allocated=fmt(tier.allocation),
             credits_remaining=fmt(int(res[3])),
             monthly_cap=None if tier.monthly_cap is None else fmt(tier.monthly_cap),
-            adjustment=fmt(int(res[2])), transaction_id=res[1] or None)
+            adjustment=fmt(int(res[2])),
+            transaction_id=res[1] or None,
+        )
 
     # -- cold path ------------------------------------------------------------------------
 
@@ -158,9 +193,13 @@ class CreditService:
         tier = self.tiers.default_tier
         try:
             row, created = await create_user_credits(
-                self.pool, user_id, tier=tier.name, allocation=to_decimal(tier.allocation),
+                self.pool,
+                user_id,
+                tier=tier.name,
+                allocation=to_decimal(tier.allocation),
                 monthly_cap=None if tier.monthly_cap is None else to_decimal(tier.monthly_cap),
-                last_reset=period_start(self.clock()))
+                last_reset=period_start(self.clock()),
+            )
         except UserCreditsError as exc:
             raise Unprocessable(str(exc)) from None
         except DB_ERRORS as exc:
@@ -174,6 +213,13 @@ class CreditService:
         cap = "" if row.monthly_cap is None else str(to_micro(row.monthly_cap))
         await self.scripts.hydrate(
             keys=[self.keys.user(user_id)],
-            args=[to_micro(row.credits_remaining), to_micro(row.credits_allocated), row.tier, cap,
-                  reset, row.redis_version])
+            args=[
+                to_micro(row.credits_remaining),
+                to_micro(row.credits_allocated),
+                row.tier,
+                cap,
+                reset,
+                row.redis_version,
+            ],
+        )
         return row

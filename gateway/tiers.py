@@ -60,7 +60,11 @@ def parse_tiers(text: str) -> TierTable:
             raise TierConfigError(f"tier name {name!r} must be 1 to 50 characters")
         alloc = _micro(spec.get("allocation", "0"), f"tiers.{name}.allocation", allow_zero=True)
         cap_raw = spec.get("monthly_cap")
-        cap = None if cap_raw is None else _micro(cap_raw, f"tiers.{name}.monthly_cap", allow_zero=True)
+        cap = (
+            None
+            if cap_raw is None
+            else _micro(cap_raw, f"tiers.{name}.monthly_cap", allow_zero=True)
+        )
         tiers[name] = Tier(name=name, allocation=alloc, monthly_cap=cap)
     default = data.get("default_tier", "trial")
     if default not in tiers:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-import asyncpg
-
 from persistence import queries
+from persistence.db import Executor
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,7 +18,7 @@ class KeyRecord:
 
 
 async def insert_key(
-    conn: asyncpg.Connection | asyncpg.Pool, name: str, key_hash: str, scopes: list[str]
+    conn: Executor, name: str, key_hash: str, scopes: list[str]
 ) -> KeyRecord | None:
     """Store a key's hash; None when the name is taken."""
     rec = await conn.fetchrow(queries.API_KEY_INSERT, name, key_hash, scopes)
@@ -28,15 +27,17 @@ async def insert_key(
     return KeyRecord(rec["name"], tuple(rec["scopes"]), rec["created_at"])
 
 
-async def key_by_hash(conn: asyncpg.Connection | asyncpg.Pool, key_hash: str) -> KeyRecord | None:
+async def key_by_hash(conn: Executor, key_hash: str) -> KeyRecord | None:
     rec = await conn.fetchrow(queries.API_KEY_BY_HASH, key_hash)
     return None if rec is None else KeyRecord(rec["name"], tuple(rec["scopes"]))
 
 
-async def list_keys(conn: asyncpg.Connection | asyncpg.Pool) -> list[KeyRecord]:
+async def list_keys(conn: Executor) -> list[KeyRecord]:
     rows = await conn.fetch(queries.API_KEY_LIST)
-    return [KeyRecord(r["name"], tuple(r["scopes"]), r["created_at"], r["revoked_at"]) for r in rows]
+    return [
+        KeyRecord(r["name"], tuple(r["scopes"]), r["created_at"], r["revoked_at"]) for r in rows
+    ]
 
 
-async def revoke_key(conn: asyncpg.Connection | asyncpg.Pool, name: str) -> bool:
+async def revoke_key(conn: Executor, name: str) -> bool:
     return await conn.fetchval(queries.API_KEY_REVOKE, name) is not None

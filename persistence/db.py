@@ -6,8 +6,12 @@ import re
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from persistence import queries
+
+# Anything statements can run on: a connection, a pooled connection or the pool itself.
+Executor = asyncpg.Connection | PoolConnectionProxy | asyncpg.Pool
 
 _DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -52,7 +56,8 @@ async def drop_database(url: str) -> None:
 
 
 async def open_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, timeout=5,
-                                     command_timeout=30)
+    pool = await asyncpg.create_pool(
+        url, min_size=min_size, max_size=max_size, timeout=5, command_timeout=30
+    )
     assert pool is not None
     return pool

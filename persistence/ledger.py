@@ -6,9 +6,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-import asyncpg
-
 from persistence import queries
+from persistence.db import Executor
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +41,7 @@ class BatchResult:
     users: int  # user rows whose balance moved forward
 
 
-async def apply_events(conn: asyncpg.Connection, events: list[Event]) -> BatchResult:
+async def apply_events(conn: Executor, events: list[Event]) -> BatchResult:
     """Write events to the ledger and move each user's row to its newest state.
 
     Run inside a transaction. Replaying events already applied changes nothing: ledger rows are
@@ -83,12 +82,12 @@ async def apply_events(conn: asyncpg.Connection, events: list[Event]) -> BatchRe
     return BatchResult(inserted=len(ledger), users=int(status.split()[-1]))
 
 
-async def try_flush_lock(conn: asyncpg.Connection, stream: str) -> bool:
+async def try_flush_lock(conn: Executor, stream: str) -> bool:
     """Take the per-stream flush lock for the current transaction, without waiting."""
     return bool(await conn.fetchval(queries.FLUSH_LOCK, stream))
 
 
-async def ledger_sum(conn: asyncpg.Connection | asyncpg.Pool, user_id: str) -> tuple[Decimal, int]:
+async def ledger_sum(conn: Executor, user_id: str) -> tuple[Decimal, int]:
     rec = await conn.fetchrow(queries.LEDGER_SUM, user_id)
     assert rec is not None
     return rec["total"], rec["n"]

@@ -9,6 +9,7 @@ from decimal import Decimal
 import asyncpg
 
 from persistence import queries
+from persistence.db import Executor
 
 
 class UserCreditsError(ValueError):
@@ -33,7 +34,7 @@ def _row(rec: asyncpg.Record) -> UserRow:
 
 
 async def create_user_credits(
-    conn: asyncpg.Connection | asyncpg.Pool,
+    conn: Executor,
     user_id: str,
     *,
     tier: str,
@@ -62,6 +63,6 @@ async def create_user_credits(
     raise UserCreditsError(f"user {user_id!r} could not be created or read")
 
 
-async def get_user(conn: asyncpg.Connection | asyncpg.Pool, user_id: str) -> UserRow | None:
+async def get_user(conn: Executor, user_id: str) -> UserRow | None:
     rec = await conn.fetchrow(queries.USER_GET, user_id)
     return None if rec is None else _row(rec)

@@ -18,7 +18,8 @@ async def assert_books_balance(pool: asyncpg.Pool, redis: Redis, keys: Keys) -> 
         "SELECT u.user_id, u.credits_remaining, u.redis_version, "
         "COALESCE(sum(t.amount), 0) AS ledger, count(t.id) AS n "
         "FROM user_credits u LEFT JOIN credit_transactions t USING (user_id) "
-        "GROUP BY u.user_id, u.credits_remaining, u.redis_version")
+        "GROUP BY u.user_id, u.credits_remaining, u.redis_version"
+    )
     for r in rows:
         state = await redis.hgetall(keys.user(r["user_id"]))
         assert state, f"{r['user_id']} missing from Redis"

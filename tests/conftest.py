@@ -87,8 +87,15 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def settings(database_url: str, prefix: str) -> Settings:
-    return Settings(redis_url=REDIS_URL, database_url=database_url, admin_key=ADMIN_KEY,
-                    flush_interval=0, key_prefix=prefix, shards=4, auth_cache_ttl=0.5)
+    return Settings(
+        redis_url=REDIS_URL,
+        database_url=database_url,
+        admin_key=ADMIN_KEY,
+        flush_interval=0,
+        key_prefix=prefix,
+        shards=4,
+        auth_cache_ttl=0.5,
+    )
 
 
 @pytest.fixture

@@ -15,10 +15,10 @@ from tests.books import assert_books_balance
 from tests.conftest import Client
 
 
-
 async def debit(client: Client, user: str, amount: Any, rid: str, **kw: Any) -> Any:
-    return await client.post("/api/v1/credits/debit",
-                             json={"user_id": user, "amount": amount, "request_id": rid, **kw})
+    return await client.post(
+        "/api/v1/credits/debit", json={"user_id": user, "amount": amount, "request_id": rid, **kw}
+    )
 
 
 async def flush(client: Client) -> Any:
@@ -28,8 +28,16 @@ async def flush(client: Client) -> Any:
 async def test_debit_creates_user_charges_and_flushes(
     client: Client, pool: asyncpg.Pool, redis: Redis, keys: Keys
 ) -> None:
-    r = await debit(client, "alice", "1.25", "req-1", model="gpt-4o", input_tokens=100,
-                    output_tokens=20, metadata={"service": "chat"})
+    r = await debit(
+        client,
+        "alice",
+        "1.25",
+        "req-1",
+        model="gpt-4o",
+        input_tokens=100,
+        output_tokens=20,
+        metadata={"service": "chat"},
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["charged"] == "1.250000" and body["credits_remaining"] == "3.750000"
@@ -60,8 +68,9 @@ async def test_replay_returns_original_and_charges_once(client: Client) -> None:
     assert bal["credits_remaining"] == "3.000000"
 
 
-async def test_same_request_id_different_body_is_409(client: Client, redis: Redis,
-                                                      keys: Keys) -> None:
+async def test_same_request_id_different_body_is_409(
+    client: Client, redis: Redis, keys: Keys
+) -> None:
     await debit(client, "carol", "1", "r")
     for body in ({"amount": "2"}, {"amount": "1", "model": "other"}):
         r = await debit(client, "carol", body.pop("amount"), "r", **body)
@@ -89,28 +98,41 @@ async def test_insufficient_credits_is_402_and_charges_nothing(
     assert (await debit(client, "dave", "1", "c")).json()["credits_remaining"] == "0.000000"
 
 
-async def test_balance_creates_unknown_user_with_default_tier(client: Client,
-                                                              pool: asyncpg.Pool) -> None:
+async def test_balance_creates_unknown_user_with_default_tier(
+    client: Client, pool: asyncpg.Pool
+) -> None:
     r = await client.get("/api/v1/credits/balance", params={"user_id": "newbie"})
     assert r.status_code == 200
-    assert r.json() == {"user_id": "newbie", "tier": "trial", "credits_remaining": "5.000000",
-                        "credits_allocated": "5.000000", "monthly_cap": None,
-                        "last_reset": "2026-11-01T00:00:00+00:00"}
+    assert r.json() == {
+        "user_id": "newbie",
+        "tier": "trial",
+        "credits_remaining": "5.000000",
+        "credits_allocated": "5.000000",
+        "monthly_cap": None,
+        "last_reset": "2026-11-01T00:00:00+00:00",
+    }
     assert await pool.fetchval("SELECT tier FROM user_credits WHERE user_id='newbie'") == "trial"
 
 
 async def test_user_in_postgres_is_loaded_not_recreated(client: Client, pool: asyncpg.Pool) -> None:
     await pool.execute(
         "INSERT INTO user_credits (user_id, credits_remaining, credits_allocated, tier) "
-        "VALUES ('legacy', 42.5, 60, 'professional')")
+        "VALUES ('legacy', 42.5, 60, 'professional')"
+    )
     r = await client.get("/api/v1/credits/balance", params={"user_id": "legacy"})
     assert r.json()["credits_remaining"] == "42.500000" and r.json()["tier"] == "professional"
 
 
-async def test_grant_adds_credits_idempotently(client: Client, pool: asyncpg.Pool,
-                                               redis: Redis, keys: Keys) -> None:
-    body = {"user_id": "erin", "amount": "10.5", "request_id": "g1", "kind": "bonus",
-            "reason": "welcome"}
+async def test_grant_adds_credits_idempotently(
+    client: Client, pool: asyncpg.Pool, redis: Redis, keys: Keys
+) -> None:
+    body = {
+        "user_id": "erin",
+        "amount": "10.5",
+        "request_id": "g1",
+        "kind": "bonus",
+        "reason": "welcome",
+    }
     r = await client.post("/api/v1/credits/grant", json=body)
     assert r.status_code == 200, r.text
     assert r.json()["granted"] == "10.500000" and r.json()["credits_remaining"] == "15.500000"
@@ -124,20 +146,25 @@ async def test_grant_adds_credits_idempotently(client: Client, pool: asyncpg.Poo
     await assert_books_balance(pool, redis, keys)
 
 
-async def test_grant_past_numeric_maximum_is_422(client: Client, pool: asyncpg.Pool,
-                                                 redis: Redis, keys: Keys) -> None:
-    r = await client.post("/api/v1/credits/grant",
-                          json={"user_id": "max", "amount": "999994.999999", "request_id": "g1"})
+async def test_grant_past_numeric_maximum_is_422(
+    client: Client, pool: asyncpg.Pool, redis: Redis, keys: Keys
+) -> None:
+    r = await client.post(
+        "/api/v1/credits/grant",
+        json={"user_id": "max", "amount": "999994.999999", "request_id": "g1"},
+    )
     assert r.json()["credits_remaining"] == "999999.999999"
-    r = await client.post("/api/v1/credits/grant",
-                          json={"user_id": "max", "amount": "0.000001", "request_id": "g2"})
+    r = await client.post(
+        "/api/v1/credits/grant", json={"user_id": "max", "amount": "0.000001", "request_id": "g2"}
+    )
     assert r.status_code == 422 and "maximum" in r.json()["detail"]
     await flush(client)
     await assert_books_balance(pool, redis, keys)
 
 
-async def test_tier_change_moves_allocation_and_balance(client: Client, pool: asyncpg.Pool,
-                                                        redis: Redis, keys: Keys) -> None:
+async def test_tier_change_moves_allocation_and_balance(
+    client: Client, pool: asyncpg.Pool, redis: Redis, keys: Keys
+) -> None:
     await debit(client, "fay", "1", "d1")
     r = await client.put("/api/v1/credits/fay/tier", json={"tier": "starter"})
     assert r.status_code == 200, r.text
@@ -158,8 +185,12 @@ async def test_tier_change_moves_allocation_and_balance(client: Client, pool: as
 async def test_tiers_are_listed(client: Client) -> None:
     tiers = {t["name"]: t for t in (await client.get("/api/v1/tiers")).json()["tiers"]}
     assert {n: t["monthly_allocation"] for n, t in tiers.items()} == {
-        "free": "0.000000", "trial": "5.000000", "starter": "20.000000",
-        "professional": "60.000000", "enterprise": "999999.990000"}
+        "free": "0.000000",
+        "trial": "5.000000",
+        "starter": "20.000000",
+        "professional": "60.000000",
+        "enterprise": "999999.990000",
+    }
     assert tiers["trial"]["default"] is True
 
 
@@ -206,8 +237,9 @@ async def test_bad_debit_bodies_get_400_and_change_nothing(
 
 @pytest.mark.parametrize("raw", [b"{", b"not json", b"", b"[]", b"null", b'{"user_id": "v"'])
 async def test_malformed_json_is_400(client: Client, redis: Redis, keys: Keys, raw: bytes) -> None:
-    r = await client.post("/api/v1/credits/debit", content=raw,
-                          headers={"Content-Type": "application/json"})
+    r = await client.post(
+        "/api/v1/credits/debit", content=raw, headers={"Content-Type": "application/json"}
+    )
     assert r.status_code == 400, r.text
     assert [k async for k in redis.scan_iter(match=keys.pattern())] == []
 
@@ -218,8 +250,9 @@ async def test_oversized_body_is_refused(client: Client) -> None:
 
 
 @pytest.mark.parametrize("user", ["a{b}", "a}:r:x", "with space", "üñí©ødé", "x:y", "%7B"])
-async def test_awkward_user_ids_stay_apart(client: Client, pool: asyncpg.Pool, redis: Redis,
-                                           keys: Keys, user: str) -> None:
+async def test_awkward_user_ids_stay_apart(
+    client: Client, pool: asyncpg.Pool, redis: Redis, keys: Keys, user: str
+) -> None:
     assert (await debit(client, user, "1", "r")).json()["credits_remaining"] == "4.000000"
     assert (await debit(client, "a", "1", "r")).json()["credits_remaining"] == "4.000000"
     bal = await client.get("/api/v1/credits/balance", params={"user_id": user})

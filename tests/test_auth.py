@@ -18,8 +18,15 @@ GRANT = ("POST", "/api/v1/credits/grant", {"user_id": "m", "amount": "1", "reque
 TIER = ("PUT", "/api/v1/credits/m/tier", {"tier": "starter"})
 KEYS = ("POST", "/api/v1/admin/keys", {"name": "k2", "scopes": ["read"]})
 LIST_KEYS = ("GET", "/api/v1/admin/keys", None)
-ROUTES = {"debit": DEBIT, "balance": BALANCE, "tiers": TIERS, "grant": GRANT, "tier": TIER,
-          "keys": KEYS, "list_keys": LIST_KEYS}
+ROUTES = {
+    "debit": DEBIT,
+    "balance": BALANCE,
+    "tiers": TIERS,
+    "grant": GRANT,
+    "tier": TIER,
+    "keys": KEYS,
+    "list_keys": LIST_KEYS,
+}
 ALLOWED = {  # scope -> routes it may call
     "debit": {"debit"},
     "read": {"balance", "tiers"},
@@ -66,8 +73,9 @@ async def test_health_needs_no_key(client: Client) -> None:
     assert ready.json()["checks"] == {"redis": "ok", "postgres": "ok", "migrations": "ok"}
 
 
-async def test_keys_are_stored_hashed_and_never_logged(client: Client, pool: asyncpg.Pool,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
+async def test_keys_are_stored_hashed_and_never_logged(
+    client: Client, pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     key = await make_key(client, "svc", ["debit", "read"])
     assert key.startswith("mk_") and len(key) > 40
@@ -85,8 +93,15 @@ async def test_duplicate_key_name_is_409(client: Client) -> None:
     assert r.status_code == 409
 
 
-@pytest.mark.parametrize("body", [{"name": "x", "scopes": []}, {"name": "x", "scopes": ["root"]},
-                                  {"name": "", "scopes": ["read"]}, {"scopes": ["read"]}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"name": "x", "scopes": []},
+        {"name": "x", "scopes": ["root"]},
+        {"name": "", "scopes": ["read"]},
+        {"scopes": ["read"]},
+    ],
+)
 async def test_bad_key_requests_are_400(client: Client, body: dict[str, object]) -> None:
     assert (await client.post("/api/v1/admin/keys", json=body)).status_code == 400
 
@@ -101,8 +116,9 @@ async def test_revoked_key_stops_working_within_the_cache_ttl(client: Client) ->
     assert (await client.delete("/api/v1/admin/keys/temp")).status_code == 404
 
 
-async def test_revocation_reaches_other_processes_after_the_cache_ttl(client: Client,
-                                                                      pool: asyncpg.Pool) -> None:
+async def test_revocation_reaches_other_processes_after_the_cache_ttl(
+    client: Client, pool: asyncpg.Pool
+) -> None:
     key = await make_key(client, "elsewhere", ["read"])
     assert await call(client, "balance", key) == 200  # cached now
     await pool.execute("UPDATE api_keys SET revoked_at = now() WHERE name = 'elsewhere'")

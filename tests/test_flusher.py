@@ -20,17 +20,26 @@ from tests.conftest import REDIS_URL, Client
 
 
 async def spend(client: Client, users: int, per_user: int, amount: str = "0.01") -> int:
-    results = await asyncio.gather(*(
-        client.post("/api/v1/credits/debit",
-                    json={"user_id": f"f{u}", "amount": amount, "request_id": f"r{u}-{i}"})
-        for u in range(users) for i in range(per_user)))
+    results = await asyncio.gather(
+        *(
+            client.post(
+                "/api/v1/credits/debit",
+                json={"user_id": f"f{u}", "amount": amount, "request_id": f"r{u}-{i}"},
+            )
+            for u in range(users)
+            for i in range(per_user)
+        )
+    )
     assert {r.status_code for r in results} == {200}
     return len(results)
 
 
 async def usage_rows(pool: asyncpg.Pool) -> int:
-    return int(await pool.fetchval(
-        "SELECT count(*) FROM credit_transactions WHERE transaction_type = 'usage'"))
+    return int(
+        await pool.fetchval(
+            "SELECT count(*) FROM credit_transactions WHERE transaction_type = 'usage'"
+        )
+    )
 
 
 async def test_crash_after_commit_before_ack_does_not_double_count(
@@ -77,12 +86,14 @@ async def test_failure_before_commit_loses_nothing(
     await assert_books_balance(pool, redis, keys)
 
 
-async def test_replaying_an_old_batch_changes_nothing(client: Client, pool: asyncpg.Pool,
-                                                      redis: Redis, keys: Keys) -> None:
+async def test_replaying_an_old_batch_changes_nothing(
+    client: Client, pool: asyncpg.Pool, redis: Redis, keys: Keys
+) -> None:
     await spend(client, users=2, per_user=5)
     old = [parse_event(f) for s in keys.all_streams() for _, f in await redis.xrange(s)]
-    await client.post("/api/v1/credits/debit",
-                      json={"user_id": "f0", "amount": "1", "request_id": "later"})
+    await client.post(
+        "/api/v1/credits/debit", json={"user_id": "f0", "amount": "1", "request_id": "later"}
+    )
     await client.app.state.flusher.flush()
     async with pool.acquire() as conn, conn.transaction():
         result = await apply_events(conn, old)  # a stale, duplicate batch
@@ -112,44 +123,52 @@ async def test_two_flushers_at_once_apply_each_event_once(
     await assert_books_balance(pool, redis, keys)
 
 
-async def test_redis_emptied_rehydrates_from_postgres(client: Client, pool: asyncpg.Pool,
-                                                      redis: Redis, keys: Keys) -> None:
-    await client.post("/api/v1/credits/debit",
-                      json={"user_id": "lost", "amount": "2", "request_id": "a"})
+async def test_redis_emptied_rehydrates_from_postgres(
+    client: Client, pool: asyncpg.Pool, redis: Redis, keys: Keys
+) -> None:
+    await client.post(
+        "/api/v1/credits/debit", json={"user_id": "lost", "amount": "2", "request_id": "a"}
+    )
     await client.app.state.flusher.flush()
     await redis.delete(keys.user("lost"))  # as after FLUSHALL or a fresh Redis
     bal = await client.get("/api/v1/credits/balance", params={"user_id": "lost"})
     assert bal.json()["credits_remaining"] == "3.000000"  # not a fresh 5.00 allocation
-    r = await client.post("/api/v1/credits/debit",
-                          json={"user_id": "lost", "amount": "1", "request_id": "b"})
+    r = await client.post(
+        "/api/v1/credits/debit", json={"user_id": "lost", "amount": "1", "request_id": "b"}
+    )
     assert r.json()["credits_remaining"] == "2.000000"
     await client.app.state.flusher.flush()
     await assert_books_balance(pool, redis, keys)
 
 
-async def test_hydration_never_overwrites_a_newer_redis_state(client: Client, pool: asyncpg.Pool,
-                                                              redis: Redis, keys: Keys) -> None:
-    await client.post("/api/v1/credits/debit",
-                      json={"user_id": "h", "amount": "1", "request_id": "a"})
+async def test_hydration_never_overwrites_a_newer_redis_state(
+    client: Client, pool: asyncpg.Pool, redis: Redis, keys: Keys
+) -> None:
+    await client.post(
+        "/api/v1/credits/debit", json={"user_id": "h", "amount": "1", "request_id": "a"}
+    )
     service = client.app.state.service
     await service.hydrate("h")  # a second gateway hydrating late from the (stale) Postgres row
     assert (await redis.hget(keys.user("h"), "bal")) == "4000000"
 
 
-async def test_background_job_flushes_on_its_own(settings: Any, pool: asyncpg.Pool,
-                                                 redis: Redis, keys: Keys) -> None:
+async def test_background_job_flushes_on_its_own(
+    settings: Any, pool: asyncpg.Pool, redis: Redis, keys: Keys
+) -> None:
     from gateway.app import create_app
     from tests.conftest import running
 
     app = create_app(type(settings)(**{**_fields(settings), "flush_interval": 0.05}))
     async with running(app):
         await app.state.service.balance("bg")
-        from gateway.schemas import DebitRequest
         from decimal import Decimal
 
+        from gateway.schemas import DebitRequest
+
         await app.state.service.debit(DebitRequest("bg", Decimal("1"), "x"))
-        await _eventually(lambda: pool.fetchval(
-            "SELECT count(*) FROM credit_transactions WHERE request_id='x'"))
+        await _eventually(
+            lambda: pool.fetchval("SELECT count(*) FROM credit_transactions WHERE request_id='x'")
+        )
     await assert_books_balance(pool, redis, keys)
 
 

@@ -1,4 +1,4 @@
-"""The Lua scripts on their own: fast checks on fakeredis (Lua), and a thread storm on real Redis."""
+"""The Lua scripts alone: quick checks on fakeredis (Lua) and a thread storm on real Redis."""
 
 from __future__ import annotations
 
@@ -36,15 +36,21 @@ def k() -> Keys:
 
 
 def hydrate(r: Any, k: Keys, user: str, bal: int, ver: int = 0) -> int:
-    return int(r.register_script(_source("hydrate"))(
-        keys=[k.user(user)], args=[bal, bal, "trial", "", "2026-11-01T00:00:00+00:00", ver]))
+    return int(
+        r.register_script(_source("hydrate"))(
+            keys=[k.user(user)], args=[bal, bal, "trial", "", "2026-11-01T00:00:00+00:00", ver]
+        )
+    )
 
 
 def apply(r: Any, k: Keys, user: str, delta: int, rid: str, fp: str = "fp") -> list[str]:
     script = r.register_script(_source("apply"))
-    return list(script(keys=[k.user(user), k.request(user, rid), k.user_stream(user)],
-                       args=[user, delta, fp, f"tx-{rid}", 1_700_000_000_000, 60, rid, "usage",
-                             MAX_MICRO]))
+    return list(
+        script(
+            keys=[k.user(user), k.request(user, rid), k.user_stream(user)],
+            args=[user, delta, fp, f"tx-{rid}", 1_700_000_000_000, 60, rid, "usage", MAX_MICRO],
+        )
+    )
 
 
 def test_miss_then_hydrate_then_debit(r: Any, k: Keys) -> None:

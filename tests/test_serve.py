@@ -33,12 +33,21 @@ def server() -> Iterator[tuple[str, str, str]]:
     database = f"{PG_SERVER}/metering_serve_{uuid.uuid4().hex[:8]}"
     prefix = f"t{uuid.uuid4().hex[:10]}"
     port = free_port()
-    env = {**os.environ, "METERING_DATABASE_URL": database, "METERING_REDIS_URL": REDIS_URL,
-           "METERING_ADMIN_KEY": ADMIN_KEY, "METERING_KEY_PREFIX": prefix,
-           "METERING_FLUSH_INTERVAL": "0.2"}
+    env = {
+        **os.environ,
+        "METERING_DATABASE_URL": database,
+        "METERING_REDIS_URL": REDIS_URL,
+        "METERING_ADMIN_KEY": ADMIN_KEY,
+        "METERING_KEY_PREFIX": prefix,
+        "METERING_FLUSH_INTERVAL": "0.2",
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--workers", "2"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(150):
@@ -88,8 +97,9 @@ def test_two_workers_never_overspend_and_flush_exactly(server: tuple[str, str, s
     codes = Counter(code for code, _ in results)
     assert set(codes) == {200, 402}
     assert len({txn for code, txn in results if code == 200}) == 100  # exactly 100 charges
-    bal = httpx.get(f"{url}/api/v1/credits/balance", params={"user_id": "proc-user"},
-                    headers=headers).json()
+    bal = httpx.get(
+        f"{url}/api/v1/credits/balance", params={"user_id": "proc-user"}, headers=headers
+    ).json()
     assert bal["credits_remaining"] == "0.000000"
 
     async def ledger() -> tuple[Decimal, int, Decimal]:
@@ -100,7 +110,8 @@ def test_two_workers_never_overspend_and_flush_exactly(server: tuple[str, str, s
                     "SELECT u.credits_remaining AS bal, count(t.id) AS n, sum(t.amount) AS total "
                     "FROM user_credits u JOIN credit_transactions t USING (user_id) "
                     "WHERE u.user_id = 'proc-user' AND t.transaction_type = 'usage' "
-                    "GROUP BY u.credits_remaining")
+                    "GROUP BY u.credits_remaining"
+                )
                 if rec and rec["n"] == 100 and rec["bal"] == 0:
                     return rec["bal"], rec["n"], rec["total"]
                 time.sleep(0.1)

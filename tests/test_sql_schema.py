@@ -13,8 +13,10 @@ from persistence import queries
 from persistence.migrate import migrate, migration_files
 
 ROOT = Path(__file__).resolve().parent.parent
-SQL_WORDS = re.compile(r"\b(INSERT\s+INTO|UPDATE\s+\w+\s+(AS\s+\w+\s+)?SET|DELETE\s+FROM|SELECT\s.+\sFROM)\b",
-                       re.IGNORECASE | re.DOTALL)
+SQL_WORDS = re.compile(
+    r"\b(INSERT\s+INTO|UPDATE\s+\w+\s+(AS\s+\w+\s+)?SET|DELETE\s+FROM|SELECT\s.+\sFROM)\b",
+    re.IGNORECASE | re.DOTALL,
+)
 
 
 @pytest.mark.parametrize("name", sorted(queries.ALL))
@@ -45,7 +47,10 @@ async def test_the_seed_bug_is_caught_by_preparing(database_url: str) -> None:
 def test_no_sql_outside_the_queries_module() -> None:
     """SQL lives in persistence/queries.py only, so the test above sees all of it."""
     offenders = []
-    for path in [*ROOT.joinpath("gateway").rglob("*.py"), *ROOT.joinpath("persistence").rglob("*.py")]:
+    for path in [
+        *ROOT.joinpath("gateway").rglob("*.py"),
+        *ROOT.joinpath("persistence").rglob("*.py"),
+    ]:
         if path.name == "queries.py":
             continue
         if SQL_WORDS.search(path.read_text()):
@@ -59,12 +64,20 @@ async def test_migrations_are_idempotent_and_complete(database_url: str) -> None
         assert await migrate(conn) == []  # already applied by the fixture
         applied = [r["version"] for r in await conn.fetch(queries.MIGRATIONS_APPLIED)]
         assert applied == [v for v, _ in migration_files()]
-        cols = {r["column_name"]: (r["data_type"], r["numeric_precision"], r["numeric_scale"],
-                                   r["is_nullable"], r["character_maximum_length"])
-                for r in await conn.fetch(
-                    "SELECT column_name, data_type, numeric_precision, numeric_scale, "
-                    "is_nullable, character_maximum_length FROM information_schema.columns "
-                    "WHERE table_name = 'user_credits'")}
+        cols = {
+            r["column_name"]: (
+                r["data_type"],
+                r["numeric_precision"],
+                r["numeric_scale"],
+                r["is_nullable"],
+                r["character_maximum_length"],
+            )
+            for r in await conn.fetch(
+                "SELECT column_name, data_type, numeric_precision, numeric_scale, "
+                "is_nullable, character_maximum_length FROM information_schema.columns "
+                "WHERE table_name = 'user_credits'"
+            )
+        }
         assert cols["id"][0] == "uuid"
         assert cols["user_id"] == ("character varying", None, None, "NO", 255)
         assert cols["credits_remaining"][:4] == ("numeric", 12, 6, "NO")

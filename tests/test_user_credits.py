@@ -15,15 +15,17 @@ PERIOD = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 async def create(pool: asyncpg.Pool, user_id: str, **kw: object) -> tuple[object, bool]:
-    args: dict[str, object] = dict(tier="trial", allocation=Decimal("5.00"), monthly_cap=None,
-                                   last_reset=PERIOD)
+    args: dict[str, object] = dict(
+        tier="trial", allocation=Decimal("5.00"), monthly_cap=None, last_reset=PERIOD
+    )
     args.update(kw)
     return await create_user_credits(pool, user_id, **args)  # type: ignore[arg-type]
 
 
 async def test_insert_executes_and_fills_every_column(pool: asyncpg.Pool) -> None:
-    row, created = await create(pool, "fresh", tier="starter", allocation=Decimal("20.00"),
-                                monthly_cap=Decimal("15.5"))
+    _row, created = await create(
+        pool, "fresh", tier="starter", allocation=Decimal("20.00"), monthly_cap=Decimal("15.5")
+    )
     assert created
     rec = await pool.fetchrow("SELECT * FROM user_credits WHERE user_id = 'fresh'")
     assert rec is not None
@@ -41,7 +43,7 @@ async def test_insert_executes_and_fills_every_column(pool: asyncpg.Pool) -> Non
 
 
 async def test_existing_user_is_left_as_it_was(pool: asyncpg.Pool) -> None:
-    first, _ = await create(pool, "old")
+    _first, _ = await create(pool, "old")
     await pool.execute("UPDATE user_credits SET credits_remaining = 1.25 WHERE user_id = 'old'")
     row, created = await create(pool, "old", tier="enterprise", allocation=Decimal("999999.99"))
     assert not created
@@ -63,7 +65,9 @@ async def test_concurrent_creation_creates_once(pool: asyncpg.Pool) -> None:
     results = await asyncio.gather(*(create(pool, "racer") for _ in range(20)))
     assert sum(created for _, created in results) == 1
     assert await pool.fetchval("SELECT count(*) FROM user_credits WHERE user_id='racer'") == 1
-    assert await pool.fetchval("SELECT count(*) FROM credit_transactions WHERE user_id='racer'") == 1
+    assert (
+        await pool.fetchval("SELECT count(*) FROM credit_transactions WHERE user_id='racer'") == 1
+    )
 
 
 async def test_duplicate_user_is_refused_by_the_unique_constraint(pool: asyncpg.Pool) -> None:
@@ -75,7 +79,7 @@ async def test_duplicate_user_is_refused_by_the_unique_constraint(pool: asyncpg.
 async def test_overlong_user_id_is_a_clear_error(pool: asyncpg.Pool) -> None:
     with pytest.raises(UserCreditsError, match="at most 255"):
         await create(pool, "x" * 256)
-    row, created = await create(pool, "é" * 255)  # 255 characters, more bytes: fits
+    _row, created = await create(pool, "é" * 255)  # 255 characters, more bytes: fits
     assert created
 
 
