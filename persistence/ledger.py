@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -31,6 +32,12 @@ class Event:
     cap: int | None = None
 
 
+log = logging.getLogger("metering.ledger")
+
+# Ledger request_id of a request whose id was reused after the idempotency window.
+REUSED_PREFIX = "sys:reused:"
+
+
 def _dec(micro: int | None) -> Decimal | None:
     return None if micro is None else Decimal(micro).scaleb(-6)
 
@@ -47,21 +54,9 @@ async def apply_events(conn: Executor, events: list[Event]) -> BatchResult:
     Run inside a transaction. Replaying events already applied changes nothing: ledger rows are
     keyed by transaction id, and a user's row only moves to a higher Redis version.
     """
-    ledger = await conn.fetch(
-        queries.LEDGER_INSERT_BATCH,
-        [e.txn for e in events],
-        [e.user_id for e in events],
-        [e.type for e in events],
-        [_dec(e.amount) for e in events],
-        [_dec(e.balance_after) for e in events],
-        [e.request_id for e in events],
-        [e.model for e in events],
-        [e.input_tokens for e in events],
-        [e.output_tokens for e in events],
-        [e.metadata for e in events],
-        [e.version for e in events],
-        [datetime.fromtimestamp(e.ts_ms / 1000, UTC) for e in events],
-    )
+    inserted = await _insert(conn, events)
+    if inserted < len(events):
+        inserted += await _insert_reused(conn, events)
     latest: dict[str, Event] = {}
     tiers: dict[str, Event] = {}
     for e in events:  # stream order is mutation order
@@ -79,7 +74,44 @@ async def apply_events(conn: Executor, events: list[Event]) -> BatchResult:
         [_dec(tiers[u].allocation) if u in tiers else None for u in users],
         [_dec(tiers[u].cap) if u in tiers else None for u in users],
     )
-    return BatchResult(inserted=len(ledger), users=int(status.split()[-1]))
+    return BatchResult(inserted=inserted, users=int(status.split()[-1]))
+
+
+async def _insert(conn: Executor, events: list[Event], request_ids: list[str] | None = None) -> int:
+    rows = await conn.fetch(
+        queries.LEDGER_INSERT_BATCH,
+        [e.txn for e in events],
+        [e.user_id for e in events],
+        [e.type for e in events],
+        [_dec(e.amount) for e in events],
+        [_dec(e.balance_after) for e in events],
+        request_ids or [e.request_id for e in events],
+        [e.model for e in events],
+        [e.input_tokens for e in events],
+        [e.output_tokens for e in events],
+        [e.metadata for e in events],
+        [e.version for e in events],
+        [datetime.fromtimestamp(e.ts_ms / 1000, UTC) for e in events],
+    )
+    return len(rows)
+
+
+async def _insert_reused(conn: Executor, events: list[Event]) -> int:
+    """Events the ledger refused are replays (their transaction id is there: nothing to do) or,
+    rarely, a request id reused after Redis forgot it (idempotency TTL): Redis charged it as a new
+    request, so the ledger records it too, under a derived id, and the books still balance."""
+    known = {
+        str(r["id"]) for r in await conn.fetch(queries.LEDGER_KNOWN_IDS, [e.txn for e in events])
+    }
+    reused = [e for e in events if e.txn not in known]
+    if not reused:
+        return 0
+    for e in reused:
+        log.warning(
+            "request_id reused after the idempotency window; recorded as a new transaction",
+            extra={"user_id": e.user_id, "request_id": e.request_id, "transaction_id": e.txn},
+        )
+    return await _insert(conn, reused, [f"{REUSED_PREFIX}{e.txn}" for e in reused])
 
 
 async def try_flush_lock(conn: Executor, stream: str) -> bool:

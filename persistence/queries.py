@@ -50,6 +50,9 @@ ON CONFLICT DO NOTHING
 RETURNING id
 """
 
+# Which of these transaction ids the ledger already holds (to tell a replay from a reused id).
+LEDGER_KNOWN_IDS = "SELECT id FROM credit_transactions WHERE id = ANY($1::uuid[])"
+
 # Each user's newest state in the batch; the version guard makes replays and stale batches no-ops.
 # tier/alloc/cap are NULL for users whose batch holds no tier change.
 USERS_APPLY_BATCH = """

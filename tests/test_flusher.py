@@ -182,3 +182,25 @@ async def _eventually(probe: Callable[[], Awaitable[Any]], tries: int = 200) -> 
             return
         await asyncio.sleep(0.02)
     raise AssertionError("condition not reached")
+
+
+async def test_request_id_reused_after_the_idempotency_window_keeps_the_books(
+    client: Client, pool: asyncpg.Pool, redis: Redis, keys: Keys
+) -> None:
+    body = {"user_id": "late", "amount": "1", "request_id": "once"}
+    first = (await client.post("/api/v1/credits/debit", json=body)).json()
+    await client.app.state.flusher.flush()
+    await redis.delete(keys.request("late", "once"))  # the idempotency record expired
+    second = (await client.post("/api/v1/credits/debit", json=body)).json()
+    assert second["replayed"] is False and second["credits_remaining"] == "3.000000"
+    stats = await client.app.state.flusher.flush()
+    assert stats.inserted == 1
+    rows = await pool.fetch(
+        "SELECT id::text, request_id FROM credit_transactions "
+        "WHERE user_id = 'late' AND transaction_type = 'usage' ORDER BY created_at, request_id"
+    )
+    assert {(r["id"], r["request_id"]) for r in rows} == {
+        (first["transaction_id"], "once"),
+        (second["transaction_id"], f"sys:reused:{second['transaction_id']}"),
+    }
+    await assert_books_balance(pool, redis, keys)
