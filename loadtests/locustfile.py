@@ -17,7 +17,9 @@ import uuid
 from locust import between, task
 from locust.contrib.fasthttp import FastHttpUser
 
-API_KEY = os.environ.get("METERING_API_KEY", os.environ.get("METERING_ADMIN_KEY", ""))
+API_KEY = (
+    os.environ.get("METERING_API_KEY") or os.environ.get("METERING_ADMIN_KEY") or "dev-admin-key"
+)
 USERS = int(os.environ.get("METERING_LOAD_USERS", "1000"))
 RUN = uuid.uuid4().hex[:8]
 

@@ -24,7 +24,7 @@ from persistence import db
 from persistence.migrate import migrate
 
 PG_SERVER = os.environ.get("METERING_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
-REDIS_URL = os.environ.get("METERING_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_URL = os.environ.get("METERING_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 ADMIN_KEY = "test-admin-key"
 
 logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -263,3 +263,41 @@ async def test_awkward_user_ids_stay_apart(
 
 def test_amount_format() -> None:
     assert fmt(0) == "0.000000" and fmt(-1) == "-0.000001" and fmt(123_456_789) == "123.456789"
+
+
+BAD_GRANTS = [
+    ({"user_id": "v", "amount": "0", "request_id": "x"}, "greater than 0"),
+    ({"user_id": "v", "amount": "1.1234567", "request_id": "x"}, "6 decimal places"),
+    ({"user_id": "v", "amount": "1", "request_id": "x", "kind": "gift"}, "kind"),
+    ({"user_id": "v", "amount": "1"}, "request_id"),
+    ({"user_id": "v", "amount": "1", "request_id": "x", "reason": "r" * 1001}, "reason"),
+]
+
+
+@pytest.mark.parametrize(("body", "says"), BAD_GRANTS)
+async def test_bad_grant_bodies_get_400_and_change_nothing(
+    client: Client, redis: Redis, keys: Keys, body: dict[str, Any], says: str
+) -> None:
+    r = await client.post("/api/v1/credits/grant", json=body)
+    assert r.status_code == 400, r.text
+    assert says in r.text
+    assert [k async for k in redis.scan_iter(match=keys.pattern())] == []
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body"),
+    [
+        ("GET", "/api/v1/credits/balance", None),
+        ("GET", "/api/v1/credits/balance?user_id=", None),
+        ("GET", "/api/v1/credits/balance?user_id=" + "u" * 256, None),
+        ("PUT", "/api/v1/credits/" + "u" * 256 + "/tier", {"tier": "free"}),
+        ("PUT", "/api/v1/credits/u/tier", {"tier": ""}),
+        ("PUT", "/api/v1/credits/u/tier", {}),
+    ],
+)
+async def test_bad_query_and_path_values_are_400(
+    client: Client, redis: Redis, keys: Keys, method: str, url: str, body: Any
+) -> None:
+    r = await client.request(method, url, json=body)
+    assert r.status_code == 400, r.text
+    assert [k async for k in redis.scan_iter(match=keys.pattern())] == []
