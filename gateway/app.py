@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
 from litestar import Litestar, Request, Response
 from litestar.openapi import OpenAPIConfig
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -22,6 +23,7 @@ from gateway.errors import InsufficientCredits, MeteringError
 from gateway.flusher import Flusher
 from gateway.keys import Keys
 from gateway.money import fmt
+from gateway.renewal import renew_idle
 from gateway.service import DB_ERRORS, CreditService
 from gateway.settings import Settings, settings_from_env
 from gateway.tiers import load_tiers
@@ -70,7 +72,9 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
             )
         )
         pool = await open_pool(settings.database_url)
-        service = CreditService(redis, pool, keys, tiers, clock, settings.idempotency_ttl)
+        service = CreditService(
+            redis, pool, keys, tiers, clock, settings.idempotency_ttl, settings.period
+        )
         flusher = Flusher(redis, pool, keys, settings.flush_batch)
         app.state.update(
             redis=redis,
@@ -90,12 +94,21 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
                 coalesce=True,
                 id="flush",
             )
-            scheduler.start()
+        if settings.renew_cron != "off":
+            scheduler.add_job(
+                _renew_job,
+                CronTrigger.from_crontab(settings.renew_cron, timezone="UTC"),
+                args=[service],
+                max_instances=1,
+                coalesce=True,
+                id="renew",
+            )
+        scheduler.start()
         try:
             yield
         finally:
-            if scheduler.running:
-                scheduler.shutdown(wait=False)
+            scheduler.shutdown(wait=False)
+            if settings.flush_interval > 0:
                 await _flush_job(flusher)  # hand over what is pending before stopping
             await redis.aclose()
             await pool.close()
@@ -115,6 +128,13 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
         request_max_body_size=settings.max_body_bytes,
         debug=False,
     )
+
+
+async def _renew_job(service: CreditService) -> None:
+    try:
+        await renew_idle(service)
+    except Exception:
+        log.exception("renewing idle users failed; retried at the next run")
 
 
 async def _flush_job(flusher: Flusher) -> None:

@@ -1,20 +1,28 @@
-"""Time is passed in, never read inside the scripts, so tests can move it."""
+"""Time is passed in (never read inside the scripts), so tests can move it across periods."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 Clock = Callable[[], datetime]
+Period = Literal["month", "week", "day"]
 
 
 def system_clock() -> datetime:
     return datetime.now(UTC)
 
 
-def period_start(now: datetime) -> datetime:
-    """Start of the calendar month (UTC) containing now: the current allocation period."""
-    return now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+def period_start(now: datetime, period: Period = "month") -> datetime:
+    """Start (UTC) of the allocation period containing now: calendar month by default,
+    or ISO week (Monday) or day."""
+    day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "day":
+        return day
+    if period == "week":
+        return day - timedelta(days=day.weekday())
+    return day.replace(day=1)
 
 
 def epoch_ms(now: datetime) -> int:

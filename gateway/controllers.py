@@ -25,6 +25,8 @@ from gateway.schemas import (
     KeyCreated,
     KeyInfo,
     KeyRequest,
+    ResetRequest,
+    ResetResult,
     TierChange,
     TierInfo,
     TierList,
@@ -68,6 +70,13 @@ class CreditsController(Controller):
         """Move a user to a tier; the balance moves by the difference of the allocations."""
         return await _service(state).set_tier(user_id, data.tier)
 
+    @post("/credits/{user_id:str}/reset", opt={"scope": "admin"}, status_code=200)
+    async def reset(
+        self, user_id: UserIdPath, data: JSONBody[ResetRequest], state: State
+    ) -> ResetResult:
+        """Renew the user's period now: new allocation, spending back to 0 (idempotent)."""
+        return await _service(state).reset(user_id, data.request_id)
+
     @get("/tiers", opt={"scope": "read"})
     async def tiers(self, state: State) -> TierList:
         """The configured tiers and their monthly allocations."""
@@ -79,6 +88,7 @@ class CreditsController(Controller):
                     fmt(t.allocation),
                     None if t.monthly_cap is None else fmt(t.monthly_cap),
                     t.name == table.default,
+                    t.rollover,
                 )
                 for t in table.tiers.values()
             ]

@@ -46,6 +46,8 @@ def parse_event(fields: Mapping[str, str]) -> Event:
         tier=fields.get("tier"),
         allocation=opt_int("alloc"),
         cap=opt_int("cap"),
+        spent=opt_int("spent"),
+        reset=fields.get("reset"),
     )
 
 

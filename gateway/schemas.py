@@ -71,6 +71,21 @@ class GrantRequest(Struct, forbid_unknown_fields=True):
         _check_request_id(self.request_id)
 
 
+class ResetRequest(Struct, forbid_unknown_fields=True):
+    request_id: RequestId
+
+    def __post_init__(self) -> None:
+        _check_request_id(self.request_id)
+
+
+class ResetResult(Struct):
+    transaction_id: str
+    user_id: str
+    adjustment: str
+    credits_remaining: str
+    replayed: bool
+
+
 class TierRequest(Struct, forbid_unknown_fields=True):
     tier: Annotated[str, Meta(min_length=1, max_length=50)]
 
@@ -103,6 +118,7 @@ class Balance(Struct):
     credits_allocated: str
     monthly_cap: str | None
     last_reset: str
+    period_spent: str
 
 
 class TierChange(Struct):
@@ -120,6 +136,7 @@ class TierInfo(Struct):
     monthly_allocation: str
     monthly_cap: str | None
     default: bool
+    rollover: bool
 
 
 class TierList(Struct):

@@ -1,4 +1,8 @@
-"""The Lua scripts, loaded once per Redis client into typed attributes (EVALSHA thereafter)."""
+"""The Lua scripts, loaded once per Redis client into typed attributes (EVALSHA thereafter).
+
+Each script is ``lib.lua`` (shared helpers) followed by its own file; the numeric(12,6) maximum
+is injected from ``gateway.money`` so Python and Lua cannot disagree on it.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,27 @@ from typing import Any
 
 from redis.commands.core import AsyncScript
 
+from gateway.money import MAX_MICRO
 
-def _source(name: str) -> str:
+
+def _file(name: str) -> str:
     return resources.files("gateway").joinpath("lua", f"{name}.lua").read_text()
+
+
+def source(name: str) -> str:
+    """The full text of a script as Redis runs it."""
+    if name == "hydrate":  # no header, no helpers
+        return _file(name)
+    return f"local MAX = {MAX_MICRO}\n{_file('lib')}\n{_file(name)}"
 
 
 class Scripts:
     apply: AsyncScript
+    balance: AsyncScript
     hydrate: AsyncScript
     set_tier: AsyncScript
+    reset: AsyncScript
 
     def __init__(self, redis: Any) -> None:
-        self.apply = redis.register_script(_source("apply"))
-        self.hydrate = redis.register_script(_source("hydrate"))
-        self.set_tier = redis.register_script(_source("set_tier"))
+        for name in ("apply", "balance", "hydrate", "set_tier", "reset"):
+            setattr(self, name, redis.register_script(source(name)))

@@ -1,4 +1,4 @@
-"""The credit service: every balance change is one Lua call; a user missing from Redis is
+"""The credit service: every balance change is one Lua call. A user missing from Redis is
 hydrated from PostgreSQL (created there first if unknown) and the call is retried once."""
 
 from __future__ import annotations
@@ -6,13 +6,15 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 import msgspec
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
-from gateway.clock import Clock, epoch_ms, period_start
+from gateway.clock import Clock, Period, epoch_ms, period_start
 from gateway.errors import IdempotencyConflict, InsufficientCredits, Unavailable, Unprocessable
 from gateway.keys import Keys
 from gateway.money import MAX_MICRO, fmt, parse_amount, to_decimal, to_micro
@@ -22,6 +24,7 @@ from gateway.schemas import (
     DebitResult,
     GrantRequest,
     GrantResult,
+    ResetResult,
     TierChange,
     fingerprint,
 )
@@ -32,6 +35,8 @@ from persistence.users import UserCreditsError, UserRow, create_user_credits
 log = logging.getLogger("metering.service")
 
 DB_ERRORS = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+Args = list[str | int | bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +56,14 @@ class CreditService:
         tiers: TierTable,
         clock: Clock,
         idempotency_ttl: int,
+        period: Period = "month",
     ) -> None:
         self.redis = redis
         self.pool = pool
         self.keys = keys
         self.tiers = tiers
         self.clock = clock
+        self.period: Period = period
         self.scripts = Scripts(redis)
         self.idempotency_ttl = idempotency_ttl
 
@@ -64,7 +71,7 @@ class CreditService:
 
     async def debit(self, req: DebitRequest) -> DebitResult:
         micro = parse_amount(req.amount)
-        extra: list[Any] = []
+        extra: Args = []
         if req.model is not None:
             extra += ["model", req.model]
         if req.input_tokens is not None:
@@ -83,7 +90,7 @@ class CreditService:
 
     async def grant(self, req: GrantRequest) -> GrantResult:
         micro = parse_amount(req.amount)
-        extra: list[Any] = []
+        extra: Args = []
         if req.reason is not None:
             extra += ["meta", msgspec.json.encode({"reason": req.reason})]
         fp = fingerprint("grant", micro, req.kind, req.reason)
@@ -93,7 +100,7 @@ class CreditService:
         )
 
     async def _apply(
-        self, user_id: str, request_id: str, delta: int, fp: str, event: str, extra: list[Any]
+        self, user_id: str, request_id: str, delta: int, fp: str, event: str, extra: Args
     ) -> Applied:
         keys = [
             self.keys.user(user_id),
@@ -101,22 +108,8 @@ class CreditService:
             self.keys.user_stream(user_id),
         ]
         txn = str(uuid.uuid4())
-        args = [
-            user_id,
-            delta,
-            fp,
-            txn,
-            epoch_ms(self.clock()),
-            self.idempotency_ttl,
-            request_id,
-            event,
-            MAX_MICRO,
-            *extra,
-        ]
-        res = await self.scripts.apply(keys=keys, args=args)
-        if res[0] == "miss":
-            await self.hydrate(user_id)
-            res = await self.scripts.apply(keys=keys, args=args)
+        args: Args = [delta, fp, txn, self.idempotency_ttl, request_id, event, *extra]
+        res = await self._call(self.scripts.apply, user_id, keys, args)
         status = res[0]
         if status in ("ok", "replay"):
             return Applied(status, res[1], int(res[2]), int(res[3]))
@@ -124,6 +117,14 @@ class CreditService:
             bal = int(res[1])
             raise InsufficientCredits(
                 f"insufficient credits: {fmt(-delta)} requested, {fmt(bal)} remaining", bal
+            )
+        if status == "cap":
+            bal, spent, cap = int(res[1]), int(res[2]), int(res[3])
+            raise InsufficientCredits(
+                f"monthly cap reached: {fmt(spent)} of {fmt(cap)} spent this period, "
+                f"{fmt(-delta)} requested",
+                bal,
+                reason="monthly_cap_reached",
             )
         if status == "overflow":
             raise Unprocessable(
@@ -137,40 +138,29 @@ class CreditService:
         raise RuntimeError(f"unexpected script result {res!r}")
 
     async def balance(self, user_id: str) -> Balance:
-        key = self.keys.user(user_id)
-        fields = ("bal", "alloc", "tier", "cap", "reset")
-        state = await self.redis.hmget(key, fields)
-        if state[0] is None:
-            await self.hydrate(user_id)
-            state = await self.redis.hmget(key, fields)
-        bal, alloc, tier, cap, reset = (str(v) if v is not None else "" for v in state)
+        keys = [self.keys.user(user_id), self.keys.user_stream(user_id)]
+        res = await self._call(self.scripts.balance, user_id, keys, [])
+        _, bal, alloc, tier, cap, reset, spent = res
         return Balance(
-            user_id, tier, fmt(int(bal)), fmt(int(alloc)), fmt(int(cap)) if cap else None, reset
+            user_id=user_id,
+            tier=tier,
+            credits_remaining=fmt(int(bal)),
+            credits_allocated=fmt(int(alloc)),
+            monthly_cap=fmt(int(cap)) if cap else None,
+            last_reset=reset,
+            period_spent=fmt(int(spent)),
         )
 
     async def set_tier(self, user_id: str, tier_name: str) -> TierChange:
         tier = self.tiers.get(tier_name)
         if tier is None:
-            raise Unprocessable(
-                f"unknown tier {tier_name!r}; known tiers: {', '.join(self.tiers.tiers)}"
-            )
+            known = ", ".join(self.tiers.tiers)
+            raise Unprocessable(f"unknown tier {tier_name!r}; known tiers: {known}")
         keys = [self.keys.user(user_id), self.keys.user_stream(user_id)]
         txn = str(uuid.uuid4())
         cap = "" if tier.monthly_cap is None else str(tier.monthly_cap)
-        args: list[str | int] = [
-            user_id,
-            tier.name,
-            tier.allocation,
-            cap,
-            txn,
-            epoch_ms(self.clock()),
-            f"sys:tier:{txn}",
-            MAX_MICRO,
-        ]
-        res = await self.scripts.set_tier(keys=keys, args=args)
-        if res[0] == "miss":
-            await self.hydrate(user_id)
-            res = await self.scripts.set_tier(keys=keys, args=args)
+        args: Args = [tier.name, tier.allocation, cap, int(tier.rollover), txn, f"sys:tier:{txn}"]
+        res = await self._call(self.scripts.set_tier, user_id, keys, args)
         if res[0] == "overflow":
             raise Unprocessable(
                 f"moving to tier {tier.name!r} would take the balance past {fmt(MAX_MICRO)}"
@@ -185,6 +175,46 @@ class CreditService:
             transaction_id=res[1] or None,
         )
 
+    async def reset(self, user_id: str, request_id: str) -> ResetResult:
+        """Renew the user's period now (admin), idempotent by request_id."""
+        keys = [
+            self.keys.user(user_id),
+            self.keys.request(user_id, request_id),
+            self.keys.user_stream(user_id),
+        ]
+        txn = str(uuid.uuid4())
+        fp = fingerprint("reset")
+        now = self.clock().isoformat()
+        args: Args = ["1", request_id, fp, self.idempotency_ttl, txn, now]
+        res = await self._call(self.scripts.reset, user_id, keys, args)
+        if res[0] == "conflict":
+            raise IdempotencyConflict(
+                f"request_id {request_id!r} was already used for this user with a different body"
+            )
+        return ResetResult(res[1], user_id, fmt(int(res[2])), fmt(int(res[3])), res[0] == "replay")
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def header(self, user_id: str, now: datetime | None = None) -> Args:
+        """The ARGV header every mutating script starts with (see gateway/lua/lib.lua)."""
+        now = now or self.clock()
+        start = period_start(now, self.period)
+        return [
+            user_id,
+            epoch_ms(now),
+            int(start.timestamp()),
+            start.isoformat(),
+            str(uuid.uuid4()),
+        ]
+
+    async def _call(self, script: AsyncScript, user_id: str, keys: list[str], args: Args) -> Any:
+        full = [*self.header(user_id), *args]
+        res = await script(keys=keys, args=full)
+        if res[0] == "miss":
+            await self.hydrate(user_id)
+            res = await script(keys=keys, args=full)
+        return res
+
     # -- cold path ------------------------------------------------------------------------
 
     async def hydrate(self, user_id: str) -> UserRow:
@@ -198,7 +228,7 @@ class CreditService:
                 tier=tier.name,
                 allocation=to_decimal(tier.allocation),
                 monthly_cap=None if tier.monthly_cap is None else to_decimal(tier.monthly_cap),
-                last_reset=period_start(self.clock()),
+                last_reset=period_start(self.clock(), self.period),
             )
         except UserCreditsError as exc:
             raise Unprocessable(str(exc)) from None
@@ -209,17 +239,21 @@ class CreditService:
             ) from None
         if created:
             log.info("created user_credits row", extra={"user_id": user_id, "tier": tier.name})
-        reset = (row.last_reset or period_start(self.clock())).isoformat()
-        cap = "" if row.monthly_cap is None else str(to_micro(row.monthly_cap))
-        await self.scripts.hydrate(
-            keys=[self.keys.user(user_id)],
-            args=[
-                to_micro(row.credits_remaining),
-                to_micro(row.credits_allocated),
-                row.tier,
-                cap,
-                reset,
-                row.redis_version,
-            ],
-        )
+        await self.scripts.hydrate(keys=[self.keys.user(user_id)], args=self.hydrate_args(row))
         return row
+
+    def hydrate_args(self, row: UserRow) -> Args:
+        last_reset = row.last_reset or period_start(self.clock(), self.period)
+        pstart = period_start(last_reset, self.period)
+        tier = self.tiers.get(row.tier)
+        return [
+            to_micro(row.credits_remaining),
+            to_micro(row.credits_allocated),
+            row.tier,
+            "" if row.monthly_cap is None else str(to_micro(row.monthly_cap)),
+            last_reset.isoformat(),
+            row.redis_version,
+            int(pstart.timestamp()),
+            to_micro(row.period_spent),
+            int(tier is not None and tier.rollover),
+        ]

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 
 import msgspec
 
+from gateway.clock import Period
+
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/metering"
 
@@ -24,6 +26,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_timeout: float = 2.0  # seconds, socket and connect timeout
     auth_cache_ttl: float = 5.0  # seconds an API key lookup is cached per process
     max_body_bytes: int = 64 * 1024
+    period: Period = "month"  # allocation period: month (calendar), week (ISO) or day
+    renew_cron: str = "*/10 * * * *"  # crontab for renewing idle users; "" disables
 
 
 _ENV = {
@@ -39,6 +43,8 @@ _ENV = {
     "redis_timeout": "METERING_REDIS_TIMEOUT",
     "auth_cache_ttl": "METERING_AUTH_CACHE_TTL",
     "max_body_bytes": "METERING_MAX_BODY_BYTES",
+    "period": "METERING_PERIOD",
+    "renew_cron": "METERING_RENEW_CRON",
 }
 
 

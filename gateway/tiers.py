@@ -23,6 +23,7 @@ class Tier:
     name: str
     allocation: int  # micro-credits
     monthly_cap: int | None  # micro-credits, None when uncapped
+    rollover: bool = False  # unused credits carry into the next period instead of expiring
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +66,10 @@ def parse_tiers(text: str) -> TierTable:
             if cap_raw is None
             else _micro(cap_raw, f"tiers.{name}.monthly_cap", allow_zero=True)
         )
-        tiers[name] = Tier(name=name, allocation=alloc, monthly_cap=cap)
+        rollover = spec.get("rollover", False)
+        if not isinstance(rollover, bool):
+            raise TierConfigError(f"tiers.{name}.rollover must be true or false")
+        tiers[name] = Tier(name=name, allocation=alloc, monthly_cap=cap, rollover=rollover)
     default = data.get("default_tier", "trial")
     if default not in tiers:
         raise TierConfigError(f"default_tier {default!r} is not one of the tiers")

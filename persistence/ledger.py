@@ -30,6 +30,8 @@ class Event:
     tier: str | None = None
     allocation: int | None = None
     cap: int | None = None
+    spent: int | None = None  # spending in the period after this event (micro-credits)
+    reset: str | None = None  # ISO start of a period this event renewed
 
 
 log = logging.getLogger("metering.ledger")
@@ -40,6 +42,10 @@ REUSED_PREFIX = "sys:reused:"
 
 def _dec(micro: int | None) -> Decimal | None:
     return None if micro is None else Decimal(micro).scaleb(-6)
+
+
+def _iso(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,11 +65,16 @@ async def apply_events(conn: Executor, events: list[Event]) -> BatchResult:
         inserted += await _insert_reused(conn, events)
     latest: dict[str, Event] = {}
     tiers: dict[str, Event] = {}
+    resets: dict[str, Event] = {}
     for e in events:  # stream order is mutation order
         if e.user_id not in latest or latest[e.user_id].version < e.version:
             latest[e.user_id] = e
         if e.tier is not None and (e.user_id not in tiers or tiers[e.user_id].version < e.version):
             tiers[e.user_id] = e
+        if e.reset is not None and (
+            e.user_id not in resets or resets[e.user_id].version < e.version
+        ):
+            resets[e.user_id] = e
     users = list(latest)
     status = await conn.execute(
         queries.USERS_APPLY_BATCH,
@@ -73,6 +84,8 @@ async def apply_events(conn: Executor, events: list[Event]) -> BatchResult:
         [tiers[u].tier if u in tiers else None for u in users],
         [_dec(tiers[u].allocation) if u in tiers else None for u in users],
         [_dec(tiers[u].cap) if u in tiers else None for u in users],
+        [_dec(latest[u].spent or 0) for u in users],
+        [_iso(resets[u].reset) if u in resets else None for u in users],
     )
     return BatchResult(inserted=inserted, users=int(status.split()[-1]))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 USER_COLUMNS = (
     "user_id, credits_remaining, credits_allocated, tier, monthly_cap, last_reset, "
-    "created_at, updated_at, redis_version"
+    "created_at, updated_at, redis_version, period_spent"
 )
 
 # $1 user_id, $2 allocation, $3 tier, $4 monthly_cap, $5 last_reset (start of the current period).
@@ -62,10 +62,21 @@ SET credits_remaining = s.bal,
     tier = COALESCE(s.tier, u.tier),
     credits_allocated = COALESCE(s.alloc, u.credits_allocated),
     monthly_cap = CASE WHEN s.tier IS NULL THEN u.monthly_cap ELSE s.cap END,
+    period_spent = s.spent,
+    last_reset = COALESCE(s.reset, u.last_reset),
     updated_at = now()
 FROM unnest($1::varchar[], $2::numeric[], $3::bigint[], $4::varchar[], $5::numeric[],
-            $6::numeric[]) AS s(user_id, bal, ver, tier, alloc, cap)
+            $6::numeric[], $7::numeric[], $8::timestamptz[])
+     AS s(user_id, bal, ver, tier, alloc, cap, spent, reset)
 WHERE u.user_id = s.user_id AND u.redis_version < s.ver
+"""
+
+# Users whose period began before $1 (idle since), in user_id order after $2, $3 at a time.
+USERS_TO_RENEW = f"""
+SELECT {USER_COLUMNS} FROM user_credits
+WHERE last_reset < $1 AND user_id > $2
+ORDER BY user_id
+LIMIT $3
 """
 
 # Serializes flushers per stream (other gateway processes skip the shard while one holds it).

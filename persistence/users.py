@@ -27,6 +27,7 @@ class UserRow:
     created_at: datetime | None
     updated_at: datetime | None
     redis_version: int
+    period_spent: Decimal
 
 
 def _row(rec: asyncpg.Record) -> UserRow:
@@ -66,3 +67,11 @@ async def create_user_credits(
 async def get_user(conn: Executor, user_id: str) -> UserRow | None:
     rec = await conn.fetchrow(queries.USER_GET, user_id)
     return None if rec is None else _row(rec)
+
+
+async def users_to_renew(
+    conn: Executor, period_began: datetime, after_user: str, limit: int
+) -> list[UserRow]:
+    """Users whose last renewal is older than the current period, in user_id order."""
+    rows = await conn.fetch(queries.USERS_TO_RENEW, period_began, after_user, limit)
+    return [_row(r) for r in rows]

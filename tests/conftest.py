@@ -92,6 +92,7 @@ def settings(database_url: str, prefix: str) -> Settings:
         database_url=database_url,
         admin_key=ADMIN_KEY,
         flush_interval=0,
+        renew_cron="off",
         key_prefix=prefix,
         shards=4,
         auth_cache_ttl=0.5,

@@ -14,7 +14,7 @@ import redis as redis_sync
 
 from gateway.keys import Keys
 from gateway.money import MAX_MICRO
-from gateway.scripts import _source
+from gateway.scripts import source
 from tests.conftest import REDIS_URL
 
 
@@ -35,20 +35,28 @@ def k() -> Keys:
     return Keys(f"ts{uuid.uuid4().hex[:8]}", 4)
 
 
-def hydrate(r: Any, k: Keys, user: str, bal: int, ver: int = 0) -> int:
+PERIOD = 1_761_955_200  # 2025-11-01T00:00:00Z
+PERIOD_ISO = "2025-11-01T00:00:00+00:00"
+
+
+def hydrate(r: Any, k: Keys, user: str, bal: int, ver: int = 0, cap: str = "") -> int:
     return int(
-        r.register_script(_source("hydrate"))(
-            keys=[k.user(user)], args=[bal, bal, "trial", "", "2026-11-01T00:00:00+00:00", ver]
+        r.register_script(source("hydrate"))(
+            keys=[k.user(user)],
+            args=[bal, bal, "trial", cap, PERIOD_ISO, ver, PERIOD, 0, 0],
         )
     )
 
 
-def apply(r: Any, k: Keys, user: str, delta: int, rid: str, fp: str = "fp") -> list[str]:
-    script = r.register_script(_source("apply"))
+def apply(
+    r: Any, k: Keys, user: str, delta: int, rid: str, fp: str = "fp", period: int = PERIOD
+) -> list[str]:
+    script = r.register_script(source("apply"))
+    header = [user, 1_762_000_000_000, period, PERIOD_ISO, f"renew-{rid}"]
     return list(
         script(
             keys=[k.user(user), k.request(user, rid), k.user_stream(user)],
-            args=[user, delta, fp, f"tx-{rid}", 1_700_000_000_000, 60, rid, "usage", MAX_MICRO],
+            args=[*header, delta, fp, f"tx-{rid}", 60, rid, "usage"],
         )
     )
 
@@ -103,3 +111,17 @@ def test_100_threads_at_a_balance_for_5_on_real_redis(k: Keys) -> None:
         for key in client.scan_iter(match=f"{k.prefix}:*"):
             client.delete(key)
         client.close()
+
+
+def test_cap_and_renewal_in_the_script(r: Any, k: Keys) -> None:
+    hydrate(r, k, "c", 10, cap="6")
+    assert apply(r, k, "c", -4, "a")[0] == "ok"
+    assert apply(r, k, "c", -3, "b") == ["cap", "6", "4", "6"]  # 4 + 3 > 6
+    assert apply(r, k, "c", -2, "c")[0] == "ok"  # exactly the cap
+    assert apply(r, k, "c", 5, "g")[0] == "ok"  # grants do not count as spending
+    # a new period: allocation back (unused credits expire), spending back to 0
+    assert apply(r, k, "c", -1, "d", period=PERIOD + 1) == ["ok", "tx-d", "-1", "9"]
+    assert apply(r, k, "c", -1, "e", period=PERIOD + 1)[3] == "8"  # renewed once only
+    assert apply(r, k, "c", -1, "f", period=PERIOD)[3] == "7"  # an older clock never renews
+    types = [f["t"] for _, f in r.xrange(k.user_stream("c"))]
+    assert types == ["usage", "usage", "usage", "monthly_reset", "usage", "usage", "usage"]

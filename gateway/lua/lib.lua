@@ -1,0 +1,46 @@
+-- Shared by every script (prepended when the scripts are loaded; MAX is injected before it).
+-- Every mutating script starts with the same ARGV header, filled by the service:
+--   ARGV[1] user_id  ARGV[2] now (ms)  ARGV[3] current period start (epoch s)
+--   ARGV[4] current period start (ISO 8601)  ARGV[5] transaction id for a renewal, if one happens
+
+local function int(n) return string.format('%d', n) end
+
+local function emit(stream, t, txn, rid, delta, bal, ver, spent, extra)
+  local ev = {'t', t, 'u', ARGV[1], 'tx', txn, 'rid', rid, 'amt', int(delta), 'bal', int(bal),
+              'ver', tostring(ver), 'ts', ARGV[2], 'spent', int(spent)}
+  for i = 1, #extra do ev[#ev + 1] = extra[i] end
+  redis.call('XADD', stream, '*', unpack(ev))
+end
+
+-- Renew the period (new allocation; unused credits expire, or roll over when roll = 1) when the
+-- current period began after the user's, or when forced. Keyed by period start, so concurrent
+-- calls at the boundary renew once. Returns the balance change, or nil when nothing happened.
+local function renew(key, stream, force, rid, txn, reset_iso)
+  local st = redis.call('HMGET', key, 'bal', 'alloc', 'pstart', 'roll', 'spent')
+  if not force and tonumber(st[3]) >= tonumber(ARGV[3]) then return nil end
+  local bal, alloc = tonumber(st[1]), tonumber(st[2])
+  local after = alloc
+  if st[4] == '1' then after = math.min(bal + alloc, MAX) end
+  redis.call('HSET', key, 'bal', int(after), 'spent', '0', 'pstart', ARGV[3], 'reset', reset_iso)
+  local ver = redis.call('HINCRBY', key, 'ver', 1)
+  emit(stream, 'monthly_reset', txn, rid, after - bal, after, ver, 0, {'reset', reset_iso})
+  return after - bal
+end
+
+local function auto_renew(key, stream)
+  return renew(key, stream, false, 'sys:reset:' .. ARGV[3], ARGV[5], ARGV[4])
+end
+
+-- Idempotency records: 'fingerprint|txn|delta|balance'. A retry with the same body replays the
+-- stored result; a different body under the same request id is a conflict.
+local function idem_check(key, fp)
+  local seen = redis.call('GET', key)
+  if not seen then return nil end
+  local sfp, txn, delta, bal = string.match(seen, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+  if sfp ~= fp then return {'conflict'} end
+  return {'replay', txn, delta, bal}
+end
+
+local function idem_save(key, fp, txn, delta, bal, ttl)
+  redis.call('SET', key, fp .. '|' .. txn .. '|' .. int(delta) .. '|' .. int(bal), 'EX', ttl)
+end

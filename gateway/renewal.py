@@ -1,0 +1,42 @@
+"""Renew idle users' periods, so PostgreSQL shows the new allocation even for users who make no
+request (active users renew in their first Lua call of the new period). Safe to run anywhere and
+at any time: each renewal is keyed by period in Redis, so repeats change nothing."""
+
+from __future__ import annotations
+
+import logging
+
+from gateway.clock import period_start
+from gateway.service import CreditService
+from persistence.users import users_to_renew
+
+log = logging.getLogger("metering.renewal")
+
+
+async def renew_idle(service: CreditService, batch: int = 500) -> int:
+    """Renew every user whose period ended; one Redis round trip per batch. Returns how many."""
+    began = period_start(service.clock(), service.period)
+    after, renewed = "", 0
+    while rows := await users_to_renew(service.pool, began, after, batch):
+        keys = service.keys
+        async with service.redis.pipeline(transaction=False) as pipe:
+            for row in rows:
+                user = keys.user(row.user_id)
+                await service.scripts.hydrate(
+                    keys=[user], args=service.hydrate_args(row), client=pipe
+                )
+                await service.scripts.reset(
+                    keys=[
+                        user,
+                        keys.request(row.user_id, "sys:renew"),
+                        keys.user_stream(row.user_id),
+                    ],
+                    args=[*service.header(row.user_id), "0", "", "", 0, "", ""],
+                    client=pipe,
+                )
+            results = await pipe.execute()
+        renewed += sum(1 for r in results[1::2] if r[0] == "ok")
+        after = rows[-1].user_id
+    if renewed:
+        log.info("renewed %d idle users for the period beginning %s", renewed, began.isoformat())
+    return renewed
