@@ -1,0 +1,235 @@
+"""Periods: renewal at the boundary (expire or roll over), monthly caps, admin resets, idle users.
+Time comes from an injected clock; nothing sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from gateway.app import create_app
+from gateway.keys import Keys
+from gateway.renewal import renew_idle
+from gateway.settings import Settings
+from tests.books import assert_books_balance
+from tests.conftest import ADMIN_KEY, Client, FakeClock, running
+
+DEC_1 = datetime(2026, 12, 1, tzinfo=UTC)
+TIERS = """
+default_tier = "capped"
+[tiers.capped]
+allocation = "5"
+monthly_cap = "1"
+[tiers.saver]
+allocation = "2"
+rollover = true
+[tiers.trial]
+allocation = "5"
+"""
+
+
+@pytest.fixture
+async def gw(
+    tmp_path: Path, settings: Settings, clock: FakeClock, pool: asyncpg.Pool, redis: Redis
+) -> AsyncIterator[Client]:
+    path = tmp_path / "tiers.toml"
+    path.write_text(TIERS)
+    fields = {f: getattr(settings, f) for f in settings.__struct_fields__}
+    app = create_app(Settings(**{**fields, "tiers_file": str(path)}), clock=clock)
+    async with (
+        running(app),
+        Client(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://gateway",
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        ) as c,
+    ):
+        c.app = app
+        yield c
+
+
+async def debit(c: Client, user: str, amount: str, rid: str) -> httpx.Response:
+    return await c.post(
+        "/api/v1/credits/debit", json={"user_id": user, "amount": amount, "request_id": rid}
+    )
+
+
+async def balance(c: Client, user: str) -> dict[str, str]:
+    r = await c.get("/api/v1/credits/balance", params={"user_id": user})
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+async def test_new_month_renews_and_unused_credits_expire(
+    gw: Client, clock: FakeClock, pool: asyncpg.Pool, redis: Redis, keys: Keys
+) -> None:
+    await gw.put("/api/v1/credits/u/tier", json={"tier": "trial"})
+    assert (await debit(gw, "u", "1.5", "nov")).json()["credits_remaining"] == "3.500000"
+    clock.now = DEC_1.replace(hour=3)
+    bal = await balance(gw, "u")
+    assert bal["credits_remaining"] == "5.000000" and bal["period_spent"] == "0.000000"
+    assert bal["last_reset"] == "2026-12-01T00:00:00+00:00"
+    assert (await debit(gw, "u", "1", "dec")).json()["credits_remaining"] == "4.000000"
+    await gw.app.state.flusher.flush()
+    row = await pool.fetchrow("SELECT * FROM user_credits WHERE user_id = 'u'")
+    assert row["last_reset"] == DEC_1 and row["period_spent"] == 1
+    resets = await pool.fetch(
+        "SELECT amount, request_id FROM credit_transactions "
+        "WHERE user_id = 'u' AND transaction_type = 'monthly_reset'"
+    )
+    assert [(r["amount"], r["request_id"]) for r in resets] == [
+        (Decimal("1.5"), f"sys:reset:{int(DEC_1.timestamp())}")
+    ]
+    await assert_books_balance(pool, redis, keys)
+
+
+async def test_rollover_tier_carries_unused_credits(
+    gw: Client, clock: FakeClock, pool: asyncpg.Pool, redis: Redis, keys: Keys
+) -> None:
+    await gw.put("/api/v1/credits/s/tier", json={"tier": "saver"})
+    assert (await balance(gw, "s"))["credits_remaining"] == "2.000000"
+    await debit(gw, "s", "0.5", "a")
+    clock.now = DEC_1
+    assert (await balance(gw, "s"))["credits_remaining"] == "3.500000"  # 1.5 left + 2
+    await gw.app.state.flusher.flush()
+    await assert_books_balance(pool, redis, keys)
+
+
+async def test_monthly_cap_is_402_with_its_reason_and_renews(
+    gw: Client, clock: FakeClock, pool: asyncpg.Pool, redis: Redis, keys: Keys
+) -> None:
+    assert (await debit(gw, "c", "0.75", "a")).status_code == 200
+    r = await debit(gw, "c", "0.5", "b")
+    assert r.status_code == 402
+    assert r.json()["reason"] == "monthly_cap_reached"
+    assert r.json()["credits_remaining"] == "4.250000"
+    assert "0.750000 of 1.000000" in r.json()["detail"]
+    assert (await debit(gw, "c", "0.25", "c")).status_code == 200  # exactly to the cap
+    short = await debit(gw, "c", "100", "d")
+    assert short.json()["reason"] == "monthly_cap_reached"
+    clock.now = DEC_1
+    assert (await debit(gw, "c", "0.5", "e")).json()["credits_remaining"] == "4.500000"
+    await gw.app.state.flusher.flush()
+    await assert_books_balance(pool, redis, keys)
+
+
+async def test_insufficient_credits_reason(gw: Client) -> None:
+    await gw.put("/api/v1/credits/i/tier", json={"tier": "saver"})
+    r = await debit(gw, "i", "3", "x")
+    assert r.status_code == 402 and r.json()["reason"] == "insufficient_credits"
+
+
+async def test_cap_holds_under_concurrency(
+    gw: Client, pool: asyncpg.Pool, redis: Redis, keys: Keys
+) -> None:
+    # 5.00 of credits but a 1.00 cap: exactly 100 debits of 0.01 pass
+    results = await asyncio.gather(*(debit(gw, "cc", "0.01", f"r{i}") for i in range(200)))
+    assert Counter(r.status_code for r in results) == {200: 100, 402: 100}
+    assert {r.json()["reason"] for r in results if r.status_code == 402} == {"monthly_cap_reached"}
+    bal = await balance(gw, "cc")
+    assert bal["period_spent"] == "1.000000" and bal["credits_remaining"] == "4.000000"
+    await gw.app.state.flusher.flush()
+    await assert_books_balance(pool, redis, keys)
+
+
+class SwitchingClock(FakeClock):
+    """Answers November for the first n reads, December after: requests straddle the boundary."""
+
+    def __init__(self, before: datetime, after: datetime, n: int) -> None:
+        super().__init__(before)
+        self.after, self.left = after, n
+
+    def __call__(self) -> datetime:
+        self.left -= 1
+        return self.now if self.left >= 0 else self.after
+
+
+async def test_100_debits_straddling_the_boundary_reset_once_and_lose_no_spend(
+    tmp_path: Path, settings: Settings, pool: asyncpg.Pool, redis: Redis, keys: Keys
+) -> None:
+    clock = SwitchingClock(datetime(2026, 11, 30, 23, 59, tzinfo=UTC), DEC_1, n=52)
+    fields = {f: getattr(settings, f) for f in settings.__struct_fields__}
+    app = create_app(Settings(**fields), clock=clock)
+    async with (
+        running(app),
+        Client(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://gateway",
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        ) as c,
+    ):
+        await balance(c, "edge")  # created in November (reads the clock twice)
+        results = await asyncio.gather(*(debit(c, "edge", "0.01", f"r{i}") for i in range(100)))
+        assert {r.status_code for r in results} == {200}
+        await app.state.flusher.flush()
+    rows = await pool.fetch(
+        "SELECT transaction_type, amount, redis_version FROM credit_transactions "
+        "WHERE user_id = 'edge' ORDER BY redis_version"
+    )
+    resets = [r for r in rows if r["transaction_type"] == "monthly_reset"]
+    assert len(resets) == 1  # renewed once
+    usage = [r for r in rows if r["transaction_type"] == "usage"]
+    assert len(usage) == 100  # every debit is in the ledger
+    after_reset = [r for r in usage if r["redis_version"] > resets[0]["redis_version"]]
+    final = await pool.fetchval("SELECT credits_remaining FROM user_credits WHERE user_id='edge'")
+    assert final == Decimal("5") - Decimal("0.01") * len(after_reset)  # no new spend overwritten
+    assert 0 < len(after_reset) < 100
+    await assert_books_balance(pool, redis, keys)
+
+
+async def test_admin_reset_is_idempotent(
+    gw: Client, pool: asyncpg.Pool, redis: Redis, keys: Keys
+) -> None:
+    await debit(gw, "r", "0.5", "a")
+    r1 = await gw.post("/api/v1/credits/r/reset", json={"request_id": "reset-1"})
+    assert r1.status_code == 200, r1.text
+    assert r1.json()["credits_remaining"] == "5.000000" and r1.json()["adjustment"] == "0.500000"
+    r2 = await gw.post("/api/v1/credits/r/reset", json={"request_id": "reset-1"})
+    assert r2.json() == {**r1.json(), "replayed": True}
+    assert (await balance(gw, "r"))["period_spent"] == "0.000000"
+    clash = await debit(gw, "r", "1", "reset-1")
+    assert clash.status_code == 409
+    assert (await gw.post("/api/v1/credits/r/reset", json={})).status_code == 400
+    await gw.app.state.flusher.flush()
+    assert (
+        await pool.fetchval("SELECT count(*) FROM credit_transactions WHERE request_id = 'reset-1'")
+        == 1
+    )
+    await assert_books_balance(pool, redis, keys)
+
+
+async def test_idle_users_are_renewed_by_the_job(
+    gw: Client, clock: FakeClock, pool: asyncpg.Pool, redis: Redis, keys: Keys
+) -> None:
+    for i in range(7):
+        await debit(gw, f"idle{i}", "0.25", "a")
+    await gw.app.state.flusher.flush()
+    await redis.delete(keys.user("idle3"))  # one of them is no longer in Redis
+    clock.now = DEC_1.replace(minute=10)
+    service = gw.app.state.service
+    assert await renew_idle(service, batch=3) == 7
+    assert await renew_idle(service, batch=3) == 0  # keyed by period: once
+    await gw.app.state.flusher.flush()
+    rows = await pool.fetch("SELECT credits_remaining, last_reset, period_spent FROM user_credits")
+    assert {(r["credits_remaining"], r["last_reset"], r["period_spent"]) for r in rows} == {
+        (Decimal("5"), DEC_1, Decimal("0"))
+    }
+    await assert_books_balance(pool, redis, keys)
+
+
+async def test_cap_position_survives_rehydration(
+    gw: Client, pool: asyncpg.Pool, redis: Redis, keys: Keys
+) -> None:
+    await debit(gw, "p", "0.9", "a")
+    await gw.app.state.flusher.flush()
+    await redis.delete(keys.user("p"))
+    r = await debit(gw, "p", "0.2", "b")
+    assert r.status_code == 402 and r.json()["reason"] == "monthly_cap_reached"
