@@ -18,12 +18,18 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.auth import Authenticator, scope_guard
 from gateway.clock import Clock, system_clock
-from gateway.controllers import CreditsController, HealthController, KeysController
+from gateway.controllers import (
+    CreditsController,
+    HealthController,
+    KeysController,
+    ReservationsController,
+)
 from gateway.errors import InsufficientCredits, MeteringError
 from gateway.flusher import Flusher
 from gateway.keys import Keys
 from gateway.money import fmt
 from gateway.renewal import renew_idle
+from gateway.reservations import ReservationService
 from gateway.service import DB_ERRORS, CreditService
 from gateway.settings import Settings, settings_from_env
 from gateway.tiers import load_tiers
@@ -77,6 +83,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
         )
         flusher = Flusher(redis, pool, keys, settings.flush_batch)
         app.state.update(
+            reservations=ReservationService(service),
             redis=redis,
             pool=pool,
             service=service,
@@ -114,7 +121,12 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
             await pool.close()
 
     return Litestar(
-        route_handlers=[CreditsController, KeysController, HealthController],
+        route_handlers=[
+            CreditsController,
+            ReservationsController,
+            KeysController,
+            HealthController,
+        ],
         guards=[scope_guard],
         lifespan=[lifespan],
         exception_handlers={

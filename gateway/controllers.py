@@ -15,9 +15,12 @@ from gateway.auth import generate_key, hash_key
 from gateway.errors import Conflict, NotFound
 from gateway.health import readiness
 from gateway.money import fmt
+from gateway.reservations import ReservationService
 from gateway.schemas import (
     USER_ID_PATTERN,
     Balance,
+    CommitRequest,
+    CommitResult,
     DebitRequest,
     DebitResult,
     GrantRequest,
@@ -25,6 +28,9 @@ from gateway.schemas import (
     KeyCreated,
     KeyInfo,
     KeyRequest,
+    ReleaseResult,
+    Reservation,
+    ReserveRequest,
     ResetRequest,
     ResetResult,
     TierChange,
@@ -93,6 +99,37 @@ class CreditsController(Controller):
                 for t in table.tiers.values()
             ]
         )
+
+
+ReservationIdPath = Annotated[str, PathParameter(min_length=1, max_length=64)]
+
+
+def _reservations(state: State) -> ReservationService:
+    reservations: ReservationService = state.reservations
+    return reservations
+
+
+class ReservationsController(Controller):
+    path = "/api/v1/credits/reservations"
+    tags = ["reservations"]
+    opt = {"scope": "debit"}
+
+    @post("/", status_code=201)
+    async def reserve(self, data: JSONBody[ReserveRequest], state: State) -> Reservation:
+        """Hold credits until commit, release or expiry (ttl_seconds, default 300, max 3600)."""
+        return await _reservations(state).reserve(data)
+
+    @post("/{reservation_id:str}/commit", status_code=200)
+    async def commit(
+        self, reservation_id: ReservationIdPath, data: JSONBody[CommitRequest], state: State
+    ) -> CommitResult:
+        """Charge the actual cost and return the rest of the hold (idempotent)."""
+        return await _reservations(state).commit(reservation_id, data)
+
+    @delete("/{reservation_id:str}", status_code=200)
+    async def release(self, reservation_id: ReservationIdPath, state: State) -> ReleaseResult:
+        """Release the hold (idempotent); a hold that already expired answers status=expired."""
+        return await _reservations(state).release(reservation_id)
 
 
 class KeysController(Controller):

@@ -4,6 +4,8 @@ Layout (prefix ``m`` by default, ``S`` the user's shard, ``U`` the percent-encod
 
 - ``m:{sS}:u:U``        hash, the user's state: bal, alloc, tier, cap, reset, ver (micro-credits)
 - ``m:{sS}:r:U:RID``    string, an idempotency record for request RID of user U (expires)
+- ``m:{sS}:h:U``        sorted set, the user's open holds: member ``RESID|micro``, score expiry (ms)
+- ``m:{sS}:rv:RESID``   hash, one reservation (user, amount, expiry, state, settlement)
 - ``m:{sS}:events``     stream, the shard's unflushed ledger events, drained by the flusher
 
 The hash tag ``{sS}`` puts a user's state, its idempotency records and its shard's event
@@ -15,6 +17,8 @@ another user's keys; request ids are the last segment and need no encoding.
 
 from __future__ import annotations
 
+import re
+import uuid
 import zlib
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -22,6 +26,9 @@ from urllib.parse import quote
 
 def shard_of(user_id: str, shards: int) -> int:
     return zlib.crc32(user_id.encode()) % shards
+
+
+_RESERVATION_ID = re.compile(r"^rv(\d{1,5})_[0-9a-f]{32}$")
 
 
 def encode_user(user_id: str) -> str:
@@ -41,6 +48,20 @@ class Keys:
 
     def request(self, user_id: str, request_id: str) -> str:
         return f"{self._base(user_id)}:r:{encode_user(user_id)}:{request_id}"
+
+    def holds(self, user_id: str) -> str:
+        return f"{self._base(user_id)}:h:{encode_user(user_id)}"
+
+    def new_reservation_id(self, user_id: str) -> str:
+        """Reservation ids carry the user's shard, so commit and release find the slot."""
+        return f"rv{shard_of(user_id, self.shards)}_{uuid.uuid4().hex}"
+
+    def reservation(self, reservation_id: str) -> str | None:
+        """The reservation's key, or None when the id is not one this gateway issues."""
+        m = _RESERVATION_ID.match(reservation_id)
+        if m is None or int(m.group(1)) >= self.shards:
+            return None
+        return f"{self.prefix}:{{s{m.group(1)}}}:rv:{reservation_id}"
 
     def stream(self, shard: int) -> str:
         return f"{self.prefix}:{{s{shard}}}:events"

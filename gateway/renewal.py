@@ -30,6 +30,7 @@ async def renew_idle(service: CreditService, batch: int = 500) -> int:
                         user,
                         keys.request(row.user_id, "sys:renew"),
                         keys.user_stream(row.user_id),
+                        keys.holds(row.user_id),
                     ],
                     args=[*service.header(row.user_id), "0", "", "", 0, "", ""],
                     client=pipe,

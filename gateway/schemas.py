@@ -86,6 +86,56 @@ class ResetResult(Struct):
     replayed: bool
 
 
+class ReserveRequest(Struct, forbid_unknown_fields=True):
+    user_id: UserId
+    amount: AmountIn
+    request_id: RequestId
+    ttl_seconds: Annotated[int, Meta(ge=1, le=3600)] = 300
+
+    def __post_init__(self) -> None:
+        parse_amount(self.amount)
+        _check_request_id(self.request_id)
+
+
+class CommitRequest(Struct, forbid_unknown_fields=True):
+    amount: AmountIn
+    model: Model | None = None
+    input_tokens: Tokens | None = None
+    output_tokens: Tokens | None = None
+    metadata: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        parse_amount(self.amount)
+
+
+class Reservation(Struct):
+    reservation_id: str
+    user_id: str
+    held: str
+    credits_remaining: str
+    expires_at: str
+    replayed: bool
+
+
+class CommitResult(Struct):
+    reservation_id: str
+    transaction_id: str
+    user_id: str
+    charged: str
+    released: str
+    credits_remaining: str
+    replayed: bool
+
+
+class ReleaseResult(Struct):
+    reservation_id: str
+    user_id: str
+    status: Literal["released", "expired"]
+    released: str
+    credits_remaining: str
+    replayed: bool
+
+
 class TierRequest(Struct, forbid_unknown_fields=True):
     tier: Annotated[str, Meta(min_length=1, max_length=50)]
 
@@ -119,6 +169,7 @@ class Balance(Struct):
     monthly_cap: str | None
     last_reset: str
     period_spent: str
+    credits_held: str
 
 
 class TierChange(Struct):

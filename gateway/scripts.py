@@ -25,13 +25,19 @@ def source(name: str) -> str:
     return f"local MAX = {MAX_MICRO}\n{_file('lib')}\n{_file(name)}"
 
 
+NAMES = ("apply", "balance", "hydrate", "set_tier", "reset", "reserve", "commit", "release")
+
+
 class Scripts:
     apply: AsyncScript
     balance: AsyncScript
     hydrate: AsyncScript
     set_tier: AsyncScript
     reset: AsyncScript
+    reserve: AsyncScript
+    commit: AsyncScript
+    release: AsyncScript
 
     def __init__(self, redis: Any) -> None:
-        for name in ("apply", "balance", "hydrate", "set_tier", "reset"):
+        for name in NAMES:
             setattr(self, name, redis.register_script(source(name)))

@@ -47,6 +47,23 @@ class Applied:
     balance: int
 
 
+def payment_required(res: list[Any], requested: int) -> InsufficientCredits:
+    """The 402 for a script's 'nsf' or 'cap' answer."""
+    available = int(res[1])
+    if res[0] == "cap":
+        spent, cap = int(res[2]), int(res[3])
+        return InsufficientCredits(
+            f"monthly cap reached: {fmt(spent)} of {fmt(cap)} spent or held this period, "
+            f"{fmt(requested)} requested",
+            available,
+            reason="monthly_cap_reached",
+        )
+    return InsufficientCredits(
+        f"insufficient credits: {fmt(requested)} requested, {fmt(available)} available",
+        available,
+    )
+
+
 class CreditService:
     def __init__(
         self,
@@ -106,26 +123,16 @@ class CreditService:
             self.keys.user(user_id),
             self.keys.request(user_id, request_id),
             self.keys.user_stream(user_id),
+            self.keys.holds(user_id),
         ]
         txn = str(uuid.uuid4())
         args: Args = [delta, fp, txn, self.idempotency_ttl, request_id, event, *extra]
-        res = await self._call(self.scripts.apply, user_id, keys, args)
+        res = await self.call(self.scripts.apply, user_id, keys, args)
         status = res[0]
         if status in ("ok", "replay"):
             return Applied(status, res[1], int(res[2]), int(res[3]))
-        if status == "nsf":
-            bal = int(res[1])
-            raise InsufficientCredits(
-                f"insufficient credits: {fmt(-delta)} requested, {fmt(bal)} remaining", bal
-            )
-        if status == "cap":
-            bal, spent, cap = int(res[1]), int(res[2]), int(res[3])
-            raise InsufficientCredits(
-                f"monthly cap reached: {fmt(spent)} of {fmt(cap)} spent this period, "
-                f"{fmt(-delta)} requested",
-                bal,
-                reason="monthly_cap_reached",
-            )
+        if status in ("nsf", "cap"):
+            raise payment_required(res, -delta)
         if status == "overflow":
             raise Unprocessable(
                 f"this grant would take the balance past the maximum of {fmt(MAX_MICRO)} "
@@ -138,13 +145,14 @@ class CreditService:
         raise RuntimeError(f"unexpected script result {res!r}")
 
     async def balance(self, user_id: str) -> Balance:
-        keys = [self.keys.user(user_id), self.keys.user_stream(user_id)]
-        res = await self._call(self.scripts.balance, user_id, keys, [])
-        _, bal, alloc, tier, cap, reset, spent = res
+        keys = [self.keys.user(user_id), self.keys.user_stream(user_id), self.keys.holds(user_id)]
+        res = await self.call(self.scripts.balance, user_id, keys, [])
+        _, bal, alloc, tier, cap, reset, spent, held = res
         return Balance(
             user_id=user_id,
             tier=tier,
-            credits_remaining=fmt(int(bal)),
+            credits_remaining=fmt(int(bal) - int(held)),
+            credits_held=fmt(int(held)),
             credits_allocated=fmt(int(alloc)),
             monthly_cap=fmt(int(cap)) if cap else None,
             last_reset=reset,
@@ -156,11 +164,11 @@ class CreditService:
         if tier is None:
             known = ", ".join(self.tiers.tiers)
             raise Unprocessable(f"unknown tier {tier_name!r}; known tiers: {known}")
-        keys = [self.keys.user(user_id), self.keys.user_stream(user_id)]
+        keys = [self.keys.user(user_id), self.keys.user_stream(user_id), self.keys.holds(user_id)]
         txn = str(uuid.uuid4())
         cap = "" if tier.monthly_cap is None else str(tier.monthly_cap)
         args: Args = [tier.name, tier.allocation, cap, int(tier.rollover), txn, f"sys:tier:{txn}"]
-        res = await self._call(self.scripts.set_tier, user_id, keys, args)
+        res = await self.call(self.scripts.set_tier, user_id, keys, args)
         if res[0] == "overflow":
             raise Unprocessable(
                 f"moving to tier {tier.name!r} would take the balance past {fmt(MAX_MICRO)}"
@@ -181,12 +189,13 @@ class CreditService:
             self.keys.user(user_id),
             self.keys.request(user_id, request_id),
             self.keys.user_stream(user_id),
+            self.keys.holds(user_id),
         ]
         txn = str(uuid.uuid4())
         fp = fingerprint("reset")
         now = self.clock().isoformat()
         args: Args = ["1", request_id, fp, self.idempotency_ttl, txn, now]
-        res = await self._call(self.scripts.reset, user_id, keys, args)
+        res = await self.call(self.scripts.reset, user_id, keys, args)
         if res[0] == "conflict":
             raise IdempotencyConflict(
                 f"request_id {request_id!r} was already used for this user with a different body"
@@ -207,8 +216,16 @@ class CreditService:
             str(uuid.uuid4()),
         ]
 
-    async def _call(self, script: AsyncScript, user_id: str, keys: list[str], args: Args) -> Any:
-        full = [*self.header(user_id), *args]
+    async def call(
+        self,
+        script: AsyncScript,
+        user_id: str,
+        keys: list[str],
+        args: Args,
+        now: datetime | None = None,
+    ) -> Any:
+        """Run a script with the common header; hydrate the user and retry once on 'miss'."""
+        full = [*self.header(user_id, now), *args]
         res = await script(keys=keys, args=full)
         if res[0] == "miss":
             await self.hydrate(user_id)

@@ -111,6 +111,7 @@ async def test_balance_creates_unknown_user_with_default_tier(
         "monthly_cap": None,
         "last_reset": "2026-11-01T00:00:00+00:00",
         "period_spent": "0.000000",
+        "credits_held": "0.000000",
     }
     assert await pool.fetchval("SELECT tier FROM user_credits WHERE user_id='newbie'") == "trial"
 

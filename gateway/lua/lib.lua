@@ -44,3 +44,18 @@ end
 local function idem_save(key, fp, txn, delta, bal, ttl)
   redis.call('SET', key, fp .. '|' .. txn .. '|' .. int(delta) .. '|' .. int(bal), 'EX', ttl)
 end
+
+-- Return expired holds (score <= now) to the user: they stop counting against the balance.
+-- Each expired hold is removed once, so it is returned exactly once. Returns what is still held.
+local function purge_holds(key, holds)
+  local held = tonumber(redis.call('HGET', key, 'held') or '0')
+  if held == 0 then return 0 end
+  local gone = redis.call('ZRANGEBYSCORE', holds, '-inf', ARGV[2])
+  if #gone == 0 then return held end
+  for _, member in ipairs(gone) do
+    held = held - tonumber(string.match(member, '|(%d+)$'))
+  end
+  redis.call('ZREMRANGEBYSCORE', holds, '-inf', ARGV[2])
+  redis.call('HSET', key, 'held', int(held))
+  return held
+end

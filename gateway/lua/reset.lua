@@ -1,6 +1,7 @@
 -- Renew a user's period: when a new one has begun (idle users, from the scheduled job), or at
 -- once when forced by an admin (idempotent by request id).
 -- KEYS[1] user state hash  KEYS[2] idempotency record  KEYS[3] shard event stream
+-- KEYS[4] the user's holds (balances returned are available credits, less holds)
 -- ARGV[1..5] the common header (lib.lua)  ARGV[6] force ('1' or '0')  ARGV[7] request id
 -- ARGV[8] body fingerprint  ARGV[9] idempotency ttl (s)  ARGV[10] transaction id (forced)
 -- ARGV[11] now (ISO)
@@ -17,9 +18,10 @@ if force then
   renew(KEYS[1], KEYS[3], true, ARGV[7], ARGV[10], ARGV[11])
 end
 local after = tonumber(redis.call('HGET', KEYS[1], 'bal'))
+local held = purge_holds(KEYS[1], KEYS[4])
 if force then
-  idem_save(KEYS[2], ARGV[8], ARGV[10], after - before, after, tonumber(ARGV[9]))
-  return {'ok', ARGV[10], int(after - before), int(after)}
+  idem_save(KEYS[2], ARGV[8], ARGV[10], after - before, after - held, tonumber(ARGV[9]))
+  return {'ok', ARGV[10], int(after - before), int(after - held)}
 end
-if renewed then return {'ok', ARGV[5], int(after - before), int(after)} end
-return {'same', '', '0', int(after)}
+if renewed then return {'ok', ARGV[5], int(after - before), int(after - held)} end
+return {'same', '', '0', int(after - held)}

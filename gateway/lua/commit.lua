@@ -1,0 +1,43 @@
+-- Settle a reservation with the actual cost: charge it (a 'usage' event under the reservation's
+-- request id) and return the rest of the hold. Idempotent: the same amount again replays.
+-- KEYS[1] the reservation hash  KEYS[2] user state hash  KEYS[3] the user's holds
+-- KEYS[4] shard event stream
+-- ARGV[1..5] the common header (lib.lua)  ARGV[6] amount to charge (micro)
+-- ARGV[7] transaction id  ARGV[8] reservation id  ARGV[9..] extra event fields, name/value pairs
+-- Returns {'ok'|'replay', txn, charged, available, held}, {'conflict', charged},
+--         {'released'}, {'expired'}, {'notfound'}, {'nsf', available} or {'cap', available,
+--         spent, cap} (the cap only when charging more than was held).
+local r = redis.call('HMGET', KEYS[1], 'st', 'amt', 'exp', 'tx', 'charged', 'bal', 'rid')
+if not r[1] or redis.call('EXISTS', KEYS[2]) == 0 then return {'notfound'} end
+if r[1] == 'committed' then
+  if r[5] == ARGV[6] then return {'replay', r[4], r[5], r[6], r[2]} end
+  return {'conflict', r[5]}
+end
+if r[1] == 'released' then return {'released'} end
+auto_renew(KEYS[2], KEYS[4])
+local held = purge_holds(KEYS[2], KEYS[3])
+if r[1] == 'expired' or tonumber(r[3]) <= tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'st', 'expired')
+  return {'expired'}
+end
+local hold = tonumber(r[2])
+local charge = tonumber(ARGV[6])
+local st = redis.call('HMGET', KEYS[2], 'bal', 'spent', 'cap')
+local bal, spent = tonumber(st[1]), tonumber(st[2])
+local others = held - hold
+if charge > hold and st[3] ~= '' and spent + others + charge > tonumber(st[3]) then
+  return {'cap', int(bal - held), int(spent + held), st[3]}
+end
+-- always checked: a renewal or a tier change may have lowered the balance under the holds
+if bal - others - charge < 0 then return {'nsf', int(bal - held)} end
+redis.call('ZREM', KEYS[3], ARGV[8] .. '|' .. r[2])
+bal = bal - charge
+spent = spent + charge
+redis.call('HSET', KEYS[2], 'bal', int(bal), 'spent', int(spent), 'held', int(others))
+local ver = redis.call('HINCRBY', KEYS[2], 'ver', 1)
+local extra = {'resv', ARGV[8]}
+for i = 9, #ARGV do extra[#extra + 1] = ARGV[i] end
+emit(KEYS[4], 'usage', ARGV[7], r[7], -charge, bal, ver, spent, extra)
+redis.call('HSET', KEYS[1], 'st', 'committed', 'tx', ARGV[7], 'charged', ARGV[6],
+           'bal', int(bal - others))
+return {'ok', ARGV[7], ARGV[6], int(bal - others), r[2]}

@@ -1,0 +1,185 @@
+"""Reservations: hold, commit the actual cost or release; expired holds return exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from gateway.keys import Keys
+from tests.books import assert_books_balance
+from tests.conftest import Client, FakeClock
+
+RES = "/api/v1/credits/reservations"
+
+
+async def reserve(c: Client, user: str, amount: str, rid: str, **kw: Any) -> Any:
+    return await c.post(RES, json={"user_id": user, "amount": amount, "request_id": rid, **kw})
+
+
+async def commit(c: Client, res_id: str, amount: str, **kw: Any) -> Any:
+    return await c.post(f"{RES}/{res_id}/commit", json={"amount": amount, **kw})
+
+
+async def balance(c: Client, user: str) -> dict[str, str]:
+    return dict((await c.get("/api/v1/credits/balance", params={"user_id": user})).json())
+
+
+async def test_reserve_then_commit_less_returns_the_rest(
+    client: Client, clock: FakeClock, pool: asyncpg.Pool, redis: Redis, keys: Keys
+) -> None:
+    r = await reserve(client, "a", "2", "call-1")
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["held"] == "2.000000" and body["credits_remaining"] == "3.000000"
+    assert body["expires_at"] == "2026-11-25T12:05:00+00:00" and body["replayed"] is False
+    bal = await balance(client, "a")
+    assert bal["credits_held"] == "2.000000" and bal["credits_remaining"] == "3.000000"
+    # held credits cannot be spent elsewhere
+    short = await client.post(
+        "/api/v1/credits/debit", json={"user_id": "a", "amount": "3.5", "request_id": "d"}
+    )
+    assert short.status_code == 402 and short.json()["credits_remaining"] == "3.000000"
+    done = await commit(client, body["reservation_id"], "1.25", model="gpt-4o", output_tokens=900)
+    assert done.status_code == 200, done.text
+    assert done.json()["charged"] == "1.250000" and done.json()["released"] == "0.750000"
+    assert done.json()["credits_remaining"] == "3.750000"
+    bal = await balance(client, "a")
+    assert bal["credits_held"] == "0.000000" and bal["credits_remaining"] == "3.750000"
+    await client.app.state.flusher.flush()
+    row = await pool.fetchrow("SELECT * FROM credit_transactions WHERE request_id = 'call-1'")
+    assert row["transaction_type"] == "usage" and row["amount"] == Decimal("-1.25")
+    assert row["model"] == "gpt-4o" and row["output_tokens"] == 900
+    await assert_books_balance(pool, redis, keys)
+
+
+async def test_commit_is_idempotent_and_conflicts_on_another_amount(client: Client) -> None:
+    res_id = (await reserve(client, "b", "1", "r")).json()["reservation_id"]
+    first = (await commit(client, res_id, "0.5")).json()
+    again = await commit(client, res_id, "0.5")
+    assert again.status_code == 200 and again.json() == {**first, "replayed": True}
+    other = await commit(client, res_id, "0.6")
+    assert other.status_code == 409 and "already committed" in other.json()["detail"]
+    assert (await client.delete(f"{RES}/{res_id}")).status_code == 409
+    assert (await balance(client, "b"))["credits_remaining"] == "4.500000"
+
+
+async def test_commit_above_the_hold_needs_the_balance(client: Client) -> None:
+    res_id = (await reserve(client, "c", "1", "r")).json()["reservation_id"]
+    too_much = await commit(client, res_id, "5.5")
+    assert too_much.status_code == 402
+    assert (await balance(client, "c"))["credits_held"] == "1.000000"  # hold intact
+    ok = await commit(client, res_id, "4")
+    assert ok.status_code == 200 and ok.json()["credits_remaining"] == "1.000000"
+
+
+async def test_release_returns_the_hold_and_blocks_commit(client: Client) -> None:
+    res_id = (await reserve(client, "d", "4", "r")).json()["reservation_id"]
+    rel = await client.delete(f"{RES}/{res_id}")
+    assert rel.status_code == 200
+    assert rel.json()["status"] == "released" and rel.json()["released"] == "4.000000"
+    assert rel.json()["credits_remaining"] == "5.000000"
+    again = await client.delete(f"{RES}/{res_id}")
+    assert again.json()["replayed"] is True and again.json()["credits_remaining"] == "5.000000"
+    late = await commit(client, res_id, "1")
+    assert late.status_code == 409 and "released" in late.json()["detail"]
+
+
+async def test_expired_hold_returns_exactly_once_and_cannot_be_committed(
+    client: Client, clock: FakeClock, pool: asyncpg.Pool, redis: Redis, keys: Keys
+) -> None:
+    res_id = (await reserve(client, "e", "3", "r", ttl_seconds=10)).json()["reservation_id"]
+    await reserve(client, "e", "1", "r2", ttl_seconds=3600)
+    assert (await balance(client, "e"))["credits_remaining"] == "1.000000"
+    clock.advance(seconds=10)  # the gateway that held it died; nobody commits
+    for _ in range(3):  # returned once, however often the user is touched
+        bal = await balance(client, "e")
+        assert bal["credits_held"] == "1.000000" and bal["credits_remaining"] == "4.000000"
+    late = await commit(client, res_id, "1")
+    assert late.status_code == 409 and "expired" in late.json()["detail"]
+    rel = await client.delete(f"{RES}/{res_id}")
+    assert rel.status_code == 200 and rel.json()["status"] == "expired"
+    full = await client.post(
+        "/api/v1/credits/debit", json={"user_id": "e", "amount": "4", "request_id": "all"}
+    )
+    assert full.status_code == 200  # the expired hold no longer blocks anything
+    await client.app.state.flusher.flush()
+    await assert_books_balance(pool, redis, keys)
+
+
+async def test_50_concurrent_commits_and_releases_settle_once(
+    client: Client, pool: asyncpg.Pool, redis: Redis, keys: Keys
+) -> None:
+    res_id = (await reserve(client, "f", "2", "r")).json()["reservation_id"]
+    calls = [commit(client, res_id, "1.5") for _ in range(25)]
+    calls += [client.delete(f"{RES}/{res_id}") for _ in range(25)]
+    results = await asyncio.gather(*calls)
+    commits, releases = results[:25], results[25:]
+    if any(r.status_code == 200 for r in commits):
+        assert {r.status_code for r in commits} == {200}
+        assert {r.status_code for r in releases} == {409}
+        assert sum(not r.json()["replayed"] for r in commits) == 1
+        expected = "3.500000"
+    else:
+        assert {r.status_code for r in releases} == {200}
+        assert {r.status_code for r in commits} == {409}
+        expected = "5.000000"
+    bal = await balance(client, "f")
+    assert bal["credits_remaining"] == expected and bal["credits_held"] == "0.000000"
+    await client.app.state.flusher.flush()
+    assert await pool.fetchval(
+        "SELECT count(*) FROM credit_transactions WHERE transaction_type = 'usage'"
+    ) == (1 if expected == "3.500000" else 0)
+    await assert_books_balance(pool, redis, keys)
+
+
+async def test_reserve_is_idempotent_by_request_id(client: Client) -> None:
+    first = (await reserve(client, "g", "1", "same")).json()
+    again = await reserve(client, "g", "1", "same")
+    assert again.status_code == 201
+    assert again.json() == {**first, "replayed": True}
+    assert (await balance(client, "g"))["credits_held"] == "1.000000"
+    other = await reserve(client, "g", "2", "same")
+    assert other.status_code == 409
+
+
+async def test_reserve_402s_and_the_cap_counts_holds(client: Client) -> None:
+    r = await reserve(client, "h", "5.000001", "r")
+    assert r.status_code == 402 and r.json()["reason"] == "insufficient_credits"
+    assert (await balance(client, "h"))["credits_held"] == "0.000000"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "code"),
+    [
+        ("POST", f"{RES}/nope/commit", {"amount": "1"}, 404),
+        ("POST", f"{RES}/rv1_{'0' * 32}/commit", {"amount": "1"}, 404),
+        ("POST", f"{RES}/rv999_{'0' * 32}/commit", {"amount": "1"}, 404),
+        ("DELETE", f"{RES}/nope", None, 404),
+        ("POST", f"{RES}/rv1_{'0' * 32}/commit", {"amount": "0"}, 400),
+        ("POST", f"{RES}/rv1_{'0' * 32}/commit", {}, 400),
+        ("POST", RES, {"user_id": "x", "amount": "1", "request_id": "r", "ttl_seconds": 0}, 400),
+        ("POST", RES, {"user_id": "x", "amount": "1", "request_id": "r", "ttl_seconds": 3601}, 400),
+        ("POST", RES, {"user_id": "x", "amount": "-1", "request_id": "r"}, 400),
+    ],
+)
+async def test_bad_reservation_calls(
+    client: Client, method: str, path: str, body: Any, code: int
+) -> None:
+    r = await client.request(method, path, json=body)
+    assert r.status_code == code, r.text
+
+
+async def test_reservation_scope(client: Client) -> None:
+    made = await client.post("/api/v1/admin/keys", json={"name": "reader", "scopes": ["read"]})
+    key = made.json()["key"]
+    r = await client.post(
+        RES,
+        json={"user_id": "x", "amount": "1", "request_id": "r"},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert r.status_code == 403
