@@ -22,6 +22,7 @@ from gateway.keys import Keys
 from gateway.settings import Settings
 from persistence import db
 from persistence.migrate import migrate
+from tests.books import assert_books_balance
 
 PG_SERVER = os.environ.get("METERING_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 REDIS_URL = os.environ.get("METERING_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
@@ -116,6 +117,9 @@ async def client(
             c.app = app
             c.headers["Authorization"] = f"Bearer {ADMIN_KEY}"
             yield c
+            # every test ends with the books straight: after a flush, PostgreSQL = Redis
+            await app.state.flusher.flush()
+            await assert_books_balance(pool, redis, Keys(settings.key_prefix, settings.shards))
 
 
 @asynccontextmanager

@@ -121,6 +121,10 @@ async def test_user_in_postgres_is_loaded_not_recreated(client: Client, pool: as
         "INSERT INTO user_credits (user_id, credits_remaining, credits_allocated, tier) "
         "VALUES ('legacy', 42.5, 60, 'professional')"
     )
+    await pool.execute(  # its history, so the books balance
+        "INSERT INTO credit_transactions (id, user_id, transaction_type, amount, balance_after, "
+        "request_id) VALUES (gen_random_uuid(), 'legacy', 'allocation', 42.5, 42.5, 'import')"
+    )
     r = await client.get("/api/v1/credits/balance", params={"user_id": "legacy"})
     assert r.json()["credits_remaining"] == "42.500000" and r.json()["tier"] == "professional"
 
