@@ -28,6 +28,7 @@ from gateway.errors import InsufficientCredits, MeteringError
 from gateway.flusher import Flusher
 from gateway.keys import Keys
 from gateway.money import fmt
+from gateway.refunds import RefundService
 from gateway.renewal import renew_idle
 from gateway.reservations import ReservationService
 from gateway.service import DB_ERRORS, CreditService
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
         flusher = Flusher(redis, pool, keys, settings.flush_batch)
         app.state.update(
             reservations=ReservationService(service),
+            refunds=RefundService(service, flusher),
             redis=redis,
             pool=pool,
             service=service,

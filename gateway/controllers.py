@@ -15,6 +15,7 @@ from gateway.auth import generate_key, hash_key
 from gateway.errors import Conflict, NotFound
 from gateway.health import readiness
 from gateway.money import fmt
+from gateway.refunds import RefundService
 from gateway.reservations import ReservationService
 from gateway.schemas import (
     USER_ID_PATTERN,
@@ -28,6 +29,8 @@ from gateway.schemas import (
     KeyCreated,
     KeyInfo,
     KeyRequest,
+    RefundRequest,
+    RefundResult,
     ReleaseResult,
     Reservation,
     ReserveRequest,
@@ -68,6 +71,12 @@ class CreditsController(Controller):
     async def grant(self, data: JSONBody[GrantRequest], state: State) -> GrantResult:
         """Add credits (purchase, bonus or adjustment), idempotent by request_id."""
         return await _service(state).grant(data)
+
+    @post("/credits/refund", opt={"scope": "admin"}, status_code=200)
+    async def refund(self, data: JSONBody[RefundRequest], state: State) -> RefundResult:
+        """Return all or part of a debit (never more than it charged), idempotent."""
+        refunds: RefundService = state.refunds
+        return await refunds.refund(data)
 
     @put("/credits/{user_id:str}/tier", opt={"scope": "admin"})
     async def set_tier(

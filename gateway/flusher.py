@@ -48,6 +48,7 @@ def parse_event(fields: Mapping[str, str]) -> Event:
         cap=opt_int("cap"),
         spent=opt_int("spent"),
         reset=fields.get("reset"),
+        refund_of=fields.get("ref"),
     )
 
 
@@ -72,25 +73,27 @@ class Flusher:
             await self.flush_shard(shard, stats)
         return stats
 
-    async def flush_shard(self, shard: int, stats: FlushStats) -> None:
+    async def flush_shard(self, shard: int, stats: FlushStats | None = None) -> FlushStats:
+        """Drain one shard's stream; stats.skipped_shards says if another flusher held it."""
+        stats = stats if stats is not None else FlushStats()
         stream = self.keys.stream(shard)
         while True:
             entries = cast(
                 list[tuple[str, dict[str, str]]], await self.redis.xrange(stream, count=self.batch)
             )
             if not entries:
-                return
+                return stats
             events = [parse_event(f) for _, f in entries]
             async with self.pool.acquire() as conn, conn.transaction():
                 if not await try_flush_lock(conn, stream):
                     stats.skipped_shards.append(shard)
-                    return
+                    return stats
                 result = await apply_events(conn, events)
             stats.events += len(events)
             stats.inserted += result.inserted
             await self.acknowledge(stream, [eid for eid, _ in entries])
             if len(entries) < self.batch:
-                return
+                return stats
 
     async def acknowledge(self, stream: str, ids: list[str]) -> None:
         """Remove committed events from the stream (a separate step, so tests can fail it)."""

@@ -6,6 +6,7 @@ Layout (prefix ``m`` by default, ``S`` the user's shard, ``U`` the percent-encod
 - ``m:{sS}:r:U:RID``    string, an idempotency record for request RID of user U (expires)
 - ``m:{sS}:h:U``        sorted set, the user's open holds: member ``RESID|micro``, score expiry (ms)
 - ``m:{sS}:rv:RESID``   hash, one reservation (user, amount, expiry, state, settlement)
+- ``m:{sS}:rf:U:TXN``   string, micro-credits refunded so far of debit TXN (expires)
 - ``m:{sS}:events``     stream, the shard's unflushed ledger events, drained by the flusher
 
 The hash tag ``{sS}`` puts a user's state, its idempotency records and its shard's event
@@ -48,6 +49,10 @@ class Keys:
 
     def request(self, user_id: str, request_id: str) -> str:
         return f"{self._base(user_id)}:r:{encode_user(user_id)}:{request_id}"
+
+    def refunded(self, user_id: str, transaction_id: str) -> str:
+        """How much of a debit has been refunded (kept while refunds are unflushed)."""
+        return f"{self._base(user_id)}:rf:{encode_user(user_id)}:{transaction_id}"
 
     def holds(self, user_id: str) -> str:
         return f"{self._base(user_id)}:h:{encode_user(user_id)}"

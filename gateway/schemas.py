@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -82,6 +83,27 @@ class ResetResult(Struct):
     transaction_id: str
     user_id: str
     adjustment: str
+    credits_remaining: str
+    replayed: bool
+
+
+class RefundRequest(Struct, forbid_unknown_fields=True):
+    user_id: UserId
+    transaction_id: uuid.UUID
+    request_id: RequestId
+    amount: AmountIn | None = None  # all that is left of the debit when absent
+
+    def __post_init__(self) -> None:
+        if self.amount is not None:
+            parse_amount(self.amount)
+        _check_request_id(self.request_id)
+
+
+class RefundResult(Struct):
+    transaction_id: str
+    user_id: str
+    refund_of: str
+    refunded: str
     credits_remaining: str
     replayed: bool
 

@@ -25,7 +25,17 @@ def source(name: str) -> str:
     return f"local MAX = {MAX_MICRO}\n{_file('lib')}\n{_file(name)}"
 
 
-NAMES = ("apply", "balance", "hydrate", "set_tier", "reset", "reserve", "commit", "release")
+NAMES = (
+    "apply",
+    "balance",
+    "hydrate",
+    "set_tier",
+    "reset",
+    "reserve",
+    "commit",
+    "release",
+    "refund",
+)
 
 
 class Scripts:
@@ -37,6 +47,7 @@ class Scripts:
     reserve: AsyncScript
     commit: AsyncScript
     release: AsyncScript
+    refund: AsyncScript
 
     def __init__(self, redis: Any) -> None:
         for name in NAMES:

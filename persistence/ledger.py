@@ -32,6 +32,7 @@ class Event:
     cap: int | None = None
     spent: int | None = None  # spending in the period after this event (micro-credits)
     reset: str | None = None  # ISO start of a period this event renewed
+    refund_of: str | None = None  # the debit a refund returns
 
 
 log = logging.getLogger("metering.ledger")
@@ -105,6 +106,7 @@ async def _insert(conn: Executor, events: list[Event], request_ids: list[str] | 
         [e.metadata for e in events],
         [e.version for e in events],
         [datetime.fromtimestamp(e.ts_ms / 1000, UTC) for e in events],
+        [e.refund_of for e in events],
     )
     return len(rows)
 
@@ -136,3 +138,21 @@ async def ledger_sum(conn: Executor, user_id: str) -> tuple[Decimal, int]:
     rec = await conn.fetchrow(queries.LEDGER_SUM, user_id)
     assert rec is not None
     return rec["total"], rec["n"]
+
+
+@dataclass(frozen=True, slots=True)
+class DebitRecord:
+    user_id: str
+    type: str
+    amount: Decimal  # negative for a debit
+    created_at: datetime
+    refunded: Decimal  # positive: what flushed refunds of it returned
+
+
+async def debit_for_refund(conn: Executor, transaction_id: str) -> DebitRecord | None:
+    rec = await conn.fetchrow(queries.DEBIT_FOR_REFUND, transaction_id)
+    if rec is None:
+        return None
+    return DebitRecord(
+        rec["user_id"], rec["transaction_type"], rec["amount"], rec["created_at"], rec["refunded"]
+    )

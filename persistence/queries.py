@@ -42,12 +42,21 @@ USER_GET = f"SELECT {USER_COLUMNS} FROM user_credits WHERE user_id = $1"
 LEDGER_INSERT_BATCH = """
 INSERT INTO credit_transactions (id, user_id, transaction_type, amount, balance_after, request_id,
                                  model, input_tokens, output_tokens, metadata, redis_version,
-                                 created_at)
+                                 created_at, refund_of)
 SELECT * FROM unnest($1::uuid[], $2::varchar[], $3::varchar[], $4::numeric[], $5::numeric[],
                      $6::varchar[], $7::varchar[], $8::bigint[], $9::bigint[], $10::jsonb[],
-                     $11::bigint[], $12::timestamptz[])
+                     $11::bigint[], $12::timestamptz[], $13::uuid[])
 ON CONFLICT DO NOTHING
 RETURNING id
+"""
+
+# A debit and what its flushed refunds returned so far (refunds are positive amounts).
+DEBIT_FOR_REFUND = """
+SELECT d.user_id, d.transaction_type, d.amount, d.created_at,
+       (SELECT COALESCE(sum(r.amount), 0) FROM credit_transactions r WHERE r.refund_of = d.id)
+           AS refunded
+FROM credit_transactions d
+WHERE d.id = $1
 """
 
 # Which of these transaction ids the ledger already holds (to tell a replay from a reused id).

@@ -1,0 +1,32 @@
+-- Return all or part of a debit, never more than was charged across all its refunds.
+-- KEYS[1] user state hash  KEYS[2] idempotency record  KEYS[3] shard event stream
+-- KEYS[4] the user's holds  KEYS[5] the debit's refund tracker (micro refunded so far)
+-- ARGV[1..5] the common header (lib.lua)  ARGV[6] amount (micro; 0 = all that is left)
+-- ARGV[7] body fingerprint  ARGV[8] transaction id  ARGV[9] idempotency ttl (s)
+-- ARGV[10] request id  ARGV[11] micro charged by the debit  ARGV[12] micro of its refunds
+-- already in PostgreSQL  ARGV[13] debit transaction id  ARGV[14] '1' when the debit is in the
+-- current period (its refund lowers the period's spending)
+-- Returns {'ok'|'replay', txn, amount, available}, {'conflict'}, {'exhausted'},
+--         {'exceeds', refundable}, {'overflow', available} or {'miss'}.
+local seen = idem_check(KEYS[2], ARGV[7])
+if seen then return seen end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'miss'} end
+auto_renew(KEYS[1], KEYS[3])
+local held = purge_holds(KEYS[1], KEYS[4])
+local done = tonumber(redis.call('GET', KEYS[5]) or ARGV[12])
+local left = tonumber(ARGV[11]) - done
+if left <= 0 then return {'exhausted'} end
+local amount = tonumber(ARGV[6])
+if amount == 0 then amount = left end
+if amount > left then return {'exceeds', int(left)} end
+local st = redis.call('HMGET', KEYS[1], 'bal', 'spent')
+local bal, spent = tonumber(st[1]), tonumber(st[2])
+if bal + amount > MAX then return {'overflow', int(bal - held)} end
+bal = bal + amount
+if ARGV[14] == '1' then spent = math.max(spent - amount, 0) end
+redis.call('HSET', KEYS[1], 'bal', int(bal), 'spent', int(spent))
+local ver = redis.call('HINCRBY', KEYS[1], 'ver', 1)
+redis.call('SET', KEYS[5], int(done + amount), 'EX', tonumber(ARGV[9]))
+emit(KEYS[3], 'refund', ARGV[8], ARGV[10], amount, bal, ver, spent, {'ref', ARGV[13]})
+idem_save(KEYS[2], ARGV[7], ARGV[8], amount, bal - held, tonumber(ARGV[9]))
+return {'ok', ARGV[8], int(amount), int(bal - held)}

@@ -1,0 +1,100 @@
+"""Refunds: return all or part of a debit, never more than it charged across all its refunds.
+
+The debit is looked up in PostgreSQL (its amount and the refunds already flushed); a debit too
+recent to be flushed is flushed first, on demand. The refund itself is one Lua call that keeps a
+per-debit running total in Redis, so concurrent refunds cannot exceed the charge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from gateway.clock import period_start
+from gateway.errors import Conflict, IdempotencyConflict, NotFound, Unavailable, Unprocessable
+from gateway.flusher import Flusher
+from gateway.keys import shard_of
+from gateway.money import MAX_MICRO, fmt, parse_amount, to_micro
+from gateway.schemas import RefundRequest, RefundResult, fingerprint
+from gateway.service import DB_ERRORS, Args, CreditService
+from persistence.ledger import DebitRecord, debit_for_refund
+
+
+class RefundService:
+    def __init__(self, credits: CreditService, flusher: Flusher) -> None:
+        self.credits = credits
+        self.flusher = flusher
+
+    async def refund(self, req: RefundRequest) -> RefundResult:
+        micro = 0 if req.amount is None else parse_amount(req.amount)
+        debit_id = str(req.transaction_id)
+        debit = await self._debit(req.user_id, debit_id)
+        if debit.type != "usage":
+            raise Unprocessable(
+                f"transaction {debit_id} is a {debit.type!r} entry; only debits can be refunded"
+            )
+        user, keys = req.user_id, self.credits.keys
+        now = self.credits.clock()
+        same_period = debit.created_at >= period_start(now, self.credits.period)
+        txn = str(uuid.uuid4())
+        args: Args = [
+            micro,
+            fingerprint("refund", debit_id, micro),
+            txn,
+            self.credits.idempotency_ttl,
+            req.request_id,
+            to_micro(-debit.amount),
+            to_micro(debit.refunded),
+            debit_id,
+            int(same_period),
+        ]
+        script_keys = [
+            keys.user(user),
+            keys.request(user, req.request_id),
+            keys.user_stream(user),
+            keys.holds(user),
+            keys.refunded(user, debit_id),
+        ]
+        res = await self.credits.call(self.credits.scripts.refund, user, script_keys, args, now)
+        status = res[0]
+        if status in ("ok", "replay"):
+            return RefundResult(
+                transaction_id=res[1],
+                user_id=user,
+                refund_of=debit_id,
+                refunded=fmt(int(res[2])),
+                credits_remaining=fmt(int(res[3])),
+                replayed=status == "replay",
+            )
+        if status == "conflict":
+            raise IdempotencyConflict(
+                f"request_id {req.request_id!r} was already used for this user "
+                "with a different body"
+            )
+        if status == "exhausted":
+            raise Conflict(f"transaction {debit_id} has already been refunded in full")
+        if status == "exceeds":
+            raise Unprocessable(
+                f"refund of {fmt(micro)} exceeds what is left to refund of transaction "
+                f"{debit_id}: {fmt(int(res[1]))}"
+            )
+        if status == "overflow":
+            raise Unprocessable(f"this refund would take the balance past {fmt(MAX_MICRO)}")
+        raise RuntimeError(f"unexpected script result {res!r}")
+
+    async def _debit(self, user_id: str, debit_id: str) -> DebitRecord:
+        try:
+            debit = await debit_for_refund(self.credits.pool, debit_id)
+            shard = shard_of(user_id, self.credits.keys.shards)
+            for _ in range(5):  # maybe not flushed yet: flush the user's shard, look again
+                if debit is not None:
+                    break
+                stats = await self.flusher.flush_shard(shard)
+                if stats.skipped_shards:  # another flusher is on it right now
+                    await asyncio.sleep(0.05)
+                debit = await debit_for_refund(self.credits.pool, debit_id)
+        except DB_ERRORS:
+            raise Unavailable("PostgreSQL is unreachable; refunds need it, retry later") from None
+        if debit is None or debit.user_id != user_id:
+            raise NotFound(f"user {user_id!r} has no transaction {debit_id}")
+        return debit
