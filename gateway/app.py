@@ -17,6 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.auth import Authenticator, scope_guard
+from gateway.batch import BatchService
 from gateway.clock import Clock, system_clock
 from gateway.controllers import (
     CreditsController,
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
         flusher = Flusher(redis, pool, keys, settings.flush_batch)
         app.state.update(
             reservations=ReservationService(service),
+            batch=BatchService(service),
             refunds=RefundService(service, flusher),
             redis=redis,
             pool=pool,

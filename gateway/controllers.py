@@ -12,6 +12,7 @@ from litestar.datastructures import State
 from litestar.params import JSONBody, PathParameter, QueryParameter
 
 from gateway.auth import generate_key, hash_key
+from gateway.batch import BatchService
 from gateway.errors import Conflict, NotFound
 from gateway.health import readiness
 from gateway.money import fmt
@@ -20,6 +21,8 @@ from gateway.reservations import ReservationService
 from gateway.schemas import (
     USER_ID_PATTERN,
     Balance,
+    BatchDebitRequest,
+    BatchResult,
     CommitRequest,
     CommitResult,
     DebitRequest,
@@ -44,6 +47,8 @@ from gateway.schemas import (
 from gateway.service import CreditService
 from persistence import api_keys
 
+BATCH_MAX_BODY = 1024 * 1024  # room for 1000 items; other routes keep the app's limit
+
 UserIdQuery = Annotated[str, QueryParameter(min_length=1, max_length=255, pattern=USER_ID_PATTERN)]
 UserIdPath = Annotated[str, PathParameter(min_length=1, max_length=255, pattern=USER_ID_PATTERN)]
 
@@ -61,6 +66,18 @@ class CreditsController(Controller):
     async def debit(self, data: JSONBody[DebitRequest], state: State) -> DebitResult:
         """Charge credits atomically (idempotent by request_id). 402 when the balance is short."""
         return await _service(state).debit(data)
+
+    @post(
+        "/credits/debit/batch",
+        opt={"scope": "debit"},
+        status_code=200,
+        request_max_body_size=BATCH_MAX_BODY,
+    )
+    async def debit_batch(self, data: JSONBody[BatchDebitRequest], state: State) -> BatchResult:
+        """Up to 1000 debits in one Redis round trip; each item answered in order, with its own
+        status (200, 400, 402, 409, 503) and result or error."""
+        batch: BatchService = state.batch
+        return await batch.debit(data.debits)
 
     @get("/credits/balance", opt={"scope": "read"})
     async def balance(self, state: State, user_id: UserIdQuery) -> Balance:

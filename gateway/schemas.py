@@ -60,6 +60,23 @@ class DebitRequest(Struct, forbid_unknown_fields=True):
         _check_request_id(self.request_id)
 
 
+class BatchDebitRequest(Struct, forbid_unknown_fields=True):
+    debits: Annotated[list[dict[str, Any]], Meta(min_length=1, max_length=1000)]
+
+
+class BatchItem(Struct, omit_defaults=True):
+    index: int
+    status: int
+    result: DebitResult | None = None
+    error: dict[str, str] | None = None
+
+
+class BatchResult(Struct):
+    succeeded: int
+    failed: int
+    results: list[BatchItem]
+
+
 class GrantRequest(Struct, forbid_unknown_fields=True):
     user_id: UserId
     amount: AmountIn

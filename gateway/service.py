@@ -40,11 +40,45 @@ Args = list[str | int | bytes]
 
 
 @dataclass(frozen=True, slots=True)
+class ApplyCall:
+    user_id: str
+    request_id: str
+    delta: int
+    keys: list[str]
+    args: Args  # after the common header
+
+
+@dataclass(frozen=True, slots=True)
 class Applied:
     status: str  # ok | replay
     txn: str
     delta: int
     balance: int
+
+
+def applied(res: list[Any], call: ApplyCall) -> Applied:
+    """Interpret the apply script's answer; errors become the matching MeteringError."""
+    status = res[0]
+    if status in ("ok", "replay"):
+        return Applied(status, res[1], int(res[2]), int(res[3]))
+    if status in ("nsf", "cap"):
+        raise payment_required(res, -call.delta)
+    if status == "overflow":
+        raise Unprocessable(
+            f"this grant would take the balance past the maximum of {fmt(MAX_MICRO)} "
+            f"(available {fmt(int(res[1]))})"
+        )
+    if status == "conflict":
+        raise IdempotencyConflict(
+            f"request_id {call.request_id!r} was already used for this user with a different body"
+        )
+    raise RuntimeError(f"unexpected script result {res!r}")
+
+
+def debit_result(req: DebitRequest, res: Applied) -> DebitResult:
+    return DebitResult(
+        res.txn, req.user_id, fmt(-res.delta), fmt(res.balance), res.status == "replay"
+    )
 
 
 def payment_required(res: list[Any], requested: int) -> InsufficientCredits:
@@ -87,6 +121,12 @@ class CreditService:
     # -- hot path -------------------------------------------------------------------------
 
     async def debit(self, req: DebitRequest) -> DebitResult:
+        call = self.debit_call(req)
+        res = await self.call(self.scripts.apply, req.user_id, call.keys, call.args)
+        return debit_result(req, applied(res, call))
+
+    def debit_call(self, req: DebitRequest) -> ApplyCall:
+        """Keys and arguments of the apply script for one debit (also used by batches)."""
         micro = parse_amount(req.amount)
         extra: Args = []
         if req.model is not None:
@@ -100,10 +140,7 @@ class CreditService:
         fp = fingerprint(
             "debit", micro, req.model, req.input_tokens, req.output_tokens, req.metadata
         )
-        res = await self._apply(req.user_id, req.request_id, -micro, fp, "usage", extra)
-        return DebitResult(
-            res.txn, req.user_id, fmt(-res.delta), fmt(res.balance), res.status == "replay"
-        )
+        return self.apply_call(req.user_id, req.request_id, -micro, fp, "usage", extra)
 
     async def grant(self, req: GrantRequest) -> GrantResult:
         micro = parse_amount(req.amount)
@@ -111,38 +148,23 @@ class CreditService:
         if req.reason is not None:
             extra += ["meta", msgspec.json.encode({"reason": req.reason})]
         fp = fingerprint("grant", micro, req.kind, req.reason)
-        res = await self._apply(req.user_id, req.request_id, micro, fp, req.kind, extra)
+        call = self.apply_call(req.user_id, req.request_id, micro, fp, req.kind, extra)
+        res = applied(await self.call(self.scripts.apply, req.user_id, call.keys, call.args), call)
         return GrantResult(
             res.txn, req.user_id, fmt(res.delta), fmt(res.balance), res.status == "replay"
         )
 
-    async def _apply(
+    def apply_call(
         self, user_id: str, request_id: str, delta: int, fp: str, event: str, extra: Args
-    ) -> Applied:
+    ) -> ApplyCall:
         keys = [
             self.keys.user(user_id),
             self.keys.request(user_id, request_id),
             self.keys.user_stream(user_id),
             self.keys.holds(user_id),
         ]
-        txn = str(uuid.uuid4())
-        args: Args = [delta, fp, txn, self.idempotency_ttl, request_id, event, *extra]
-        res = await self.call(self.scripts.apply, user_id, keys, args)
-        status = res[0]
-        if status in ("ok", "replay"):
-            return Applied(status, res[1], int(res[2]), int(res[3]))
-        if status in ("nsf", "cap"):
-            raise payment_required(res, -delta)
-        if status == "overflow":
-            raise Unprocessable(
-                f"this grant would take the balance past the maximum of {fmt(MAX_MICRO)} "
-                f"(balance {fmt(int(res[1]))})"
-            )
-        if status == "conflict":
-            raise IdempotencyConflict(
-                f"request_id {request_id!r} was already used for this user with a different body"
-            )
-        raise RuntimeError(f"unexpected script result {res!r}")
+        args: Args = [delta, fp, str(uuid.uuid4()), self.idempotency_ttl, request_id, event, *extra]
+        return ApplyCall(user_id, request_id, delta, keys, args)
 
     async def balance(self, user_id: str) -> Balance:
         keys = [self.keys.user(user_id), self.keys.user_stream(user_id), self.keys.holds(user_id)]

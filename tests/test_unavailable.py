@@ -8,7 +8,7 @@ import httpx
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.conftest import ADMIN_KEY, FakeClock, running
-from tests.test_serve import free_port
+from tests.servers import free_port
 
 
 async def test_redis_down_gives_503_fast(
