@@ -23,6 +23,7 @@ from gateway.controllers import (
     CreditsController,
     HealthController,
     KeysController,
+    PricingController,
     ReservationsController,
 )
 from gateway.errors import InsufficientCredits, MeteringError
@@ -81,7 +82,14 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
         )
         pool = await open_pool(settings.database_url)
         service = CreditService(
-            redis, pool, keys, tiers, clock, settings.idempotency_ttl, settings.period
+            redis,
+            pool,
+            keys,
+            tiers,
+            clock,
+            settings.idempotency_ttl,
+            settings.period,
+            settings.pricing_cache_ttl,
         )
         flusher = Flusher(redis, pool, keys, settings.flush_batch)
         app.state.update(
@@ -128,6 +136,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
         route_handlers=[
             CreditsController,
             ReservationsController,
+            PricingController,
             KeysController,
             HealthController,
         ],

@@ -33,7 +33,10 @@ class BatchService:
             except msgspec.ValidationError as exc:
                 out[i] = BatchItem(index=i, status=400, error={"detail": str(exc)})
                 continue
-            calls[i] = (req, self.credits.debit_call(req))
+            try:
+                calls[i] = (req, await self.credits.debit_call(req))
+            except MeteringError as exc:  # e.g. a model without a price
+                out[i] = BatchItem(index=i, status=exc.status_code, error={"detail": exc.detail})
         pending = list(calls)
         for _ in range(3):  # the first pass, then after hydrating or reloading scripts
             if not pending:

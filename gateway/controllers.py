@@ -32,6 +32,9 @@ from gateway.schemas import (
     KeyCreated,
     KeyInfo,
     KeyRequest,
+    PriceInfo,
+    PriceList,
+    PriceRequest,
     RefundRequest,
     RefundResult,
     ReleaseResult,
@@ -46,6 +49,7 @@ from gateway.schemas import (
 )
 from gateway.service import CreditService
 from persistence import api_keys
+from persistence.pricing import Price
 
 BATCH_MAX_BODY = 1024 * 1024  # room for 1000 items; other routes keep the app's limit
 
@@ -156,6 +160,39 @@ class ReservationsController(Controller):
     async def release(self, reservation_id: ReservationIdPath, state: State) -> ReleaseResult:
         """Release the hold (idempotent); a hold that already expired answers status=expired."""
         return await _reservations(state).release(reservation_id)
+
+
+class PricingController(Controller):
+    path = "/api/v1/pricing"
+    tags = ["pricing"]
+
+    @get("/", opt={"scope": "read"})
+    async def list_prices(self, state: State) -> PriceList:
+        """Every model's price in credits per million input and output tokens."""
+        prices = await _service(state).pricing.prices()
+        return PriceList([_price_info(p) for p in prices.values()])
+
+    @put("/{model:str}", opt={"scope": "admin"})
+    async def set_price(
+        self,
+        model: Annotated[str, PathParameter(min_length=1, max_length=255)],
+        data: JSONBody[PriceRequest],
+        state: State,
+    ) -> PriceInfo:
+        """Set a model's price (idempotent: PUT of the same price changes nothing)."""
+        price = await _service(state).pricing.set(
+            model, data.input_per_million, data.output_per_million
+        )
+        return _price_info(price)
+
+
+def _price_info(p: Price) -> PriceInfo:
+    return PriceInfo(
+        model=p.model,
+        input_per_million=str(p.input_per_million),
+        output_per_million=str(p.output_per_million),
+        updated_at=p.updated_at.isoformat() if p.updated_at else None,
+    )
 
 
 class KeysController(Controller):

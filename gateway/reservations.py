@@ -74,8 +74,8 @@ class ReservationService:
         )
 
     async def commit(self, reservation_id: str, req: CommitRequest) -> CommitResult:
-        micro = parse_amount(req.amount)
         key, user = await self._owner(reservation_id)
+        micro = await self.credits.amount_of(req)
         extra: Args = []
         for name, value in (
             ("model", req.model),

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from gateway.money import parse_amount
+from gateway.money import SCALE, parse_amount
 
 USER_ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 UserId = Annotated[
@@ -46,17 +46,29 @@ def _check_request_id(request_id: str) -> None:
         raise ValueError(f"request_id may not start with {RESERVED_REQUEST_PREFIX!r} (reserved)")
 
 
+def _check_priced(
+    amount: Decimal | None, model: str | None, tin: int | None, tout: int | None
+) -> None:
+    if amount is not None:
+        parse_amount(amount)
+    elif model is None or (tin is None and tout is None):
+        raise ValueError(
+            "amount is required unless model and input_tokens/output_tokens are given "
+            "(the gateway then prices the call)"
+        )
+
+
 class DebitRequest(Struct, forbid_unknown_fields=True):
     user_id: UserId
-    amount: AmountIn
     request_id: RequestId
+    amount: AmountIn | None = None  # priced from model and tokens when absent
     model: Model | None = None
     input_tokens: Tokens | None = None
     output_tokens: Tokens | None = None
     metadata: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        parse_amount(self.amount)
+        _check_priced(self.amount, self.model, self.input_tokens, self.output_tokens)
         _check_request_id(self.request_id)
 
 
@@ -137,14 +149,14 @@ class ReserveRequest(Struct, forbid_unknown_fields=True):
 
 
 class CommitRequest(Struct, forbid_unknown_fields=True):
-    amount: AmountIn
+    amount: AmountIn | None = None  # priced from model and tokens when absent
     model: Model | None = None
     input_tokens: Tokens | None = None
     output_tokens: Tokens | None = None
     metadata: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        parse_amount(self.amount)
+        _check_priced(self.amount, self.model, self.input_tokens, self.output_tokens)
 
 
 class Reservation(Struct):
@@ -173,6 +185,35 @@ class ReleaseResult(Struct):
     released: str
     credits_remaining: str
     replayed: bool
+
+
+PricePerMillion = Annotated[
+    Decimal, Meta(description="credits per million tokens, >= 0, at most 6 decimal places")
+]
+
+
+class PriceRequest(Struct, forbid_unknown_fields=True):
+    input_per_million: PricePerMillion
+    output_per_million: PricePerMillion
+
+    def __post_init__(self) -> None:
+        for name in ("input_per_million", "output_per_million"):
+            value: Decimal = getattr(self, name)
+            if not value.is_finite() or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0")
+            if value > Decimal("999999999999.999999") or value != value.quantize(SCALE):
+                raise ValueError(f"{name} must have at most 6 decimal places and 12 digits")
+
+
+class PriceInfo(Struct):
+    model: str
+    input_per_million: str
+    output_per_million: str
+    updated_at: str | None
+
+
+class PriceList(Struct):
+    prices: list[PriceInfo]
 
 
 class TierRequest(Struct, forbid_unknown_fields=True):

@@ -18,8 +18,10 @@ from gateway.clock import Clock, Period, epoch_ms, period_start
 from gateway.errors import IdempotencyConflict, InsufficientCredits, Unavailable, Unprocessable
 from gateway.keys import Keys
 from gateway.money import MAX_MICRO, fmt, parse_amount, to_decimal, to_micro
+from gateway.pricing import PriceBook
 from gateway.schemas import (
     Balance,
+    CommitRequest,
     DebitRequest,
     DebitResult,
     GrantRequest,
@@ -108,6 +110,7 @@ class CreditService:
         clock: Clock,
         idempotency_ttl: int,
         period: Period = "month",
+        pricing_ttl: float = 5.0,
     ) -> None:
         self.redis = redis
         self.pool = pool
@@ -117,17 +120,18 @@ class CreditService:
         self.period: Period = period
         self.scripts = Scripts(redis)
         self.idempotency_ttl = idempotency_ttl
+        self.pricing = PriceBook(pool, pricing_ttl)
 
     # -- hot path -------------------------------------------------------------------------
 
     async def debit(self, req: DebitRequest) -> DebitResult:
-        call = self.debit_call(req)
+        call = await self.debit_call(req)
         res = await self.call(self.scripts.apply, req.user_id, call.keys, call.args)
         return debit_result(req, applied(res, call))
 
-    def debit_call(self, req: DebitRequest) -> ApplyCall:
+    async def debit_call(self, req: DebitRequest) -> ApplyCall:
         """Keys and arguments of the apply script for one debit (also used by batches)."""
-        micro = parse_amount(req.amount)
+        micro = await self.amount_of(req)
         extra: Args = []
         if req.model is not None:
             extra += ["model", req.model]
@@ -141,6 +145,12 @@ class CreditService:
             "debit", micro, req.model, req.input_tokens, req.output_tokens, req.metadata
         )
         return self.apply_call(req.user_id, req.request_id, -micro, fp, "usage", extra)
+
+    async def amount_of(self, req: DebitRequest | CommitRequest) -> int:
+        """The amount sent, or the gateway's price for the model and tokens."""
+        if req.amount is not None:
+            return parse_amount(req.amount)
+        return await self.pricing.price(req.model, req.input_tokens, req.output_tokens)
 
     async def grant(self, req: GrantRequest) -> GrantResult:
         micro = parse_amount(req.amount)

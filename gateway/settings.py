@@ -25,6 +25,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     idempotency_ttl: int = 7 * 24 * 3600  # seconds a request_id is remembered in Redis
     redis_timeout: float = 2.0  # seconds, socket and connect timeout
     auth_cache_ttl: float = 5.0  # seconds an API key lookup is cached per process
+    pricing_cache_ttl: float = 5.0  # seconds model prices are cached per process
     max_body_bytes: int = 64 * 1024
     period: Period = "month"  # allocation period: month (calendar), week (ISO) or day
     renew_cron: str = "*/10 * * * *"  # crontab for renewing idle users; "" disables
@@ -42,6 +43,7 @@ _ENV = {
     "idempotency_ttl": "METERING_IDEMPOTENCY_TTL",
     "redis_timeout": "METERING_REDIS_TIMEOUT",
     "auth_cache_ttl": "METERING_AUTH_CACHE_TTL",
+    "pricing_cache_ttl": "METERING_PRICING_CACHE_TTL",
     "max_body_bytes": "METERING_MAX_BODY_BYTES",
     "period": "METERING_PERIOD",
     "renew_cron": "METERING_RENEW_CRON",

@@ -96,6 +96,19 @@ SELECT COALESCE(sum(amount), 0) AS total, count(*) AS n
 FROM credit_transactions WHERE user_id = $1
 """
 
+PRICING_UPSERT = """
+INSERT INTO model_pricing (model, input_per_million, output_per_million) VALUES ($1, $2, $3)
+ON CONFLICT (model) DO UPDATE
+SET input_per_million = EXCLUDED.input_per_million,
+    output_per_million = EXCLUDED.output_per_million,
+    updated_at = now()
+RETURNING model, input_per_million, output_per_million, updated_at
+"""
+
+PRICING_ALL = """
+SELECT model, input_per_million, output_per_million, updated_at FROM model_pricing ORDER BY model
+"""
+
 API_KEY_INSERT = """
 INSERT INTO api_keys (name, key_hash, scopes) VALUES ($1, $2, $3)
 ON CONFLICT (name) DO NOTHING

@@ -165,7 +165,9 @@ async def test_background_job_flushes_on_its_own(
 
         from gateway.schemas import DebitRequest
 
-        await app.state.service.debit(DebitRequest("bg", Decimal("1"), "x"))
+        await app.state.service.debit(
+            DebitRequest(user_id="bg", amount=Decimal("1"), request_id="x")
+        )
         await _eventually(
             lambda: pool.fetchval("SELECT count(*) FROM credit_transactions WHERE request_id='x'")
         )
