@@ -28,6 +28,7 @@ from gateway.controllers import (
 )
 from gateway.errors import InsufficientCredits, MeteringError
 from gateway.flusher import Flusher
+from gateway.history import HistoryService
 from gateway.keys import Keys
 from gateway.money import fmt
 from gateway.refunds import RefundService
@@ -95,6 +96,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
         app.state.update(
             reservations=ReservationService(service),
             batch=BatchService(service),
+            history=HistoryService(service),
             refunds=RefundService(service, flusher),
             redis=redis,
             pool=pool,

@@ -27,3 +27,10 @@ def period_start(now: datetime, period: Period = "month") -> datetime:
 
 def epoch_ms(now: datetime) -> int:
     return int(now.timestamp() * 1000)
+
+
+def period_end(now: datetime, period: Period = "month") -> datetime:
+    """Start of the period after the one containing now."""
+    start = period_start(now, period)
+    step = {"day": timedelta(days=1), "week": timedelta(days=7), "month": timedelta(days=32)}
+    return period_start(start + step[period], period)

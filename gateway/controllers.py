@@ -15,6 +15,7 @@ from gateway.auth import generate_key, hash_key
 from gateway.batch import BatchService
 from gateway.errors import Conflict, NotFound
 from gateway.health import readiness
+from gateway.history import HistoryService
 from gateway.money import fmt
 from gateway.refunds import RefundService
 from gateway.reservations import ReservationService
@@ -46,9 +47,12 @@ from gateway.schemas import (
     TierInfo,
     TierList,
     TierRequest,
+    TransactionsPage,
+    UsageReport,
 )
 from gateway.service import CreditService
 from persistence import api_keys
+from persistence.history import GroupBy
 from persistence.pricing import Price
 
 BATCH_MAX_BODY = 1024 * 1024  # room for 1000 items; other routes keep the app's limit
@@ -112,6 +116,32 @@ class CreditsController(Controller):
     ) -> ResetResult:
         """Renew the user's period now: new allocation, spending back to 0 (idempotent)."""
         return await _service(state).reset(user_id, data.request_id)
+
+    @get("/credits/{user_id:str}/transactions", opt={"scope": "read"})
+    async def transactions(
+        self,
+        user_id: UserIdPath,
+        state: State,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
+        cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
+    ) -> TransactionsPage:
+        """The user's ledger in PostgreSQL, newest first; pass next_cursor for the next page."""
+        history: HistoryService = state.history
+        return await history.transactions(user_id, limit, cursor)
+
+    @get("/credits/{user_id:str}/usage", opt={"scope": "read"})
+    async def usage(
+        self,
+        user_id: UserIdPath,
+        state: State,
+        start: Annotated[str | None, QueryParameter(name="from", max_length=40)] = None,
+        end: Annotated[str | None, QueryParameter(name="to", max_length=40)] = None,
+        group_by: Annotated[GroupBy, QueryParameter()] = "model",
+    ) -> UsageReport:
+        """Debits in [from, to) (default: the current period), grouped by model, service
+        (metadata.service) or day."""
+        history: HistoryService = state.history
+        return await history.usage(user_id, start, end, group_by)
 
     @get("/tiers", opt={"scope": "read"})
     async def tiers(self, state: State) -> TierList:

@@ -38,3 +38,7 @@ class Unprocessable(MeteringError):
 
 class Unavailable(MeteringError):
     status_code = 503
+
+
+class BadRequest(MeteringError):
+    status_code = 400

@@ -216,6 +216,46 @@ class PriceList(Struct):
     prices: list[PriceInfo]
 
 
+class Transaction(Struct):
+    transaction_id: str
+    type: str
+    amount: str  # signed: debits are negative
+    balance_after: str
+    request_id: str
+    model: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    metadata: dict[str, Any] | None
+    refund_of: str | None
+    created_at: str
+
+
+class TransactionsPage(Struct):
+    user_id: str
+    transactions: list[Transaction]
+    next_cursor: str | None
+    unflushed_events: int  # this user's changes in Redis not yet in the ledger
+
+
+class UsageGroup(Struct):
+    key: str
+    requests: int
+    credits: str
+    input_tokens: int
+    output_tokens: int
+
+
+class UsageReport(Struct):
+    user_id: str
+    start: str
+    end: str
+    group_by: str
+    groups: list[UsageGroup]
+    total_requests: int
+    total_credits: str
+    unflushed_events: int
+
+
 class TierRequest(Struct, forbid_unknown_fields=True):
     tier: Annotated[str, Meta(min_length=1, max_length=50)]
 

@@ -278,6 +278,7 @@ class CreditService:
                 allocation=to_decimal(tier.allocation),
                 monthly_cap=None if tier.monthly_cap is None else to_decimal(tier.monthly_cap),
                 last_reset=period_start(self.clock(), self.period),
+                now=self.clock(),
             )
         except UserCreditsError as exc:
             raise Unprocessable(str(exc)) from None

@@ -12,14 +12,15 @@ USER_COLUMNS = (
     "created_at, updated_at, redis_version, period_spent"
 )
 
-# $1 user_id, $2 allocation, $3 tier, $4 monthly_cap, $5 last_reset (start of the current period).
+# $1 user_id, $2 allocation, $3 tier, $4 monthly_cap, $5 last_reset (start of the current period),
+# $6 now (the gateway's clock, so the user's first ledger entry sits on the same timeline).
 # Creates the user with the tier's allocation and its 'allocation' ledger entry, or returns the
 # existing row untouched. ``created`` tells which.
 USER_CREATE = f"""
 WITH ins AS (
     INSERT INTO user_credits (user_id, credits_remaining, credits_allocated, tier, monthly_cap,
-                              last_reset)
-    VALUES ($1, $2, $2, $3, $4, $5)
+                              last_reset, created_at, updated_at)
+    VALUES ($1, $2, $2, $3, $4, $5, $6, $6)
     ON CONFLICT (user_id) DO NOTHING
     RETURNING {USER_COLUMNS}
 ), ledger AS (
@@ -96,6 +97,32 @@ SELECT COALESCE(sum(amount), 0) AS total, count(*) AS n
 FROM credit_transactions WHERE user_id = $1
 """
 
+LEDGER_COLUMNS = (
+    "id, transaction_type, amount, balance_after, request_id, model, input_tokens, "
+    "output_tokens, metadata, refund_of, created_at"
+)
+
+# A user's ledger, newest first, keyset-paginated on (created_at, id) before ($2, $3).
+LEDGER_PAGE = f"""
+SELECT {LEDGER_COLUMNS} FROM credit_transactions
+WHERE user_id = $1 AND (created_at, id) < ($2, $3)
+ORDER BY created_at DESC, id DESC
+LIMIT $4
+"""
+
+# Usage (debits) of a user in [$2, $3), grouped three ways. Credits charged are positive here.
+_USAGE = """
+SELECT {key} AS key, count(*) AS requests, COALESCE(sum(-amount), 0) AS credits,
+       COALESCE(sum(input_tokens), 0)::bigint AS input_tokens,
+       COALESCE(sum(output_tokens), 0)::bigint AS output_tokens
+FROM credit_transactions
+WHERE user_id = $1 AND transaction_type = 'usage' AND created_at >= $2 AND created_at < $3
+GROUP BY 1 ORDER BY 1
+"""
+USAGE_BY_MODEL = _USAGE.format(key="COALESCE(model, '')")
+USAGE_BY_SERVICE = _USAGE.format(key="COALESCE(metadata->>'service', '')")
+USAGE_BY_DAY = _USAGE.format(key="to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')")
+
 PRICING_UPSERT = """
 INSERT INTO model_pricing (model, input_per_million, output_per_million) VALUES ($1, $2, $3)
 ON CONFLICT (model) DO UPDATE
@@ -142,5 +169,8 @@ PING = "SELECT 1"
 ALL: dict[str, str] = {
     name: value
     for name, value in dict(globals()).items()
-    if name.isupper() and isinstance(value, str) and name != "USER_COLUMNS"
+    if name.isupper()
+    and not name.startswith("_")
+    and isinstance(value, str)
+    and not name.endswith("_COLUMNS")
 }

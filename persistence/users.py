@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import asyncpg
@@ -42,13 +42,20 @@ async def create_user_credits(
     allocation: Decimal,
     monthly_cap: Decimal | None,
     last_reset: datetime,
+    now: datetime | None = None,
 ) -> tuple[UserRow, bool]:
     """Create the user's row with the tier's allocation (and its ledger entry), or return the
     existing row unchanged. Returns (row, created)."""
     for _ in range(3):
         try:
             rec = await conn.fetchrow(
-                queries.USER_CREATE, user_id, allocation, tier, monthly_cap, last_reset
+                queries.USER_CREATE,
+                user_id,
+                allocation,
+                tier,
+                monthly_cap,
+                last_reset,
+                now or datetime.now(UTC),
             )
         except asyncpg.StringDataRightTruncationError:
             raise UserCreditsError(

@@ -1,0 +1,107 @@
+"""History: the ledger newest first in cursor pages, usage summaries, and the flush lag."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import Client, FakeClock
+
+
+async def spend(c: Client, user: str, n: int, **kw: object) -> None:
+    for i in range(n):
+        r = await c.post(
+            "/api/v1/credits/debit",
+            json={"user_id": user, "amount": "0.01", "request_id": f"r{i}", **kw},
+        )
+        assert r.status_code == 200
+
+
+async def test_transactions_newest_first_in_pages(client: Client, clock: FakeClock) -> None:
+    await client.get("/api/v1/credits/balance", params={"user_id": "h"})  # created now
+    for i in range(7):
+        clock.advance(seconds=1)
+        r = await client.post(
+            "/api/v1/credits/debit",
+            json={"user_id": "h", "amount": "0.01", "request_id": f"x{i}", "metadata": {"i": i}},
+        )
+        assert r.status_code == 200
+    pending = await client.get("/api/v1/credits/h/transactions")
+    assert pending.json()["unflushed_events"] == 7
+    await client.app.state.flusher.flush()
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 3, **({"cursor": cursor} if cursor else {})}
+        page = (await client.get("/api/v1/credits/h/transactions", params=params)).json()
+        assert page["unflushed_events"] == 0
+        seen += page["transactions"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert [t["request_id"] for t in seen] == [
+        "x6",
+        "x5",
+        "x4",
+        "x3",
+        "x2",
+        "x1",
+        "x0",
+        "sys:create",
+    ]
+    assert seen[-2]["metadata"] == {"i": 0} and seen[-2]["amount"] == "-0.010000"
+    assert seen[-1]["type"] == "allocation" and seen[-1]["amount"] == "5.000000"
+    assert seen[0]["balance_after"] == "4.930000"
+
+
+async def test_usage_grouped_by_model_service_and_day(client: Client, clock: FakeClock) -> None:
+    await spend(client, "u", 3, model="a", input_tokens=10, metadata={"service": "chat"})
+    clock.advance(days=1)
+    for i in range(2):
+        await client.post(
+            "/api/v1/credits/debit",
+            json={
+                "user_id": "u",
+                "amount": "0.5",
+                "request_id": f"b{i}",
+                "model": "b",
+                "output_tokens": 7,
+                "metadata": {"service": "embed"},
+            },
+        )
+    await client.app.state.flusher.flush()
+    by_model = (await client.get("/api/v1/credits/u/usage")).json()
+    assert [
+        (g["key"], g["requests"], g["credits"], g["input_tokens"], g["output_tokens"])
+        for g in by_model["groups"]
+    ] == [("a", 3, "0.030000", 30, 0), ("b", 2, "1.000000", 0, 14)]
+    assert by_model["total_credits"] == "1.030000" and by_model["total_requests"] == 5
+    assert by_model["start"] == "2026-11-01T00:00:00+00:00"
+    by_service = await client.get("/api/v1/credits/u/usage", params={"group_by": "service"})
+    assert [g["key"] for g in by_service.json()["groups"]] == ["chat", "embed"]
+    by_day = await client.get(
+        "/api/v1/credits/u/usage",
+        params={"group_by": "day", "from": "2026-11-26", "to": "2026-12-01"},
+    )
+    assert [(g["key"], g["requests"]) for g in by_day.json()["groups"]] == [("2026-11-26", 2)]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"group_by": "week"},
+        {"from": "yesterday"},
+        {"from": "2026-12-01", "to": "2026-11-01"},
+        {"limit": 0},
+        {"limit": 501},
+        {"cursor": "!!!"},
+    ],
+)
+async def test_bad_history_queries_are_400(client: Client, params: dict[str, object]) -> None:
+    await spend(client, "q", 1)
+    path = "transactions" if {"limit", "cursor"} & set(params) else "usage"
+    r = await client.get(f"/api/v1/credits/q/{path}", params=params)
+    assert r.status_code == 400, r.text
+
+
+async def test_unknown_user_history_is_404(client: Client) -> None:
+    assert (await client.get("/api/v1/credits/ghost/transactions")).status_code == 404
+    assert (await client.get("/api/v1/credits/ghost/usage")).status_code == 404
