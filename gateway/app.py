@@ -20,6 +20,7 @@ from gateway.auth import Authenticator, scope_guard
 from gateway.batch import BatchService
 from gateway.clock import Clock, system_clock
 from gateway.controllers import (
+    AuditController,
     CreditsController,
     HealthController,
     KeysController,
@@ -140,6 +141,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
             ReservationsController,
             PricingController,
             KeysController,
+            AuditController,
             HealthController,
         ],
         guards=[scope_guard],

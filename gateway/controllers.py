@@ -11,7 +11,8 @@ from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.datastructures import State
 from litestar.params import JSONBody, PathParameter, QueryParameter
 
-from gateway.auth import generate_key, hash_key
+from gateway.audit import read_audit
+from gateway.auth import Principal, generate_key, hash_key
 from gateway.batch import BatchService
 from gateway.errors import Conflict, NotFound
 from gateway.health import readiness
@@ -21,6 +22,7 @@ from gateway.refunds import RefundService
 from gateway.reservations import ReservationService
 from gateway.schemas import (
     USER_ID_PATTERN,
+    AuditPage,
     Balance,
     BatchDebitRequest,
     BatchResult,
@@ -61,6 +63,15 @@ UserIdQuery = Annotated[str, QueryParameter(min_length=1, max_length=255, patter
 UserIdPath = Annotated[str, PathParameter(min_length=1, max_length=255, pattern=USER_ID_PATTERN)]
 
 
+AnyRequest = Request[Any, Any, Any]
+
+
+def _actor(request: AnyRequest) -> str:
+    """The name of the API key making this call (set by the scope guard), for the audit log."""
+    principal: Principal = request.state.principal
+    return principal.name
+
+
 def _service(state: State) -> CreditService:
     service: CreditService = state.service
     return service
@@ -93,29 +104,33 @@ class CreditsController(Controller):
         return await _service(state).balance(user_id)
 
     @post("/credits/grant", opt={"scope": "admin"}, status_code=200)
-    async def grant(self, data: JSONBody[GrantRequest], state: State) -> GrantResult:
+    async def grant(
+        self, data: JSONBody[GrantRequest], state: State, request: AnyRequest
+    ) -> GrantResult:
         """Add credits (purchase, bonus or adjustment), idempotent by request_id."""
-        return await _service(state).grant(data)
+        return await _service(state).grant(data, _actor(request))
 
     @post("/credits/refund", opt={"scope": "admin"}, status_code=200)
-    async def refund(self, data: JSONBody[RefundRequest], state: State) -> RefundResult:
+    async def refund(
+        self, data: JSONBody[RefundRequest], state: State, request: AnyRequest
+    ) -> RefundResult:
         """Return all or part of a debit (never more than it charged), idempotent."""
         refunds: RefundService = state.refunds
-        return await refunds.refund(data)
+        return await refunds.refund(data, _actor(request))
 
     @put("/credits/{user_id:str}/tier", opt={"scope": "admin"})
     async def set_tier(
-        self, user_id: UserIdPath, data: JSONBody[TierRequest], state: State
+        self, user_id: UserIdPath, data: JSONBody[TierRequest], state: State, request: AnyRequest
     ) -> TierChange:
         """Move a user to a tier; the balance moves by the difference of the allocations."""
-        return await _service(state).set_tier(user_id, data.tier)
+        return await _service(state).set_tier(user_id, data.tier, _actor(request))
 
     @post("/credits/{user_id:str}/reset", opt={"scope": "admin"}, status_code=200)
     async def reset(
-        self, user_id: UserIdPath, data: JSONBody[ResetRequest], state: State
+        self, user_id: UserIdPath, data: JSONBody[ResetRequest], state: State, request: AnyRequest
     ) -> ResetResult:
         """Renew the user's period now: new allocation, spending back to 0 (idempotent)."""
-        return await _service(state).reset(user_id, data.request_id)
+        return await _service(state).reset(user_id, data.request_id, _actor(request))
 
     @get("/credits/{user_id:str}/transactions", opt={"scope": "read"})
     async def transactions(
@@ -208,10 +223,11 @@ class PricingController(Controller):
         model: Annotated[str, PathParameter(min_length=1, max_length=255)],
         data: JSONBody[PriceRequest],
         state: State,
+        request: AnyRequest,
     ) -> PriceInfo:
         """Set a model's price (idempotent: PUT of the same price changes nothing)."""
         price = await _service(state).pricing.set(
-            model, data.input_per_million, data.output_per_million
+            model, data.input_per_million, data.output_per_million, _actor(request)
         )
         return _price_info(price)
 
@@ -231,10 +247,14 @@ class KeysController(Controller):
     opt = {"scope": "admin"}
 
     @post("/", status_code=201)
-    async def create(self, data: JSONBody[KeyRequest], state: State) -> KeyCreated:
+    async def create(
+        self, data: JSONBody[KeyRequest], state: State, request: AnyRequest
+    ) -> KeyCreated:
         """Create an API key. The key is shown once; only its hash is stored."""
         key = generate_key()
-        rec = await api_keys.insert_key(state.pool, data.name, hash_key(key), list(data.scopes))
+        rec = await api_keys.insert_key(
+            state.pool, data.name, hash_key(key), list(data.scopes), _actor(request)
+        )
         if rec is None:
             raise Conflict(f"an API key named {data.name!r} already exists")
         return KeyCreated(key=key, name=rec.name, scopes=list(rec.scopes))
@@ -254,12 +274,31 @@ class KeysController(Controller):
 
     @delete("/{name:str}", status_code=204)
     async def revoke(
-        self, name: Annotated[str, PathParameter(max_length=100)], state: State
+        self, name: Annotated[str, PathParameter(max_length=100)], state: State, request: AnyRequest
     ) -> None:
         """Revoke a key: at once in this process, within auth_cache_ttl in the others."""
-        if not await api_keys.revoke_key(state.pool, name):
+        if not await api_keys.revoke_key(state.pool, name, _actor(request)):
             raise NotFound(f"no active API key named {name!r}")
         state.authenticator.forget()
+
+
+class AuditController(Controller):
+    path = "/api/v1/audit"
+    tags = ["admin"]
+    opt = {"scope": "admin"}
+
+    @get("/")
+    async def audit(
+        self,
+        state: State,
+        user_id: Annotated[str | None, QueryParameter(max_length=255)] = None,
+        action: Annotated[str | None, QueryParameter(max_length=50)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
+        cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
+    ) -> AuditPage:
+        """Admin actions newest first (grants, tier changes, resets, refunds, pricing, keys),
+        with the acting key's name; filter by user_id and action, page with next_cursor."""
+        return await read_audit(state.pool, user_id, action, limit, cursor)
 
 
 class HealthController(Controller):

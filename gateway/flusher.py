@@ -49,6 +49,7 @@ def parse_event(fields: Mapping[str, str]) -> Event:
         spent=opt_int("spent"),
         reset=fields.get("reset"),
         refund_of=fields.get("ref"),
+        actor=fields.get("actor") or None,
     )
 
 

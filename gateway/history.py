@@ -3,15 +3,13 @@ Both say how many of the user's changes are still in Redis, waiting for the flus
 
 from __future__ import annotations
 
-import base64
-import binascii
-import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import msgspec
 
 from gateway.clock import period_end, period_start
+from gateway.cursors import decode_cursor, encode_cursor
 from gateway.errors import BadRequest, NotFound
 from gateway.money import fmt, to_micro
 from gateway.schemas import Transaction, TransactionsPage, UsageGroup, UsageReport
@@ -19,25 +17,9 @@ from gateway.service import CreditService
 from persistence.history import GroupBy, LedgerRow, ledger_page, usage
 from persistence.users import get_user
 
-FIRST_PAGE = (datetime.max.replace(tzinfo=UTC), uuid.UUID(int=(1 << 128) - 1))
-
 
 def _amount(d: Decimal) -> str:
     return fmt(to_micro(d))
-
-
-def encode_cursor(row: LedgerRow) -> str:
-    raw = f"{row.created_at.isoformat()}|{row.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        at, _, ident = raw.partition("|")
-        return datetime.fromisoformat(at), uuid.UUID(ident)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise BadRequest("cursor is not one this API returned") from None
 
 
 def parse_time(value: str, name: str) -> datetime:
@@ -53,7 +35,7 @@ class HistoryService:
         self.credits = credits
 
     async def transactions(self, user_id: str, limit: int, cursor: str | None) -> TransactionsPage:
-        before = FIRST_PAGE if cursor is None else decode_cursor(cursor)
+        before = decode_cursor(cursor)
         pending = await self._unflushed(user_id)
         rows = await ledger_page(self.credits.pool, user_id, before, limit + 1)
         more = len(rows) > limit
@@ -61,7 +43,7 @@ class HistoryService:
         return TransactionsPage(
             user_id=user_id,
             transactions=[_transaction(r) for r in rows],
-            next_cursor=encode_cursor(rows[-1]) if more else None,
+            next_cursor=encode_cursor(rows[-1].created_at, rows[-1].id) if more else None,
             unflushed_events=pending,
         )
 

@@ -35,8 +35,8 @@ class PriceBook:
             self._loaded = time.monotonic()
         return self._prices
 
-    async def set(self, model: str, inp: Decimal, out: Decimal) -> Price:
-        price = await upsert_price(self._pool, model, inp, out)
+    async def set(self, model: str, inp: Decimal, out: Decimal, actor: str) -> Price:
+        price = await upsert_price(self._pool, model, inp, out, actor)
         self._prices[model] = price
         return price
 

@@ -25,7 +25,7 @@ class RefundService:
         self.credits = credits
         self.flusher = flusher
 
-    async def refund(self, req: RefundRequest) -> RefundResult:
+    async def refund(self, req: RefundRequest, actor: str) -> RefundResult:
         micro = 0 if req.amount is None else parse_amount(req.amount)
         debit_id = str(req.transaction_id)
         debit = await self._debit(req.user_id, debit_id)
@@ -47,6 +47,7 @@ class RefundService:
             to_micro(debit.refunded),
             debit_id,
             int(same_period),
+            actor,
         ]
         script_keys = [
             keys.user(user),

@@ -32,7 +32,7 @@ async def renew_idle(service: CreditService, batch: int = 500) -> int:
                         keys.user_stream(row.user_id),
                         keys.holds(row.user_id),
                     ],
-                    args=[*service.header(row.user_id), "0", "", "", 0, "", ""],
+                    args=[*service.header(row.user_id), "0", "", "", 0, "", "", ""],
                     client=pipe,
                 )
             results = await pipe.execute()

@@ -256,6 +256,23 @@ class UsageReport(Struct):
     unflushed_events: int
 
 
+class AuditEntry(Struct):
+    id: str
+    at: str
+    actor: str
+    action: str
+    user_id: str | None
+    target: str | None
+    amount: str | None
+    request_id: str | None
+    details: dict[str, Any] | None
+
+
+class AuditPage(Struct):
+    entries: list[AuditEntry]
+    next_cursor: str | None
+
+
 class TierRequest(Struct, forbid_unknown_fields=True):
     tier: Annotated[str, Meta(min_length=1, max_length=50)]
 

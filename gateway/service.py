@@ -152,9 +152,9 @@ class CreditService:
             return parse_amount(req.amount)
         return await self.pricing.price(req.model, req.input_tokens, req.output_tokens)
 
-    async def grant(self, req: GrantRequest) -> GrantResult:
+    async def grant(self, req: GrantRequest, actor: str) -> GrantResult:
         micro = parse_amount(req.amount)
-        extra: Args = []
+        extra: Args = ["actor", actor]
         if req.reason is not None:
             extra += ["meta", msgspec.json.encode({"reason": req.reason})]
         fp = fingerprint("grant", micro, req.kind, req.reason)
@@ -191,7 +191,7 @@ class CreditService:
             period_spent=fmt(int(spent)),
         )
 
-    async def set_tier(self, user_id: str, tier_name: str) -> TierChange:
+    async def set_tier(self, user_id: str, tier_name: str, actor: str) -> TierChange:
         tier = self.tiers.get(tier_name)
         if tier is None:
             known = ", ".join(self.tiers.tiers)
@@ -199,7 +199,15 @@ class CreditService:
         keys = [self.keys.user(user_id), self.keys.user_stream(user_id), self.keys.holds(user_id)]
         txn = str(uuid.uuid4())
         cap = "" if tier.monthly_cap is None else str(tier.monthly_cap)
-        args: Args = [tier.name, tier.allocation, cap, int(tier.rollover), txn, f"sys:tier:{txn}"]
+        args: Args = [
+            tier.name,
+            tier.allocation,
+            cap,
+            int(tier.rollover),
+            txn,
+            f"sys:tier:{txn}",
+            actor,
+        ]
         res = await self.call(self.scripts.set_tier, user_id, keys, args)
         if res[0] == "overflow":
             raise Unprocessable(
@@ -215,7 +223,7 @@ class CreditService:
             transaction_id=res[1] or None,
         )
 
-    async def reset(self, user_id: str, request_id: str) -> ResetResult:
+    async def reset(self, user_id: str, request_id: str, actor: str) -> ResetResult:
         """Renew the user's period now (admin), idempotent by request_id."""
         keys = [
             self.keys.user(user_id),
@@ -226,7 +234,7 @@ class CreditService:
         txn = str(uuid.uuid4())
         fp = fingerprint("reset")
         now = self.clock().isoformat()
-        args: Args = ["1", request_id, fp, self.idempotency_ttl, txn, now]
+        args: Args = ["1", request_id, fp, self.idempotency_ttl, txn, now, actor]
         res = await self.call(self.scripts.reset, user_id, keys, args)
         if res[0] == "conflict":
             raise IdempotencyConflict(

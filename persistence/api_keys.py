@@ -18,10 +18,10 @@ class KeyRecord:
 
 
 async def insert_key(
-    conn: Executor, name: str, key_hash: str, scopes: list[str]
+    conn: Executor, name: str, key_hash: str, scopes: list[str], actor: str
 ) -> KeyRecord | None:
-    """Store a key's hash; None when the name is taken."""
-    rec = await conn.fetchrow(queries.API_KEY_INSERT, name, key_hash, scopes)
+    """Store a key's hash (audited as actor's); None when the name is taken."""
+    rec = await conn.fetchrow(queries.API_KEY_INSERT, name, key_hash, scopes, actor)
     if rec is None:
         return None
     return KeyRecord(rec["name"], tuple(rec["scopes"]), rec["created_at"])
@@ -39,5 +39,5 @@ async def list_keys(conn: Executor) -> list[KeyRecord]:
     ]
 
 
-async def revoke_key(conn: Executor, name: str) -> bool:
-    return await conn.fetchval(queries.API_KEY_REVOKE, name) is not None
+async def revoke_key(conn: Executor, name: str, actor: str) -> bool:
+    return await conn.fetchval(queries.API_KEY_REVOKE, name, actor) is not None

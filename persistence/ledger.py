@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,6 +34,7 @@ class Event:
     spent: int | None = None  # spending in the period after this event (micro-credits)
     reset: str | None = None  # ISO start of a period this event renewed
     refund_of: str | None = None  # the debit a refund returns
+    actor: str | None = None  # the API key name behind an admin action (audited)
 
 
 log = logging.getLogger("metering.ledger")
@@ -64,6 +66,9 @@ async def apply_events(conn: Executor, events: list[Event]) -> BatchResult:
     inserted = await _insert(conn, events)
     if inserted < len(events):
         inserted += await _insert_reused(conn, events)
+    audited = [e for e in events if e.actor]
+    if audited:
+        await _audit(conn, audited)
     latest: dict[str, Event] = {}
     tiers: dict[str, Event] = {}
     resets: dict[str, Event] = {}
@@ -89,6 +94,40 @@ async def apply_events(conn: Executor, events: list[Event]) -> BatchResult:
         [_iso(resets[u].reset) if u in resets else None for u in users],
     )
     return BatchResult(inserted=inserted, users=int(status.split()[-1]))
+
+
+AUDIT_ACTIONS = {
+    "purchase": "credit.grant",
+    "bonus": "credit.grant",
+    "adjustment": "credit.grant",
+    "allocation": "credit.allocate",
+    "monthly_reset": "credit.monthly_reset",
+    "refund": "credit.refund",
+}
+
+
+async def _audit(conn: Executor, events: list[Event]) -> None:
+    await conn.execute(
+        queries.AUDIT_INSERT_BATCH,
+        [e.txn for e in events],
+        [datetime.fromtimestamp(e.ts_ms / 1000, UTC) for e in events],
+        [e.actor for e in events],
+        [AUDIT_ACTIONS.get(e.type, e.type) for e in events],
+        [e.user_id for e in events],
+        [e.refund_of or e.tier for e in events],
+        [_dec(e.amount) for e in events],
+        [e.request_id for e in events],
+        [_audit_details(e) for e in events],
+    )
+
+
+def _audit_details(e: Event) -> str:
+    details: dict[str, object] = {"type": e.type, "balance_after": str(_dec(e.balance_after))}
+    if e.tier is not None:
+        details.update(tier=e.tier, allocation=str(_dec(e.allocation)))
+    if e.metadata:
+        details["metadata"] = json.loads(e.metadata)
+    return json.dumps(details)
 
 
 async def _insert(conn: Executor, events: list[Event], request_ids: list[str] | None = None) -> int:

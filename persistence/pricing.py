@@ -18,8 +18,8 @@ class Price:
     updated_at: datetime | None = None
 
 
-async def upsert_price(conn: Executor, model: str, inp: Decimal, out: Decimal) -> Price:
-    rec = await conn.fetchrow(queries.PRICING_UPSERT, model, inp, out)
+async def upsert_price(conn: Executor, model: str, inp: Decimal, out: Decimal, actor: str) -> Price:
+    rec = await conn.fetchrow(queries.PRICING_UPSERT, model, inp, out, actor)
     assert rec is not None
     return Price(**dict(rec))
 

@@ -92,6 +92,23 @@ LIMIT $3
 # Serializes flushers per stream (other gateway processes skip the shard while one holds it).
 FLUSH_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext($1))"
 
+# Audit rows of credit actions, from flushed events; the id is the transaction id.
+AUDIT_INSERT_BATCH = """
+INSERT INTO audit_log (id, at, actor, action, user_id, target, amount, request_id, details)
+SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::varchar[], $4::varchar[],
+                     $5::varchar[], $6::text[], $7::numeric[], $8::varchar[], $9::jsonb[])
+ON CONFLICT (id) DO NOTHING
+"""
+
+# Newest first, keyset-paginated on (at, id) before ($3, $4); $1 user and $2 action optional.
+AUDIT_PAGE = """
+SELECT id, at, actor, action, user_id, target, amount, request_id, details FROM audit_log
+WHERE ($1::varchar IS NULL OR user_id = $1) AND ($2::varchar IS NULL OR action = $2)
+  AND (at, id) < ($3, $4)
+ORDER BY at DESC, id DESC
+LIMIT $5
+"""
+
 LEDGER_SUM = """
 SELECT COALESCE(sum(amount), 0) AS total, count(*) AS n
 FROM credit_transactions WHERE user_id = $1
@@ -124,22 +141,38 @@ USAGE_BY_SERVICE = _USAGE.format(key="COALESCE(metadata->>'service', '')")
 USAGE_BY_DAY = _USAGE.format(key="to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')")
 
 PRICING_UPSERT = """
-INSERT INTO model_pricing (model, input_per_million, output_per_million) VALUES ($1, $2, $3)
-ON CONFLICT (model) DO UPDATE
-SET input_per_million = EXCLUDED.input_per_million,
-    output_per_million = EXCLUDED.output_per_million,
-    updated_at = now()
-RETURNING model, input_per_million, output_per_million, updated_at
+WITH p AS (
+    INSERT INTO model_pricing (model, input_per_million, output_per_million) VALUES ($1, $2, $3)
+    ON CONFLICT (model) DO UPDATE
+    SET input_per_million = EXCLUDED.input_per_million,
+        output_per_million = EXCLUDED.output_per_million,
+        updated_at = now()
+    RETURNING model, input_per_million, output_per_million, updated_at
+), a AS (
+    INSERT INTO audit_log (id, actor, action, target, details)
+    SELECT gen_random_uuid(), $4, 'pricing.set', model,
+           jsonb_build_object('input_per_million', input_per_million,
+                              'output_per_million', output_per_million)
+    FROM p
+)
+SELECT model, input_per_million, output_per_million, updated_at FROM p
 """
 
 PRICING_ALL = """
 SELECT model, input_per_million, output_per_million, updated_at FROM model_pricing ORDER BY model
 """
 
+# $4 is the acting key's name: the audit row is written by the same statement.
 API_KEY_INSERT = """
-INSERT INTO api_keys (name, key_hash, scopes) VALUES ($1, $2, $3)
-ON CONFLICT (name) DO NOTHING
-RETURNING name, scopes, created_at
+WITH k AS (
+    INSERT INTO api_keys (name, key_hash, scopes) VALUES ($1, $2, $3)
+    ON CONFLICT (name) DO NOTHING
+    RETURNING name, scopes, created_at
+), a AS (
+    INSERT INTO audit_log (id, actor, action, target, details)
+    SELECT gen_random_uuid(), $4, 'key.create', name, jsonb_build_object('scopes', scopes) FROM k
+)
+SELECT name, scopes, created_at FROM k
 """
 
 API_KEY_BY_HASH = """
@@ -149,7 +182,13 @@ SELECT name, scopes FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL
 API_KEY_LIST = "SELECT name, scopes, created_at, revoked_at FROM api_keys ORDER BY created_at"
 
 API_KEY_REVOKE = """
-UPDATE api_keys SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL RETURNING name
+WITH k AS (
+    UPDATE api_keys SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL RETURNING name
+), a AS (
+    INSERT INTO audit_log (id, actor, action, target)
+    SELECT gen_random_uuid(), $2, 'key.revoke', name FROM k
+)
+SELECT name FROM k
 """
 
 MIGRATIONS_TABLE = """

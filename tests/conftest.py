@@ -62,7 +62,9 @@ async def database_url() -> AsyncIterator[str]:
 @pytest.fixture
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await db.open_pool(database_url, max_size=10)
-    await pool.execute("TRUNCATE credit_transactions, user_credits, api_keys")
+    await pool.execute(
+        "TRUNCATE credit_transactions, user_credits, api_keys, model_pricing, audit_log"
+    )
     yield pool
     await pool.close()
 

@@ -103,9 +103,9 @@ async def test_debit_without_amount_or_tokens_is_400(client: Client) -> None:
 
 async def test_a_price_change_reaches_other_processes_within_the_ttl(pool: asyncpg.Pool) -> None:
     here, there = PriceBook(pool, ttl=60), PriceBook(pool, ttl=0.2)
-    await here.set("m", Decimal(1), Decimal(1))
+    await here.set("m", Decimal(1), Decimal(1), "test")
     assert await there.price("m", 1_000_000, 0) == 1_000_000
-    await here.set("m", Decimal(2), Decimal(1))
+    await here.set("m", Decimal(2), Decimal(1), "test")
     assert await here.price("m", 1_000_000, 0) == 2_000_000  # at once where it was set
     await asyncio.sleep(0.25)
     assert await there.price("m", 1_000_000, 0) == 2_000_000

@@ -15,7 +15,7 @@ end
 -- Renew the period (new allocation; unused credits expire, or roll over when roll = 1) when the
 -- current period began after the user's, or when forced. Keyed by period start, so concurrent
 -- calls at the boundary renew once. Returns the balance change, or nil when nothing happened.
-local function renew(key, stream, force, rid, txn, reset_iso)
+local function renew(key, stream, force, rid, txn, reset_iso, extra)
   local st = redis.call('HMGET', key, 'bal', 'alloc', 'pstart', 'roll', 'spent')
   if not force and tonumber(st[3]) >= tonumber(ARGV[3]) then return nil end
   local bal, alloc = tonumber(st[1]), tonumber(st[2])
@@ -23,7 +23,9 @@ local function renew(key, stream, force, rid, txn, reset_iso)
   if st[4] == '1' then after = math.min(bal + alloc, MAX) end
   redis.call('HSET', key, 'bal', int(after), 'spent', '0', 'pstart', ARGV[3], 'reset', reset_iso)
   local ver = redis.call('HINCRBY', key, 'ver', 1)
-  emit(stream, 'monthly_reset', txn, rid, after - bal, after, ver, 0, {'reset', reset_iso})
+  local fields = {'reset', reset_iso}
+  for _, v in ipairs(extra or {}) do fields[#fields + 1] = v end
+  emit(stream, 'monthly_reset', txn, rid, after - bal, after, ver, 0, fields)
   return after - bal
 end
 

@@ -5,7 +5,7 @@
 -- ARGV[7] body fingerprint  ARGV[8] transaction id  ARGV[9] idempotency ttl (s)
 -- ARGV[10] request id  ARGV[11] micro charged by the debit  ARGV[12] micro of its refunds
 -- already in PostgreSQL  ARGV[13] debit transaction id  ARGV[14] '1' when the debit is in the
--- current period (its refund lowers the period's spending)
+-- current period (its refund lowers the period's spending)  ARGV[15] the acting key's name
 -- Returns {'ok'|'replay', txn, amount, available}, {'conflict'}, {'exhausted'},
 --         {'exceeds', refundable}, {'overflow', available} or {'miss'}.
 local seen = idem_check(KEYS[2], ARGV[7])
@@ -27,6 +27,7 @@ if ARGV[14] == '1' then spent = math.max(spent - amount, 0) end
 redis.call('HSET', KEYS[1], 'bal', int(bal), 'spent', int(spent))
 local ver = redis.call('HINCRBY', KEYS[1], 'ver', 1)
 redis.call('SET', KEYS[5], int(done + amount), 'EX', tonumber(ARGV[9]))
-emit(KEYS[3], 'refund', ARGV[8], ARGV[10], amount, bal, ver, spent, {'ref', ARGV[13]})
+emit(KEYS[3], 'refund', ARGV[8], ARGV[10], amount, bal, ver, spent,
+     {'ref', ARGV[13], 'actor', ARGV[15]})
 idem_save(KEYS[2], ARGV[7], ARGV[8], amount, bal - held, tonumber(ARGV[9]))
 return {'ok', ARGV[8], int(amount), int(bal - held)}

@@ -4,7 +4,7 @@
 -- KEYS[4] the user's holds (balances returned are available credits, less holds)
 -- ARGV[1..5] the common header (lib.lua)  ARGV[6] force ('1' or '0')  ARGV[7] request id
 -- ARGV[8] body fingerprint  ARGV[9] idempotency ttl (s)  ARGV[10] transaction id (forced)
--- ARGV[11] now (ISO)
+-- ARGV[11] now (ISO)  ARGV[12] the acting key's name (for the audit log)
 -- Returns {'ok'|'replay', txn, delta, balance}, {'same', '', '0', balance}, {'conflict'}, {'miss'}.
 local force = ARGV[6] == '1'
 if force then
@@ -15,7 +15,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return {'miss'} end
 local before = tonumber(redis.call('HGET', KEYS[1], 'bal'))
 local renewed = auto_renew(KEYS[1], KEYS[3])
 if force then
-  renew(KEYS[1], KEYS[3], true, ARGV[7], ARGV[10], ARGV[11])
+  renew(KEYS[1], KEYS[3], true, ARGV[7], ARGV[10], ARGV[11], {'actor', ARGV[12]})
 end
 local after = tonumber(redis.call('HGET', KEYS[1], 'bal'))
 local held = purge_holds(KEYS[1], KEYS[4])

@@ -3,6 +3,7 @@
 -- KEYS[1] user state hash  KEYS[2] shard event stream  KEYS[3] the user's holds
 -- ARGV[1..5] the common header (lib.lua)  ARGV[6] tier  ARGV[7] allocation (micro)
 -- ARGV[8] cap (micro or '')  ARGV[9] roll ('1' or '0')  ARGV[10] transaction id  ARGV[11] request id
+-- ARGV[12] the acting key's name (for the audit log)
 -- Balances returned are available credits (less holds).
 -- Returns {'ok', txn, delta, balance}, {'same', '', '0', balance}, {'overflow', balance}, {'miss'}.
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'miss'} end
@@ -24,5 +25,5 @@ redis.call('HSET', KEYS[1], 'bal', int(after), 'alloc', ARGV[7], 'tier', ARGV[6]
            'roll', ARGV[9])
 local ver = redis.call('HINCRBY', KEYS[1], 'ver', 1)
 emit(KEYS[2], 'allocation', ARGV[10], ARGV[11], delta, after, ver, tonumber(s[6]),
-     {'tier', ARGV[6], 'alloc', ARGV[7], 'cap', ARGV[8]})
+     {'tier', ARGV[6], 'alloc', ARGV[7], 'cap', ARGV[8], 'actor', ARGV[12]})
 return {'ok', ARGV[10], int(delta), int(after - held)}
