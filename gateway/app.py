@@ -21,12 +21,14 @@ from gateway.batch import BatchService
 from gateway.clock import Clock, system_clock
 from gateway.controllers import (
     AuditController,
+    CouponsController,
     CreditsController,
     HealthController,
     KeysController,
     PricingController,
     ReservationsController,
 )
+from gateway.coupons import CouponService
 from gateway.errors import InsufficientCredits, MeteringError
 from gateway.flusher import Flusher
 from gateway.history import HistoryService
@@ -98,6 +100,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
             reservations=ReservationService(service),
             batch=BatchService(service),
             history=HistoryService(service),
+            coupons=CouponService(service),
             refunds=RefundService(service, flusher),
             redis=redis,
             pool=pool,
@@ -140,6 +143,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
             CreditsController,
             ReservationsController,
             PricingController,
+            CouponsController,
             KeysController,
             AuditController,
             HealthController,

@@ -14,6 +14,7 @@ from litestar.params import JSONBody, PathParameter, QueryParameter
 from gateway.audit import read_audit
 from gateway.auth import Principal, generate_key, hash_key
 from gateway.batch import BatchService
+from gateway.coupons import CouponService
 from gateway.errors import Conflict, NotFound
 from gateway.health import readiness
 from gateway.history import HistoryService
@@ -28,6 +29,9 @@ from gateway.schemas import (
     BatchResult,
     CommitRequest,
     CommitResult,
+    Coupon,
+    CouponCheck,
+    CouponRequest,
     DebitRequest,
     DebitResult,
     GrantRequest,
@@ -38,6 +42,8 @@ from gateway.schemas import (
     PriceInfo,
     PriceList,
     PriceRequest,
+    RedeemRequest,
+    RedeemResult,
     RefundRequest,
     RefundResult,
     ReleaseResult,
@@ -280,6 +286,50 @@ class KeysController(Controller):
         if not await api_keys.revoke_key(state.pool, name, _actor(request)):
             raise NotFound(f"no active API key named {name!r}")
         state.authenticator.forget()
+
+
+CodePath = Annotated[str, PathParameter(min_length=1, max_length=64)]
+
+
+class CouponsController(Controller):
+    path = "/api/v1/coupons"
+    tags = ["coupons"]
+
+    @post("/", opt={"scope": "admin"}, status_code=201)
+    async def create(
+        self, data: JSONBody[CouponRequest], state: State, request: AnyRequest
+    ) -> Coupon:
+        """Create a coupon worth `credits` (a bonus grant), optionally limited in uses and time."""
+        return await _coupons(state).create(data, _actor(request))
+
+    @get("/", opt={"scope": "admin"})
+    async def list_coupons(
+        self, state: State, limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100
+    ) -> list[Coupon]:
+        """Coupons, newest first."""
+        return await _coupons(state).list(limit)
+
+    @delete("/{code:str}", opt={"scope": "admin"}, status_code=200)
+    async def deactivate(self, code: CodePath, state: State, request: AnyRequest) -> Coupon:
+        """Deactivate a coupon: it can no longer be redeemed."""
+        return await _coupons(state).deactivate(code, _actor(request))
+
+    @get("/{code:str}", opt={"scope": "read"})
+    async def check(self, code: CodePath, state: State) -> CouponCheck:
+        """Whether a coupon can be redeemed now, and for how much."""
+        return await _coupons(state).check(code)
+
+    @post("/{code:str}/redeem", opt={"scope": "debit"}, status_code=200)
+    async def redeem(
+        self, code: CodePath, data: JSONBody[RedeemRequest], state: State
+    ) -> RedeemResult:
+        """Redeem for a user (once per user, idempotent by request_id): a bonus grant."""
+        return await _coupons(state).redeem(code, data)
+
+
+def _coupons(state: State) -> CouponService:
+    coupons: CouponService = state.coupons
+    return coupons
 
 
 class AuditController(Controller):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -271,6 +272,65 @@ class AuditEntry(Struct):
 class AuditPage(Struct):
     entries: list[AuditEntry]
     next_cursor: str | None
+
+
+CouponCode = Annotated[
+    str,
+    Meta(
+        min_length=3,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="3 to 64 letters, digits, '_' or '-'",
+    ),
+]
+
+
+class CouponRequest(Struct, forbid_unknown_fields=True):
+    credits: AmountIn
+    code: CouponCode | None = None  # generated when absent
+    max_uses: Annotated[int, Meta(ge=1, le=10**9)] | None = None
+    expires_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        parse_amount(self.credits, field="credits")
+        if self.expires_at is not None and self.expires_at.tzinfo is None:
+            raise ValueError("expires_at needs a time zone (e.g. 2026-12-31T23:59:59Z)")
+
+
+class Coupon(Struct):
+    code: str
+    credits: str
+    max_uses: int | None
+    uses: int
+    expires_at: str | None
+    active: bool
+    created_at: str
+
+
+class CouponCheck(Struct):
+    code: str
+    valid: bool
+    reason: str | None
+    credits: str | None
+    remaining_uses: int | None
+    expires_at: str | None
+
+
+class RedeemRequest(Struct, forbid_unknown_fields=True):
+    user_id: UserId
+    request_id: RequestId
+
+    def __post_init__(self) -> None:
+        _check_request_id(self.request_id)
+
+
+class RedeemResult(Struct):
+    code: str
+    user_id: str
+    transaction_id: str
+    granted: str
+    credits_remaining: str
+    replayed: bool
 
 
 class TierRequest(Struct, forbid_unknown_fields=True):

@@ -163,6 +163,56 @@ SELECT model, input_per_million, output_per_million, updated_at FROM model_prici
 """
 
 # $4 is the acting key's name: the audit row is written by the same statement.
+COUPON_COLUMNS = "code, credits, max_uses, uses, expires_at, active, created_at"
+
+# $6 is the acting key's name, audited by the same statement.
+COUPON_INSERT = f"""
+WITH c AS (
+    INSERT INTO coupons (code, credits, max_uses, expires_at, created_by, created_at)
+    VALUES ($1, $2, $3, $4, $6, $5)
+    ON CONFLICT (code) DO NOTHING
+    RETURNING {COUPON_COLUMNS}
+), a AS (
+    INSERT INTO audit_log (id, at, actor, action, target, amount, details)
+    SELECT gen_random_uuid(), $5, $6, 'coupon.create', code, credits,
+           jsonb_build_object('max_uses', max_uses, 'expires_at', expires_at)
+    FROM c
+)
+SELECT {COUPON_COLUMNS} FROM c
+"""
+
+COUPON_GET = f"SELECT {COUPON_COLUMNS} FROM coupons WHERE code = $1"
+
+COUPON_CREDITS = "SELECT credits FROM coupons WHERE code = $1"
+
+COUPON_LIST = f"SELECT {COUPON_COLUMNS} FROM coupons ORDER BY created_at DESC, code LIMIT $1"
+
+COUPON_DEACTIVATE = f"""
+WITH c AS (
+    UPDATE coupons SET active = false WHERE code = $1 AND active RETURNING {COUPON_COLUMNS}
+), a AS (
+    INSERT INTO audit_log (id, actor, action, target)
+    SELECT gen_random_uuid(), $2, 'coupon.deactivate', code FROM c
+)
+SELECT {COUPON_COLUMNS} FROM c
+"""
+
+# Take one use if the coupon is usable at $2 (row lock: max_uses holds under concurrency).
+COUPON_TAKE_USE = """
+UPDATE coupons SET uses = uses + 1
+WHERE code = $1 AND active AND (expires_at IS NULL OR expires_at > $2)
+  AND (max_uses IS NULL OR uses < max_uses)
+RETURNING credits
+"""
+
+REDEMPTION_GET = "SELECT request_id FROM coupon_redemptions WHERE code = $1 AND user_id = $2"
+
+REDEMPTION_INSERT = """
+INSERT INTO coupon_redemptions (code, user_id, request_id, at) VALUES ($1, $2, $3, $4)
+ON CONFLICT (code, user_id) DO NOTHING
+RETURNING request_id
+"""
+
 API_KEY_INSERT = """
 WITH k AS (
     INSERT INTO api_keys (name, key_hash, scopes) VALUES ($1, $2, $3)

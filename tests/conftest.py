@@ -63,7 +63,8 @@ async def database_url() -> AsyncIterator[str]:
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await db.open_pool(database_url, max_size=10)
     await pool.execute(
-        "TRUNCATE credit_transactions, user_credits, api_keys, model_pricing, audit_log"
+        "TRUNCATE credit_transactions, user_credits, api_keys, model_pricing, audit_log, "
+        "coupon_redemptions, coupons"
     )
     yield pool
     await pool.close()

@@ -1,0 +1,135 @@
+"""Coupons: create, validate, deactivate, redeem once per user, never past max_uses."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from tests.conftest import Client, FakeClock
+
+C = "/api/v1/coupons"
+
+
+async def create(c: Client, **body: Any) -> Any:
+    return await c.post(C, json=body)
+
+
+async def redeem(c: Client, code: str, user: str, rid: str) -> Any:
+    return await c.post(f"{C}/{code}/redeem", json={"user_id": user, "request_id": rid})
+
+
+async def test_create_check_and_redeem(client: Client, pool: asyncpg.Pool) -> None:
+    r = await create(
+        client, code="WELCOME10", credits="10", max_uses=100, expires_at="2026-12-31T23:59:59Z"
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["credits"] == "10.000000" and r.json()["uses"] == 0
+    auto = await create(client, credits=1)
+    assert auto.status_code == 201 and len(auto.json()["code"]) >= 16
+    assert (await create(client, code="WELCOME10", credits="1")).status_code == 409
+    listed = (await client.get(C)).json()
+    assert {c["code"] for c in listed} == {"WELCOME10", auto.json()["code"]}
+    check = (await client.get(f"{C}/WELCOME10")).json()
+    assert check["valid"] is True and check["remaining_uses"] == 100
+
+    done = await redeem(client, "WELCOME10", "alice", "promo-1")
+    assert done.status_code == 200, done.text
+    assert done.json()["granted"] == "10.000000" and done.json()["credits_remaining"] == "15.000000"
+    again = await redeem(client, "WELCOME10", "alice", "promo-1")
+    assert again.json() == {**done.json(), "replayed": True}
+    twice = await redeem(client, "WELCOME10", "alice", "promo-2")
+    assert twice.status_code == 409 and "already redeemed" in twice.json()["detail"]
+    await client.app.state.flusher.flush()
+    row = await pool.fetchrow("SELECT * FROM credit_transactions WHERE request_id = 'promo-1'")
+    assert row["transaction_type"] == "bonus" and row["amount"] == Decimal(10)
+    assert row["metadata"] == '{"coupon": "WELCOME10"}'
+    assert await pool.fetchval("SELECT uses FROM coupons WHERE code = 'WELCOME10'") == 1
+
+
+async def test_max_uses_holds_under_concurrency(client: Client, pool: asyncpg.Pool) -> None:
+    await create(client, code="FIVE", credits="1", max_uses=5)
+    results = await asyncio.gather(*(redeem(client, "FIVE", f"u{i}", "r") for i in range(50)))
+    assert Counter(r.status_code for r in results) == {200: 5, 409: 45}
+    assert {r.json()["detail"] for r in results if r.status_code == 409} == {
+        "coupon 'FIVE' cannot be redeemed: used_up"
+    }
+    assert await pool.fetchval("SELECT uses FROM coupons WHERE code = 'FIVE'") == 5
+    assert (await client.get(f"{C}/FIVE")).json()["reason"] == "used_up"
+
+
+async def test_one_redemption_per_user_under_concurrency(client: Client) -> None:
+    await create(client, code="ONCE", credits="2")
+    results = await asyncio.gather(*(redeem(client, "ONCE", "bob", f"r{i}") for i in range(20)))
+    assert Counter(r.status_code for r in results) == {200: 1, 409: 19}
+    bal = await client.get("/api/v1/credits/balance", params={"user_id": "bob"})
+    assert bal.json()["credits_remaining"] == "7.000000"
+
+
+async def test_expired_and_deactivated(client: Client, clock: FakeClock) -> None:
+    await create(client, code="SOON", credits="1", expires_at="2026-11-25T13:00:00+00:00")
+    await create(client, code="OFF", credits="1")
+    clock.advance(hours=1)
+    assert (await redeem(client, "SOON", "c", "r")).json()["detail"].endswith("expired")
+    assert (await client.get(f"{C}/SOON")).json() == {
+        "code": "SOON",
+        "valid": False,
+        "reason": "expired",
+        "credits": "1.000000",
+        "remaining_uses": None,
+        "expires_at": "2026-11-25T13:00:00+00:00",
+    }
+    off = await client.delete(f"{C}/OFF")
+    assert off.status_code == 200 and off.json()["active"] is False
+    assert (await client.delete(f"{C}/OFF")).status_code == 404
+    assert (await redeem(client, "OFF", "c", "r2")).json()["detail"].endswith("deactivated")
+    assert (await redeem(client, "NOPE", "c", "r3")).status_code == 404
+    assert (await client.get(f"{C}/NOPE")).status_code == 404
+
+
+async def test_a_redemption_whose_grant_failed_completes_on_retry(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await create(client, code="RETRY", credits="3", max_uses=1)
+    service = client.app.state.service
+    real = service.call
+
+    async def redis_down(*a: Any, **kw: Any) -> Any:
+        raise RedisConnectionError("Redis went away")
+
+    monkeypatch.setattr(service, "call", redis_down)
+    assert (await redeem(client, "RETRY", "d", "r")).status_code == 503
+    monkeypatch.setattr(service, "call", real)
+    done = await redeem(client, "RETRY", "d", "r")  # the same request: the use is not lost
+    assert done.status_code == 200 and done.json()["credits_remaining"] == "8.000000"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"credits": "0"},
+        {"credits": "1.0000001"},
+        {"credits": "1", "code": "no spaces"},
+        {"credits": "1", "code": "ab"},
+        {"credits": "1", "max_uses": 0},
+        {"credits": "1", "expires_at": "2026-12-31T00:00:00"},
+        {},
+    ],
+)
+async def test_bad_coupons_are_400(client: Client, body: dict[str, Any]) -> None:
+    assert (await client.post(C, json=body)).status_code == 400
+
+
+async def test_coupon_admin_actions_are_audited(client: Client) -> None:
+    await create(client, code="AUD", credits="1")
+    await client.delete(f"{C}/AUD")
+    entries = (await client.get("/api/v1/audit")).json()["entries"]
+    assert [(e["action"], e["target"]) for e in entries] == [
+        ("coupon.deactivate", "AUD"),
+        ("coupon.create", "AUD"),
+    ]
