@@ -54,6 +54,8 @@ async def gw(
     ):
         c.app = app
         yield c
+        await app.state.flusher.flush()
+        await assert_books_balance(pool, redis, Keys(settings.key_prefix, settings.shards))
 
 
 async def debit(c: Client, user: str, amount: str, rid: str) -> httpx.Response:
