@@ -17,27 +17,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.auth import Authenticator, scope_guard
-from gateway.batch import BatchService
 from gateway.clock import Clock, system_clock
-from gateway.controllers import (
-    AuditController,
-    CouponsController,
-    CreditsController,
-    HealthController,
-    KeysController,
-    PricingController,
-    ReservationsController,
-)
-from gateway.coupons import CouponService
 from gateway.errors import InsufficientCredits, MeteringError
 from gateway.flusher import Flusher
-from gateway.history import HistoryService
 from gateway.keys import Keys
 from gateway.money import fmt
-from gateway.refunds import RefundService
 from gateway.renewal import renew_idle
-from gateway.reservations import ReservationService
+from gateway.routes import ROUTES
 from gateway.service import DB_ERRORS, CreditService
+from gateway.services import Services
 from gateway.settings import Settings, settings_from_env
 from gateway.tiers import load_tiers
 from persistence.db import open_pool
@@ -96,18 +84,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
             settings.pricing_cache_ttl,
         )
         flusher = Flusher(redis, pool, keys, settings.flush_batch)
-        app.state.update(
-            reservations=ReservationService(service),
-            batch=BatchService(service),
-            history=HistoryService(service),
-            coupons=CouponService(service),
-            refunds=RefundService(service, flusher),
-            redis=redis,
-            pool=pool,
-            service=service,
-            flusher=flusher,
-            authenticator=Authenticator(pool, settings.admin_key, settings.auth_cache_ttl),
-        )
+        auth = Authenticator(pool, settings.admin_key, settings.auth_cache_ttl)
+        app.state.services = Services.build(service, flusher, auth)
         scheduler = AsyncIOScheduler()
         if settings.flush_interval > 0:
             scheduler.add_job(
@@ -139,15 +117,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
             await pool.close()
 
     return Litestar(
-        route_handlers=[
-            CreditsController,
-            ReservationsController,
-            PricingController,
-            CouponsController,
-            KeysController,
-            AuditController,
-            HealthController,
-        ],
+        route_handlers=ROUTES,
         guards=[scope_guard],
         lifespan=[lifespan],
         exception_handlers={

@@ -81,7 +81,7 @@ async def scope_guard(
     kind, _, token = header.partition(" ")
     if kind.lower() != "bearer" or not token.strip():
         raise NotAuthorizedException("missing API key: send 'Authorization: Bearer <key>'")
-    auth: Authenticator = connection.app.state.authenticator
+    auth: Authenticator = connection.app.state.services.authenticator
     principal = await auth.authenticate(token.strip())
     if principal is None:
         raise NotAuthorizedException("invalid or revoked API key")

@@ -6,12 +6,12 @@ import asyncio
 from typing import Any
 
 from litestar import Response
-from litestar.datastructures import State
 
+from gateway.services import Services
 from persistence import migrate, queries
 
 
-async def readiness(state: State) -> Response[dict[str, Any]]:
+async def readiness(state: Services) -> Response[dict[str, Any]]:
     checks: dict[str, str] = {}
     try:
         await asyncio.wait_for(state.redis.ping(), 2)

@@ -59,9 +59,9 @@ def _check_priced(
         )
 
 
-class DebitRequest(Struct, forbid_unknown_fields=True):
-    user_id: UserId
-    request_id: RequestId
+class Priced(Struct, kw_only=True, forbid_unknown_fields=True):
+    """A charge: an amount, or a model and token counts for the gateway to price."""
+
     amount: AmountIn | None = None  # priced from model and tokens when absent
     model: Model | None = None
     input_tokens: Tokens | None = None
@@ -70,6 +70,14 @@ class DebitRequest(Struct, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         _check_priced(self.amount, self.model, self.input_tokens, self.output_tokens)
+
+
+class DebitRequest(Priced, kw_only=True, forbid_unknown_fields=True):
+    user_id: UserId
+    request_id: RequestId
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         _check_request_id(self.request_id)
 
 
@@ -149,15 +157,8 @@ class ReserveRequest(Struct, forbid_unknown_fields=True):
         _check_request_id(self.request_id)
 
 
-class CommitRequest(Struct, forbid_unknown_fields=True):
-    amount: AmountIn | None = None  # priced from model and tokens when absent
-    model: Model | None = None
-    input_tokens: Tokens | None = None
-    output_tokens: Tokens | None = None
-    metadata: dict[str, Any] | None = None
-
-    def __post_init__(self) -> None:
-        _check_priced(self.amount, self.model, self.input_tokens, self.output_tokens)
+class CommitRequest(Priced, kw_only=True, forbid_unknown_fields=True):
+    """The actual cost of a reserved call."""
 
 
 class Reservation(Struct):

@@ -7,6 +7,7 @@ from importlib import resources
 import asyncpg
 
 from persistence import queries
+from persistence.db import Executor
 
 
 def migration_files() -> list[tuple[str, str]]:
@@ -31,7 +32,7 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
     return applied
 
 
-async def pending(conn: asyncpg.Connection) -> list[str]:
+async def pending(conn: Executor) -> list[str]:
     """Migrations not applied yet (all of them when the table is missing)."""
     try:
         done = {r["version"] for r in await conn.fetch(queries.MIGRATIONS_APPLIED)}

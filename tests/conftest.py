@@ -10,14 +10,17 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import httpx
+import msgspec
 import pytest
 from litestar import Litestar
 from redis.asyncio import Redis
 
 from gateway.app import create_app
+from gateway.clock import Clock
 from gateway.keys import Keys
 from gateway.settings import Settings
 from persistence import db
@@ -113,16 +116,23 @@ async def client(
     settings: Settings, clock: FakeClock, pool: asyncpg.Pool, redis: Redis
 ) -> AsyncIterator[Client]:
     """The app in this test's event loop (lifespan included), driven through httpx."""
-    app = create_app(settings, clock=clock)
+    async with gateway(settings, clock) as c:
+        yield c
+        # every test ends with the books straight: after a flush, PostgreSQL = Redis
+        await c.app.state.services.flusher.flush()
+        await assert_books_balance(pool, redis, Keys(settings.key_prefix, settings.shards))
+
+
+@asynccontextmanager
+async def gateway(settings: Settings, clock: Clock, **overrides: Any) -> AsyncIterator[Client]:
+    """A running app built from settings (with overrides), and an admin client for it."""
+    app = create_app(msgspec.structs.replace(settings, **overrides), clock=clock)
     async with running(app):
         transport = httpx.ASGITransport(app=app)
         async with Client(transport=transport, base_url="http://gateway") as c:
             c.app = app
             c.headers["Authorization"] = f"Bearer {ADMIN_KEY}"
             yield c
-            # every test ends with the books straight: after a flush, PostgreSQL = Redis
-            await app.state.flusher.flush()
-            await assert_books_balance(pool, redis, Keys(settings.key_prefix, settings.shards))
 
 
 @asynccontextmanager

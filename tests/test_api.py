@@ -22,7 +22,7 @@ async def debit(client: Client, user: str, amount: Any, rid: str, **kw: Any) -> 
 
 
 async def flush(client: Client) -> Any:
-    return await client.app.state.flusher.flush()
+    return await client.app.state.services.flusher.flush()
 
 
 async def test_debit_creates_user_charges_and_flushes(

@@ -40,7 +40,7 @@ async def test_admin_actions_are_audited_with_the_actor(
     assert (await client.delete("/api/v1/admin/keys/ops-alice", headers=alice)).status_code == 204
     # snapshot the events, flush, then replay them: the audit rows are written once
     events = [parse_event(f) for s in keys.all_streams() for _, f in await redis.xrange(s)]
-    await client.app.state.flusher.flush()
+    await client.app.state.services.flusher.flush()
     async with pool.acquire() as conn, conn.transaction():
         await apply_events(conn, events)
 
@@ -78,7 +78,7 @@ async def test_debits_are_not_audited_and_audit_needs_admin(client: Client) -> N
     await client.post(
         "/api/v1/credits/debit", json={"user_id": "u", "amount": "1", "request_id": "d"}
     )
-    await client.app.state.flusher.flush()
+    await client.app.state.services.flusher.flush()
     assert (await client.get("/api/v1/audit")).json()["entries"] == []
     made = await client.post("/api/v1/admin/keys", json={"name": "reader", "scopes": ["read"]})
     r = await client.get("/api/v1/audit", headers={"Authorization": f"Bearer {made.json()['key']}"})

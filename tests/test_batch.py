@@ -6,15 +6,13 @@ from collections import Counter
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from gateway.app import create_app
 from gateway.keys import Keys
 from gateway.settings import Settings
-from tests.conftest import ADMIN_KEY, Client, FakeClock, running
+from tests.conftest import Client, FakeClock, gateway
 from tests.servers import private_redis
 
 BATCH = "/api/v1/credits/debit/batch"
@@ -50,7 +48,7 @@ async def test_items_are_answered_in_order_with_their_own_status(
     assert "greater than 0" in res[2]["error"]["detail"]
     assert res[3]["result"]["replayed"] is True
     assert res[5]["result"] == {**res[0]["result"], "replayed": True}
-    await client.app.state.flusher.flush()
+    await client.app.state.services.flusher.flush()
     assert (
         await pool.fetchval(
             "SELECT count(*) FROM credit_transactions WHERE user_id='a' "
@@ -66,7 +64,7 @@ async def test_a_warm_batch_of_1000_is_one_round_trip(
     users = [f"w{i}" for i in range(50)]
     for u in users:  # warm: every user already in Redis
         await client.get("/api/v1/credits/balance", params={"user_id": u})
-    service_redis = client.app.state.redis
+    service_redis = client.app.state.services.redis
     trips: Counter[str] = Counter()
     real_execute, real_command = Pipeline.execute, type(service_redis).execute_command
 
@@ -101,21 +99,12 @@ async def test_scripts_flushed_from_redis_are_reloaded(
     settings: Settings, clock: FakeClock, pool: asyncpg.Pool
 ) -> None:
     with private_redis() as url:  # SCRIPT FLUSH must not touch the shared server
-        fields = {f: getattr(settings, f) for f in settings.__struct_fields__}
-        app = create_app(Settings(**{**fields, "redis_url": url}), clock=clock)
-        async with (
-            running(app),
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app),
-                base_url="http://gateway",
-                headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-            ) as c,
-        ):
+        async with gateway(settings, clock, redis_url=url) as c:
             await c.get("/api/v1/credits/balance", params={"user_id": "s"})
-            await app.state.redis.script_flush()
+            await c.app.state.services.redis.script_flush()
             r = await c.post(BATCH, json={"debits": [item("s", "1", "x")]})
             assert r.json()["results"][0]["status"] == 200
-            await app.state.flusher.flush()
+            await c.app.state.services.flusher.flush()
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,7 @@ async def test_200_debits_against_a_balance_for_100(
     assert len({body["transaction_id"] for code, body in results if code == 200}) == 100
     bal = await client.get("/api/v1/credits/balance", params={"user_id": "hot"})
     assert bal.json()["credits_remaining"] == "0.000000"
-    await client.app.state.flusher.flush()
+    await client.app.state.services.flusher.flush()
     assert (
         await pool.fetchval("SELECT credits_remaining FROM user_credits WHERE user_id='hot'") == 0
     )
@@ -54,7 +54,7 @@ async def test_concurrent_retries_of_one_request_charge_once(
     assert sum(not body["replayed"] for _, body in results) == 1
     assert len({body["transaction_id"] for _, body in results}) == 1
     assert {body["credits_remaining"] for _, body in results} == {"3.500000"}
-    await client.app.state.flusher.flush()
+    await client.app.state.services.flusher.flush()
     assert (
         await pool.fetchval("SELECT count(*) FROM credit_transactions WHERE request_id='the-one'")
         == 1
@@ -65,7 +65,7 @@ async def test_concurrent_retries_of_one_request_charge_once(
 async def test_debits_while_flushing_keep_the_books(
     client: Client, pool: asyncpg.Pool, redis: Redis, keys: Keys
 ) -> None:
-    flusher = client.app.state.flusher
+    flusher = client.app.state.services.flusher
     stop = asyncio.Event()
 
     async def keep_flushing() -> None:

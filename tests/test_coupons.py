@@ -45,7 +45,7 @@ async def test_create_check_and_redeem(client: Client, pool: asyncpg.Pool) -> No
     assert again.json() == {**done.json(), "replayed": True}
     twice = await redeem(client, "WELCOME10", "alice", "promo-2")
     assert twice.status_code == 409 and "already redeemed" in twice.json()["detail"]
-    await client.app.state.flusher.flush()
+    await client.app.state.services.flusher.flush()
     row = await pool.fetchrow("SELECT * FROM credit_transactions WHERE request_id = 'promo-1'")
     assert row["transaction_type"] == "bonus" and row["amount"] == Decimal(10)
     assert row["metadata"] == '{"coupon": "WELCOME10"}'
@@ -96,7 +96,7 @@ async def test_a_redemption_whose_grant_failed_completes_on_retry(
     client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await create(client, code="RETRY", credits="3", max_uses=1)
-    service = client.app.state.service
+    service = client.app.state.services.credits
     real = service.call
 
     async def redis_down(*a: Any, **kw: Any) -> Any:

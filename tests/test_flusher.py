@@ -46,7 +46,7 @@ async def test_crash_after_commit_before_ack_does_not_double_count(
     client: Client, pool: asyncpg.Pool, redis: Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     n = await spend(client, users=5, per_user=20)
-    flusher: Flusher = client.app.state.flusher
+    flusher: Flusher = client.app.state.services.flusher
 
     async def crash(*_: Any) -> None:
         raise ConnectionError("gateway died between the Postgres commit and XDEL")
@@ -69,7 +69,7 @@ async def test_failure_before_commit_loses_nothing(
     client: Client, pool: asyncpg.Pool, redis: Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     n = await spend(client, users=3, per_user=10)
-    flusher: Flusher = client.app.state.flusher
+    flusher: Flusher = client.app.state.services.flusher
 
     async def apply_then_fail(conn: asyncpg.Connection, events: list[Any]) -> Any:
         await apply_events(conn, events)
@@ -94,7 +94,7 @@ async def test_replaying_an_old_batch_changes_nothing(
     await client.post(
         "/api/v1/credits/debit", json={"user_id": "f0", "amount": "1", "request_id": "later"}
     )
-    await client.app.state.flusher.flush()
+    await client.app.state.services.flusher.flush()
     async with pool.acquire() as conn, conn.transaction():
         result = await apply_events(conn, old)  # a stale, duplicate batch
     assert (result.inserted, result.users) == (0, 0)
@@ -129,7 +129,7 @@ async def test_redis_emptied_rehydrates_from_postgres(
     await client.post(
         "/api/v1/credits/debit", json={"user_id": "lost", "amount": "2", "request_id": "a"}
     )
-    await client.app.state.flusher.flush()
+    await client.app.state.services.flusher.flush()
     await redis.delete(keys.user("lost"))  # as after FLUSHALL or a fresh Redis
     bal = await client.get("/api/v1/credits/balance", params={"user_id": "lost"})
     assert bal.json()["credits_remaining"] == "3.000000"  # not a fresh 5.00 allocation
@@ -137,7 +137,7 @@ async def test_redis_emptied_rehydrates_from_postgres(
         "/api/v1/credits/debit", json={"user_id": "lost", "amount": "1", "request_id": "b"}
     )
     assert r.json()["credits_remaining"] == "2.000000"
-    await client.app.state.flusher.flush()
+    await client.app.state.services.flusher.flush()
     await assert_books_balance(pool, redis, keys)
 
 
@@ -147,7 +147,7 @@ async def test_hydration_never_overwrites_a_newer_redis_state(
     await client.post(
         "/api/v1/credits/debit", json={"user_id": "h", "amount": "1", "request_id": "a"}
     )
-    service = client.app.state.service
+    service = client.app.state.services.credits
     await service.hydrate("h")  # a second gateway hydrating late from the (stale) Postgres row
     assert (await redis.hget(keys.user("h"), "bal")) == "4000000"
 
@@ -160,12 +160,12 @@ async def test_background_job_flushes_on_its_own(
 
     app = create_app(type(settings)(**{**_fields(settings), "flush_interval": 0.05}))
     async with running(app):
-        await app.state.service.balance("bg")
+        await app.state.services.credits.balance("bg")
         from decimal import Decimal
 
         from gateway.schemas import DebitRequest
 
-        await app.state.service.debit(
+        await app.state.services.credits.debit(
             DebitRequest(user_id="bg", amount=Decimal("1"), request_id="x")
         )
         await _eventually(
@@ -191,11 +191,11 @@ async def test_request_id_reused_after_the_idempotency_window_keeps_the_books(
 ) -> None:
     body = {"user_id": "late", "amount": "1", "request_id": "once"}
     first = (await client.post("/api/v1/credits/debit", json=body)).json()
-    await client.app.state.flusher.flush()
+    await client.app.state.services.flusher.flush()
     await redis.delete(keys.request("late", "once"))  # the idempotency record expired
     second = (await client.post("/api/v1/credits/debit", json=body)).json()
     assert second["replayed"] is False and second["credits_remaining"] == "3.000000"
-    stats = await client.app.state.flusher.flush()
+    stats = await client.app.state.services.flusher.flush()
     assert stats.inserted == 1
     rows = await pool.fetch(
         "SELECT id::text, request_id FROM credit_transactions "

@@ -27,7 +27,7 @@ async def test_transactions_newest_first_in_pages(client: Client, clock: FakeClo
         assert r.status_code == 200
     pending = await client.get("/api/v1/credits/h/transactions")
     assert pending.json()["unflushed_events"] == 7
-    await client.app.state.flusher.flush()
+    await client.app.state.services.flusher.flush()
     seen, cursor = [], None
     while True:
         params = {"limit": 3, **({"cursor": cursor} if cursor else {})}
@@ -67,7 +67,7 @@ async def test_usage_grouped_by_model_service_and_day(client: Client, clock: Fak
                 "metadata": {"service": "embed"},
             },
         )
-    await client.app.state.flusher.flush()
+    await client.app.state.services.flusher.flush()
     by_model = (await client.get("/api/v1/credits/u/usage")).json()
     assert [
         (g["key"], g["requests"], g["credits"], g["input_tokens"], g["output_tokens"])

@@ -15,12 +15,11 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from gateway.app import create_app
 from gateway.keys import Keys
 from gateway.renewal import renew_idle
 from gateway.settings import Settings
 from tests.books import assert_books_balance
-from tests.conftest import ADMIN_KEY, Client, FakeClock, running
+from tests.conftest import Client, FakeClock, gateway
 
 DEC_1 = datetime(2026, 12, 1, tzinfo=UTC)
 TIERS = """
@@ -42,19 +41,9 @@ async def gw(
 ) -> AsyncIterator[Client]:
     path = tmp_path / "tiers.toml"
     path.write_text(TIERS)
-    fields = {f: getattr(settings, f) for f in settings.__struct_fields__}
-    app = create_app(Settings(**{**fields, "tiers_file": str(path)}), clock=clock)
-    async with (
-        running(app),
-        Client(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://gateway",
-            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-        ) as c,
-    ):
-        c.app = app
+    async with gateway(settings, clock, tiers_file=str(path)) as c:
         yield c
-        await app.state.flusher.flush()
+        await c.app.state.services.flusher.flush()
         await assert_books_balance(pool, redis, Keys(settings.key_prefix, settings.shards))
 
 
@@ -80,7 +69,7 @@ async def test_new_month_renews_and_unused_credits_expire(
     assert bal["credits_remaining"] == "5.000000" and bal["period_spent"] == "0.000000"
     assert bal["last_reset"] == "2026-12-01T00:00:00+00:00"
     assert (await debit(gw, "u", "1", "dec")).json()["credits_remaining"] == "4.000000"
-    await gw.app.state.flusher.flush()
+    await gw.app.state.services.flusher.flush()
     row = await pool.fetchrow("SELECT * FROM user_credits WHERE user_id = 'u'")
     assert row["last_reset"] == DEC_1 and row["period_spent"] == 1
     resets = await pool.fetch(
@@ -101,7 +90,7 @@ async def test_rollover_tier_carries_unused_credits(
     await debit(gw, "s", "0.5", "a")
     clock.now = DEC_1
     assert (await balance(gw, "s"))["credits_remaining"] == "3.500000"  # 1.5 left + 2
-    await gw.app.state.flusher.flush()
+    await gw.app.state.services.flusher.flush()
     await assert_books_balance(pool, redis, keys)
 
 
@@ -119,7 +108,7 @@ async def test_monthly_cap_is_402_with_its_reason_and_renews(
     assert short.json()["reason"] == "monthly_cap_reached"
     clock.now = DEC_1
     assert (await debit(gw, "c", "0.5", "e")).json()["credits_remaining"] == "4.500000"
-    await gw.app.state.flusher.flush()
+    await gw.app.state.services.flusher.flush()
     await assert_books_balance(pool, redis, keys)
 
 
@@ -138,7 +127,7 @@ async def test_cap_holds_under_concurrency(
     assert {r.json()["reason"] for r in results if r.status_code == 402} == {"monthly_cap_reached"}
     bal = await balance(gw, "cc")
     assert bal["period_spent"] == "1.000000" and bal["credits_remaining"] == "4.000000"
-    await gw.app.state.flusher.flush()
+    await gw.app.state.services.flusher.flush()
     await assert_books_balance(pool, redis, keys)
 
 
@@ -158,20 +147,11 @@ async def test_100_debits_straddling_the_boundary_reset_once_and_lose_no_spend(
     tmp_path: Path, settings: Settings, pool: asyncpg.Pool, redis: Redis, keys: Keys
 ) -> None:
     clock = SwitchingClock(datetime(2026, 11, 30, 23, 59, tzinfo=UTC), DEC_1, n=52)
-    fields = {f: getattr(settings, f) for f in settings.__struct_fields__}
-    app = create_app(Settings(**fields), clock=clock)
-    async with (
-        running(app),
-        Client(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://gateway",
-            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-        ) as c,
-    ):
+    async with gateway(settings, clock) as c:
         await balance(c, "edge")  # created in November (reads the clock twice)
         results = await asyncio.gather(*(debit(c, "edge", "0.01", f"r{i}") for i in range(100)))
         assert {r.status_code for r in results} == {200}
-        await app.state.flusher.flush()
+        await c.app.state.services.flusher.flush()
     rows = await pool.fetch(
         "SELECT transaction_type, amount, redis_version FROM credit_transactions "
         "WHERE user_id = 'edge' ORDER BY redis_version"
@@ -200,7 +180,7 @@ async def test_admin_reset_is_idempotent(
     clash = await debit(gw, "r", "1", "reset-1")
     assert clash.status_code == 409
     assert (await gw.post("/api/v1/credits/r/reset", json={})).status_code == 400
-    await gw.app.state.flusher.flush()
+    await gw.app.state.services.flusher.flush()
     assert (
         await pool.fetchval("SELECT count(*) FROM credit_transactions WHERE request_id = 'reset-1'")
         == 1
@@ -213,13 +193,13 @@ async def test_idle_users_are_renewed_by_the_job(
 ) -> None:
     for i in range(7):
         await debit(gw, f"idle{i}", "0.25", "a")
-    await gw.app.state.flusher.flush()
+    await gw.app.state.services.flusher.flush()
     await redis.delete(keys.user("idle3"))  # one of them is no longer in Redis
     clock.now = DEC_1.replace(minute=10)
-    service = gw.app.state.service
+    service = gw.app.state.services.credits
     assert await renew_idle(service, batch=3) == 7
     assert await renew_idle(service, batch=3) == 0  # keyed by period: once
-    await gw.app.state.flusher.flush()
+    await gw.app.state.services.flusher.flush()
     rows = await pool.fetch("SELECT credits_remaining, last_reset, period_spent FROM user_credits")
     assert {(r["credits_remaining"], r["last_reset"], r["period_spent"]) for r in rows} == {
         (Decimal("5"), DEC_1, Decimal("0"))
@@ -231,7 +211,7 @@ async def test_cap_position_survives_rehydration(
     gw: Client, pool: asyncpg.Pool, redis: Redis, keys: Keys
 ) -> None:
     await debit(gw, "p", "0.9", "a")
-    await gw.app.state.flusher.flush()
+    await gw.app.state.services.flusher.flush()
     await redis.delete(keys.user("p"))
     r = await debit(gw, "p", "0.2", "b")
     assert r.status_code == 402 and r.json()["reason"] == "monthly_cap_reached"

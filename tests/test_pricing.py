@@ -47,7 +47,7 @@ async def test_set_list_and_debit_by_tokens(client: Client, pool: asyncpg.Pool) 
     )
     assert d.status_code == 200, d.text
     assert d.json()["charged"] == "0.008755" and d.json()["credits_remaining"] == "4.991245"
-    await client.app.state.flusher.flush()
+    await client.app.state.services.flusher.flush()
     row = await pool.fetchrow("SELECT * FROM credit_transactions WHERE request_id = 'r'")
     assert row["amount"] == Decimal("-0.008755") and row["input_tokens"] == 1234
 

@@ -39,7 +39,7 @@ async def test_full_refund_of_an_unflushed_debit(client: Client, pool: asyncpg.P
     assert r.status_code == 200, r.text
     assert r.json()["refunded"] == "1.500000" and r.json()["credits_remaining"] == "5.000000"
     assert r.json()["refund_of"] == txn
-    await client.app.state.flusher.flush()
+    await client.app.state.services.flusher.flush()
     row = await pool.fetchrow("SELECT * FROM credit_transactions WHERE request_id = 'rf1'")
     assert row["transaction_type"] == "refund" and row["amount"] == Decimal("1.5")
     assert str(row["refund_of"]) == txn
@@ -58,7 +58,7 @@ async def test_partial_refunds_stop_at_the_charge(client: Client) -> None:
 
 async def test_concurrent_refunds_never_exceed_the_debit(client: Client) -> None:
     txn = await debit(client, "c", "1", "d")
-    await client.app.state.flusher.flush()
+    await client.app.state.services.flusher.flush()
     results = await asyncio.gather(*(refund(client, "c", txn, f"r{i}", "0.1") for i in range(20)))
     assert Counter(r.status_code for r in results) == {200: 10, 409: 10}
     bal = await client.get("/api/v1/credits/balance", params={"user_id": "c"})
@@ -70,7 +70,7 @@ async def test_refund_limit_survives_the_tracker_expiring(
 ) -> None:
     txn = await debit(client, "d", "1", "d")
     await refund(client, "d", txn, "r1", "0.7")
-    await client.app.state.flusher.flush()
+    await client.app.state.services.flusher.flush()
     await redis.delete(keys.refunded("d", txn))  # expired: PostgreSQL still knows
     over = await refund(client, "d", txn, "r2", "0.5")
     assert over.status_code == 422 and "0.300000" in over.json()["detail"]

@@ -50,7 +50,7 @@ async def test_reserve_then_commit_less_returns_the_rest(
     assert done.json()["credits_remaining"] == "3.750000"
     bal = await balance(client, "a")
     assert bal["credits_held"] == "0.000000" and bal["credits_remaining"] == "3.750000"
-    await client.app.state.flusher.flush()
+    await client.app.state.services.flusher.flush()
     row = await pool.fetchrow("SELECT * FROM credit_transactions WHERE request_id = 'call-1'")
     assert row["transaction_type"] == "usage" and row["amount"] == Decimal("-1.25")
     assert row["model"] == "gpt-4o" and row["output_tokens"] == 900
@@ -107,7 +107,7 @@ async def test_expired_hold_returns_exactly_once_and_cannot_be_committed(
         "/api/v1/credits/debit", json={"user_id": "e", "amount": "4", "request_id": "all"}
     )
     assert full.status_code == 200  # the expired hold no longer blocks anything
-    await client.app.state.flusher.flush()
+    await client.app.state.services.flusher.flush()
     await assert_books_balance(pool, redis, keys)
 
 
@@ -130,7 +130,7 @@ async def test_50_concurrent_commits_and_releases_settle_once(
         expected = "5.000000"
     bal = await balance(client, "f")
     assert bal["credits_remaining"] == expected and bal["credits_held"] == "0.000000"
-    await client.app.state.flusher.flush()
+    await client.app.state.services.flusher.flush()
     assert await pool.fetchval(
         "SELECT count(*) FROM credit_transactions WHERE transaction_type = 'usage'"
     ) == (1 if expected == "3.500000" else 0)
@@ -183,3 +183,18 @@ async def test_reservation_scope(client: Client) -> None:
         headers={"Authorization": f"Bearer {key}"},
     )
     assert r.status_code == 403
+
+
+async def test_holds_larger_than_the_balance_after_a_downgrade(client: Client) -> None:
+    res_id = (await reserve(client, "dn", "4", "r")).json()["reservation_id"]
+    down = await client.put("/api/v1/credits/dn/tier", json={"tier": "free"})  # balance 5 -> 0
+    assert down.json()["credits_remaining"] == "0.000000"  # shown as 0, never negative
+    grant = await client.post(
+        "/api/v1/credits/grant", json={"user_id": "dn", "amount": "1", "request_id": "g"}
+    )
+    assert grant.status_code == 200, grant.text  # a grant is never refused for lack of credits
+    assert grant.json()["credits_remaining"] == "0.000000"  # still under the 4.00 hold
+    too_much = await commit(client, res_id, "2")
+    assert too_much.status_code == 402  # the balance (1.00) cannot pay it
+    assert (await commit(client, res_id, "1")).status_code == 200
+    assert (await balance(client, "dn"))["credits_remaining"] == "0.000000"

@@ -8,10 +8,9 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from gateway.app import create_app
 from gateway.settings import Settings
 from gateway.tiers import TierConfigError, load_tiers, parse_tiers
-from tests.conftest import ADMIN_KEY, FakeClock, running
+from tests.conftest import FakeClock, gateway
 
 
 def test_defaults_are_the_original_systems() -> None:
@@ -51,25 +50,7 @@ async def test_configured_default_tier_and_cap(
         '[tiers.basic]\nallocation = "12.5"\nmonthly_cap = "10"\n'
         '[tiers.pro]\nallocation = "100"\n'
     )
-    app = create_app(
-        Settings(
-            **{
-                **{f: getattr(settings, f) for f in settings.__struct_fields__},
-                "tiers_file": str(tiers),
-            }
-        ),
-        clock=clock,
-    )
-    import httpx
-
-    async with (
-        running(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://gateway",
-            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-        ) as c,
-    ):
+    async with gateway(settings, clock, tiers_file=str(tiers)) as c:
         bal = (await c.get("/api/v1/credits/balance", params={"user_id": "z"})).json()
         assert bal["tier"] == "basic" and bal["credits_remaining"] == "12.500000"
         assert bal["monthly_cap"] == "10.000000"
@@ -77,6 +58,6 @@ async def test_configured_default_tier_and_cap(
         assert row["monthly_cap"] == 10 and row["credits_allocated"] == 12.5
         moved = (await c.put("/api/v1/credits/z/tier", json={"tier": "pro"})).json()
         assert moved["monthly_cap"] is None and moved["credits_remaining"] == "100.000000"
-        await app.state.flusher.flush()
+        await c.app.state.services.flusher.flush()
         row = await pool.fetchrow("SELECT * FROM user_credits WHERE user_id = 'z'")
         assert row["monthly_cap"] is None and row["tier"] == "pro"

@@ -16,17 +16,17 @@ local held = purge_holds(KEYS[1], KEYS[4])
 local st = redis.call('HMGET', KEYS[1], 'bal', 'spent', 'cap')
 local bal, spent = tonumber(st[1]), tonumber(st[2])
 local delta = tonumber(ARGV[6])
-if delta < 0 and st[3] ~= '' and spent + held - delta > tonumber(st[3]) then
-  return {'cap', int(bal - held), int(spent + held), st[3]}
+if delta < 0 then
+  local refused = refuse_spend(bal, spent, held, st[3], -delta)
+  if refused then return refused end
 end
 local after = bal + delta
-if after - held < 0 then return {'nsf', int(bal - held)} end
-if after > MAX then return {'overflow', int(bal - held)} end
+if after > MAX then return {'overflow', avail(bal, held)} end
 if delta < 0 then spent = spent - delta end
 redis.call('HSET', KEYS[1], 'bal', int(after), 'spent', int(spent))
 local ver = redis.call('HINCRBY', KEYS[1], 'ver', 1)
 local extra = {}
 for i = 12, #ARGV do extra[#extra + 1] = ARGV[i] end
 emit(KEYS[3], ARGV[11], ARGV[8], ARGV[10], delta, after, ver, spent, extra)
-idem_save(KEYS[2], ARGV[7], ARGV[8], delta, after - held, tonumber(ARGV[9]))
-return {'ok', ARGV[8], int(delta), int(after - held)}
+idem_save(KEYS[2], ARGV[7], ARGV[8], delta, avail(after, held), tonumber(ARGV[9]))
+return {'ok', ARGV[8], int(delta), avail(after, held)}

@@ -26,10 +26,10 @@ local st = redis.call('HMGET', KEYS[2], 'bal', 'spent', 'cap')
 local bal, spent = tonumber(st[1]), tonumber(st[2])
 local others = held - hold
 if charge > hold and st[3] ~= '' and spent + others + charge > tonumber(st[3]) then
-  return {'cap', int(bal - held), int(spent + held), st[3]}
+  return {'cap', avail(bal, held), int(spent + held), st[3]}
 end
 -- always checked: a renewal or a tier change may have lowered the balance under the holds
-if bal - others - charge < 0 then return {'nsf', int(bal - held)} end
+if bal - others - charge < 0 then return {'nsf', avail(bal, held)} end
 redis.call('ZREM', KEYS[3], ARGV[8] .. '|' .. r[2])
 bal = bal - charge
 spent = spent + charge
@@ -39,5 +39,5 @@ local extra = {'resv', ARGV[8]}
 for i = 9, #ARGV do extra[#extra + 1] = ARGV[i] end
 emit(KEYS[4], 'usage', ARGV[7], r[7], -charge, bal, ver, spent, extra)
 redis.call('HSET', KEYS[1], 'st', 'committed', 'tx', ARGV[7], 'charged', ARGV[6],
-           'bal', int(bal - others))
-return {'ok', ARGV[7], ARGV[6], int(bal - others), r[2]}
+           'bal', avail(bal, others))
+return {'ok', ARGV[7], ARGV[6], avail(bal, others), r[2]}

@@ -5,6 +5,20 @@
 
 local function int(n) return string.format('%d', n) end
 
+-- What a user can spend: the balance less open holds (shown as 0, never below: a renewal or a
+-- downgrade can leave holds larger than the balance).
+local function avail(bal, held) return int(math.max(bal - held, 0)) end
+
+-- The 402 answer when spending amount on top of the open holds would pass the monthly cap or
+-- the balance; nil when it may go ahead.
+local function refuse_spend(bal, spent, held, cap, amount)
+  if cap ~= '' and spent + held + amount > tonumber(cap) then
+    return {'cap', avail(bal, held), int(spent + held), cap}
+  end
+  if bal - held - amount < 0 then return {'nsf', avail(bal, held)} end
+  return nil
+end
+
 local function emit(stream, t, txn, rid, delta, bal, ver, spent, extra)
   local ev = {'t', t, 'u', ARGV[1], 'tx', txn, 'rid', rid, 'amt', int(delta), 'bal', int(bal),
               'ver', tostring(ver), 'ts', ARGV[2], 'spent', int(spent)}
@@ -44,7 +58,7 @@ local function idem_check(key, fp)
 end
 
 local function idem_save(key, fp, txn, delta, bal, ttl)
-  redis.call('SET', key, fp .. '|' .. txn .. '|' .. int(delta) .. '|' .. int(bal), 'EX', ttl)
+  redis.call('SET', key, fp .. '|' .. txn .. '|' .. int(delta) .. '|' .. bal, 'EX', ttl)
 end
 
 -- Return expired holds (score <= now) to the user: they stop counting against the balance.

@@ -21,7 +21,7 @@ if amount == 0 then amount = left end
 if amount > left then return {'exceeds', int(left)} end
 local st = redis.call('HMGET', KEYS[1], 'bal', 'spent')
 local bal, spent = tonumber(st[1]), tonumber(st[2])
-if bal + amount > MAX then return {'overflow', int(bal - held)} end
+if bal + amount > MAX then return {'overflow', avail(bal, held)} end
 bal = bal + amount
 if ARGV[14] == '1' then spent = math.max(spent - amount, 0) end
 redis.call('HSET', KEYS[1], 'bal', int(bal), 'spent', int(spent))
@@ -29,5 +29,5 @@ local ver = redis.call('HINCRBY', KEYS[1], 'ver', 1)
 redis.call('SET', KEYS[5], int(done + amount), 'EX', tonumber(ARGV[9]))
 emit(KEYS[3], 'refund', ARGV[8], ARGV[10], amount, bal, ver, spent,
      {'ref', ARGV[13], 'actor', ARGV[15]})
-idem_save(KEYS[2], ARGV[7], ARGV[8], amount, bal - held, tonumber(ARGV[9]))
-return {'ok', ARGV[8], int(amount), int(bal - held)}
+idem_save(KEYS[2], ARGV[7], ARGV[8], amount, avail(bal, held), tonumber(ARGV[9]))
+return {'ok', ARGV[8], int(amount), avail(bal, held)}

@@ -8,13 +8,13 @@ if not r[1] or redis.call('EXISTS', KEYS[2]) == 0 then return {'notfound'} end
 if r[1] == 'committed' then return {'committed'} end
 local held = purge_holds(KEYS[2], KEYS[3])
 local bal = tonumber(redis.call('HGET', KEYS[2], 'bal'))
-if r[1] == 'released' then return {'replay', r[2], int(bal - held)} end
+if r[1] == 'released' then return {'replay', r[2], avail(bal, held)} end
 if r[1] == 'expired' or tonumber(r[3]) <= tonumber(ARGV[2]) then
   redis.call('HSET', KEYS[1], 'st', 'expired')
-  return {'expired', r[2], int(bal - held)}
+  return {'expired', r[2], avail(bal, held)}
 end
 redis.call('ZREM', KEYS[3], ARGV[6] .. '|' .. r[2])
 held = held - tonumber(r[2])
 redis.call('HSET', KEYS[2], 'held', int(held))
 redis.call('HSET', KEYS[1], 'st', 'released')
-return {'ok', r[2], int(bal - held)}
+return {'ok', r[2], avail(bal, held)}

@@ -16,15 +16,13 @@ local held = purge_holds(KEYS[1], KEYS[3])
 local st = redis.call('HMGET', KEYS[1], 'bal', 'spent', 'cap')
 local bal, spent = tonumber(st[1]), tonumber(st[2])
 local amount = tonumber(ARGV[6])
-if st[3] ~= '' and spent + held + amount > tonumber(st[3]) then
-  return {'cap', int(bal - held), int(spent + held), st[3]}
-end
-if bal - held - amount < 0 then return {'nsf', int(bal - held)} end
+local refused = refuse_spend(bal, spent, held, st[3], amount)
+if refused then return refused end
 held = held + amount
 redis.call('HSET', KEYS[1], 'held', int(held))
 redis.call('ZADD', KEYS[3], ARGV[10], ARGV[8] .. '|' .. ARGV[6])
 redis.call('HSET', KEYS[4], 'u', ARGV[1], 'amt', ARGV[6], 'exp', ARGV[10], 'st', 'held',
            'rid', ARGV[11])
 redis.call('PEXPIREAT', KEYS[4], tonumber(ARGV[10]) + tonumber(ARGV[12]) * 1000)
-idem_save(KEYS[2], ARGV[7], ARGV[8], amount, bal - held, tonumber(ARGV[9]))
-return {'ok', ARGV[8], int(amount), int(bal - held)}
+idem_save(KEYS[2], ARGV[7], ARGV[8], amount, avail(bal, held), tonumber(ARGV[9]))
+return {'ok', ARGV[8], int(amount), avail(bal, held)}

@@ -20,8 +20,8 @@ end
 local after = tonumber(redis.call('HGET', KEYS[1], 'bal'))
 local held = purge_holds(KEYS[1], KEYS[4])
 if force then
-  idem_save(KEYS[2], ARGV[8], ARGV[10], after - before, after - held, tonumber(ARGV[9]))
-  return {'ok', ARGV[10], int(after - before), int(after - held)}
+  idem_save(KEYS[2], ARGV[8], ARGV[10], after - before, avail(after, held), tonumber(ARGV[9]))
+  return {'ok', ARGV[10], int(after - before), avail(after, held)}
 end
-if renewed then return {'ok', ARGV[5], int(after - before), int(after - held)} end
-return {'same', '', '0', int(after - held)}
+if renewed then return {'ok', ARGV[5], int(after - before), avail(after, held)} end
+return {'same', '', '0', avail(after, held)}

@@ -16,7 +16,7 @@ end
 local bal = tonumber(s[1])
 local delta = tonumber(ARGV[7]) - tonumber(s[2])
 local after = bal + delta
-if after > MAX then return {'overflow', int(bal - held)} end
+if after > MAX then return {'overflow', avail(bal, held)} end
 if after < 0 then
   after = 0
   delta = -bal
@@ -26,4 +26,4 @@ redis.call('HSET', KEYS[1], 'bal', int(after), 'alloc', ARGV[7], 'tier', ARGV[6]
 local ver = redis.call('HINCRBY', KEYS[1], 'ver', 1)
 emit(KEYS[2], 'allocation', ARGV[10], ARGV[11], delta, after, ver, tonumber(s[6]),
      {'tier', ARGV[6], 'alloc', ARGV[7], 'cap', ARGV[8], 'actor', ARGV[12]})
-return {'ok', ARGV[10], int(delta), int(after - held)}
+return {'ok', ARGV[10], int(delta), avail(after, held)}

@@ -1,0 +1,46 @@
+"""Everything the routes use, built once in the app's lifespan and kept in app.state.services."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+from redis.asyncio import Redis
+
+from gateway.auth import Authenticator
+from gateway.batch import BatchService
+from gateway.coupons import CouponService
+from gateway.flusher import Flusher
+from gateway.history import HistoryService
+from gateway.refunds import RefundService
+from gateway.reservations import ReservationService
+from gateway.service import CreditService
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    redis: Redis
+    pool: asyncpg.Pool
+    credits: CreditService
+    flusher: Flusher
+    authenticator: Authenticator
+    reservations: ReservationService
+    refunds: RefundService
+    batch: BatchService
+    history: HistoryService
+    coupons: CouponService
+
+    @classmethod
+    def build(cls, credits: CreditService, flusher: Flusher, auth: Authenticator) -> Services:
+        return cls(
+            redis=credits.redis,
+            pool=credits.pool,
+            credits=credits,
+            flusher=flusher,
+            authenticator=auth,
+            reservations=ReservationService(credits),
+            refunds=RefundService(credits, flusher),
+            batch=BatchService(credits),
+            history=HistoryService(credits),
+            coupons=CouponService(credits),
+        )
