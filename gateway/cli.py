@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 
 from gateway.flusher import Flusher
 from gateway.keys import Keys
+from gateway.reconcile import reconcile
 from gateway.settings import Settings, settings_from_env
 from persistence import db, ledger, users
 from persistence.migrate import migrate
@@ -71,6 +72,21 @@ async def _inspect(settings: Settings, user_id: str) -> dict[str, Any]:
         await conn.close()
 
 
+async def _reconcile(settings: Settings, flush: bool) -> tuple[bool, dict[str, Any]]:
+    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    pool = await db.open_pool(settings.database_url, max_size=2)
+    keys = Keys(settings.key_prefix, settings.shards)
+    try:
+        if flush:
+            await Flusher(redis, pool, keys, settings.flush_batch).flush()
+        report = await reconcile(redis, pool, keys)
+        summary = {"users": report.users, "backlog": report.backlog, "drift": report.drift}
+        return report.ok, summary
+    finally:
+        await redis.aclose()
+        await pool.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="metering", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -82,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("flush", help="flush pending events from Redis to PostgreSQL now")
     inspect = sub.add_parser("inspect", help="a user's Redis state and Postgres row side by side")
     inspect.add_argument("user_id")
+    rec = sub.add_parser(
+        "reconcile", help="compare every user's Redis and PostgreSQL state; exit 1 on drift"
+    )
+    rec.add_argument("--no-flush", action="store_true", help="do not flush pending events first")
     args = parser.parse_args(argv)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -94,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "flush":
         print(json.dumps(asyncio.run(_flush(settings))))
         return 0
+    if args.command == "reconcile":
+        ok, summary = asyncio.run(_reconcile(settings, flush=not args.no_flush))
+        print(json.dumps(summary, indent=2, default=str))
+        return 0 if ok else 1
     if args.command == "inspect":
         print(json.dumps(asyncio.run(_inspect(settings, args.user_id)), indent=2, default=str))
         return 0

@@ -109,6 +109,17 @@ ORDER BY at DESC, id DESC
 LIMIT $5
 """
 
+# Every user with its ledger total, in user_id order after $1, $2 at a time (for reconcile).
+USERS_WITH_LEDGER = """
+SELECT u.user_id, u.credits_remaining, u.redis_version,
+       (SELECT COALESCE(sum(t.amount), 0) FROM credit_transactions t
+        WHERE t.user_id = u.user_id) AS ledger
+FROM user_credits u
+WHERE u.user_id > $1
+ORDER BY u.user_id
+LIMIT $2
+"""
+
 LEDGER_SUM = """
 SELECT COALESCE(sum(amount), 0) AS total, count(*) AS n
 FROM credit_transactions WHERE user_id = $1

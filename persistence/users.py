@@ -82,3 +82,16 @@ async def users_to_renew(
     """Users whose last renewal is older than the current period, in user_id order."""
     rows = await conn.fetch(queries.USERS_TO_RENEW, period_began, after_user, limit)
     return [_row(r) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class UserBooks:
+    user_id: str
+    credits_remaining: Decimal
+    redis_version: int
+    ledger: Decimal  # sum of the user's ledger entries
+
+
+async def users_with_ledger(conn: Executor, after_user: str, limit: int) -> list[UserBooks]:
+    rows = await conn.fetch(queries.USERS_WITH_LEDGER, after_user, limit)
+    return [UserBooks(**dict(r)) for r in rows]

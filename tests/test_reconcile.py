@@ -1,0 +1,64 @@
+"""`metering reconcile`: silent when the books balance, exit 1 with the drift when not."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import asyncpg
+from redis.asyncio import Redis
+
+from gateway.keys import Keys
+from gateway.reconcile import reconcile
+from gateway.settings import Settings
+from tests.conftest import Client
+
+
+def run_reconcile(settings: Settings) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "METERING_DATABASE_URL": settings.database_url,
+        "METERING_REDIS_URL": settings.redis_url,
+        "METERING_KEY_PREFIX": settings.key_prefix,
+        "METERING_SHARDS": str(settings.shards),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "reconcile"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_reconcile_passes_then_finds_each_kind_of_drift(
+    client: Client, settings: Settings, pool: asyncpg.Pool, redis: Redis, keys: Keys
+) -> None:
+    for user in ("a", "b", "c"):
+        await client.post(
+            "/api/v1/credits/debit", json={"user_id": user, "amount": "1", "request_id": "r"}
+        )
+    ok = run_reconcile(settings)  # flushes first, then compares
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert '"users": 3' in ok.stdout
+
+    await redis.hset(keys.user("a"), "bal", "1")  # Redis drifted
+    await pool.execute("UPDATE user_credits SET credits_remaining = 9 WHERE user_id = 'b'")
+    await redis.hset(keys.user("ghost"), mapping={"bal": "0", "ver": "0"})
+    bad = run_reconcile(settings)
+    assert bad.returncode == 1
+    report = await reconcile(redis, pool, keys)
+    problems = sorted((d.get("user_id") or d.get("key"), d["problem"]) for d in report.drift)
+    assert problems == sorted(
+        [
+            ("a", "Redis and PostgreSQL differ"),
+            ("b", "ledger does not sum to the PostgreSQL balance"),
+            ("b", "Redis and PostgreSQL differ"),
+            (keys.user("ghost"), "in Redis but not in PostgreSQL"),
+        ]
+    )
+    # put things back so the fixture's closing books check passes
+    await redis.delete(keys.user("ghost"))
+    await redis.hset(keys.user("a"), "bal", "4000000")
+    await pool.execute("UPDATE user_credits SET credits_remaining = 4 WHERE user_id = 'b'")
