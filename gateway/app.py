@@ -20,6 +20,7 @@ from gateway.auth import Authenticator, scope_guard
 from gateway.clock import Clock, system_clock
 from gateway.errors import InsufficientCredits, MeteringError
 from gateway.flusher import Flusher
+from gateway.health import check_eviction
 from gateway.keys import Keys
 from gateway.money import fmt
 from gateway.renewal import renew_idle
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
                 timeout=settings.redis_timeout,
             )
         )
+        await check_eviction(redis, settings.eviction_check)
         pool = await open_pool(settings.database_url)
         service = CreditService(
             redis,
@@ -82,10 +84,11 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
             settings.idempotency_ttl,
             settings.period,
             settings.pricing_cache_ttl,
+            settings.max_backlog,
         )
         flusher = Flusher(redis, pool, keys, settings.flush_batch)
         auth = Authenticator(pool, settings.admin_key, settings.auth_cache_ttl)
-        app.state.services = Services.build(service, flusher, auth)
+        app.state.services = Services.build(settings, service, flusher, auth)
         scheduler = AsyncIOScheduler()
         if settings.flush_interval > 0:
             scheduler.add_job(
@@ -130,6 +133,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
         openapi_config=OpenAPIConfig(title="Metering gateway", version="0.1.0"),
         request_max_body_size=settings.max_body_bytes,
         debug=False,
+        logging_config=None,  # `metering serve` configures logging (gateway/logs.py)
     )
 
 

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 
 from gateway.flusher import Flusher
 from gateway.keys import Keys
+from gateway.logs import serve_log_config
 from gateway.reconcile import reconcile
 from gateway.settings import Settings, settings_from_env
 from persistence import db, ledger, users
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     uvicorn.run(
         "gateway.app:create_app",
+        log_config=serve_log_config(),
         factory=True,
         host=args.host,
         port=args.port,

@@ -1,20 +1,78 @@
-"""Readiness: Redis and PostgreSQL reachable, migrations applied."""
+"""Health: readiness (Redis and PostgreSQL reachable, migrations applied), how far behind the
+flusher is, and the start-up check that Redis will never evict unflushed state."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import logging
+import time
+from typing import Any, Literal
 
 from litestar import Response
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
 
 from gateway.services import Services
 from persistence import migrate, queries
 
+log = logging.getLogger("metering.health")
+
+
+class UnsafeRedis(RuntimeError):
+    """Redis is configured so that it could drop credit state that is not flushed yet."""
+
+
+async def check_eviction(redis: Redis, mode: Literal["refuse", "warn"]) -> str:
+    """Every key the gateway writes is state that may not be in PostgreSQL yet, so Redis must
+    never evict: maxmemory-policy noeviction (writes fail instead, and clients get 503)."""
+    try:
+        policy = str((await redis.config_get("maxmemory-policy")).get("maxmemory-policy"))
+    except ResponseError:
+        log.warning(
+            "cannot read Redis maxmemory-policy (CONFIG GET refused); make sure it is "
+            "noeviction, or unflushed credit state may be evicted"
+        )
+        return "unknown"
+    except (RedisError, OSError):
+        log.warning("Redis unreachable at start-up; maxmemory-policy not checked")
+        return "unknown"
+    if policy != "noeviction":
+        message = (
+            f"Redis maxmemory-policy is {policy!r}: under memory pressure Redis would "
+            "evict balances, idempotency records and unflushed ledger events. Set "
+            "'maxmemory-policy noeviction' (or METERING_EVICTION_CHECK=warn to start anyway)"
+        )
+        if mode == "refuse":
+            raise UnsafeRedis(message)
+        log.error(message)
+    return policy
+
+
+async def flusher_status(s: Services) -> dict[str, Any]:
+    """Unflushed events over all shards and the age of the oldest one."""
+    async with s.redis.pipeline(transaction=False) as pipe:
+        for stream in s.credits.keys.all_streams():
+            pipe.xlen(stream)
+            pipe.xrange(stream, count=1)
+        answers = await pipe.execute()
+    backlog = sum(int(n) for n in answers[0::2])
+    oldest = [int(str(first[0][0]).split("-")[0]) for first in answers[1::2] if first]
+    age = max(0.0, time.time() - min(oldest) / 1000) if oldest else 0.0
+    behind = age > s.settings.flush_behind_seconds or backlog > s.settings.max_backlog // 2
+    return {
+        "status": "behind" if behind else "ok",
+        "backlog": backlog,
+        "oldest_event_age_seconds": round(age, 3),
+    }
+
 
 async def readiness(state: Services) -> Response[dict[str, Any]]:
     checks: dict[str, str] = {}
+    flusher: dict[str, Any] | None = None
     try:
-        await asyncio.wait_for(state.redis.ping(), 2)
+        async with asyncio.timeout(2):
+            await state.redis.ping()
+            flusher = await flusher_status(state)
         checks["redis"] = "ok"
     except Exception as exc:  # any failure means not ready
         checks["redis"] = f"unreachable: {type(exc).__name__}"
@@ -28,6 +86,5 @@ async def readiness(state: Services) -> Response[dict[str, Any]]:
     except Exception as exc:
         checks["postgres"] = f"unreachable: {type(exc).__name__}"
     ok = all(v == "ok" for v in checks.values()) and len(checks) == 3
-    return Response(
-        {"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503
-    )
+    body = {"status": "ready" if ok else "not ready", "checks": checks, "flusher": flusher}
+    return Response(body, status_code=200 if ok else 503)

@@ -1,7 +1,8 @@
 """The Lua scripts, loaded once per Redis client into typed attributes (EVALSHA thereafter).
 
 Each script is ``lib.lua`` (shared helpers) followed by its own file; the numeric(12,6) maximum
-is injected from ``gateway.money`` so Python and Lua cannot disagree on it.
+is injected from ``gateway.money`` so Python and Lua cannot disagree on it, and the backlog
+bound from the settings.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ def _file(name: str) -> str:
     return resources.files("gateway").joinpath("lua", f"{name}.lua").read_text()
 
 
-def source(name: str) -> str:
+def source(name: str, max_backlog: int = 500_000) -> str:
     """The full text of a script as Redis runs it."""
     if name == "hydrate":  # no header, no helpers
         return _file(name)
-    return f"local MAX = {MAX_MICRO}\n{_file('lib')}\n{_file(name)}"
+    constants = f"local MAX = {MAX_MICRO}\nlocal BACKLOG_MAX = {max_backlog}\n"
+    return f"{constants}{_file('lib')}\n{_file(name)}"
 
 
 NAMES = (
@@ -49,6 +51,6 @@ class Scripts:
     release: AsyncScript
     refund: AsyncScript
 
-    def __init__(self, redis: Any) -> None:
+    def __init__(self, redis: Any, max_backlog: int = 500_000) -> None:
         for name in NAMES:
-            setattr(self, name, redis.register_script(source(name)))
+            setattr(self, name, redis.register_script(source(name, max_backlog)))

@@ -58,9 +58,18 @@ class Applied:
     balance: int
 
 
+def backlog_full() -> Unavailable:
+    return Unavailable(
+        "the flusher is behind: too many changes are waiting to reach PostgreSQL; "
+        "nothing was changed, retry later"
+    )
+
+
 def applied(res: list[Any], call: ApplyCall) -> Applied:
     """Interpret the apply script's answer; errors become the matching MeteringError."""
     status = res[0]
+    if status == "backlog":
+        raise backlog_full()
     if status in ("ok", "replay"):
         return Applied(status, res[1], int(res[2]), int(res[3]))
     if status in ("nsf", "cap"):
@@ -111,6 +120,7 @@ class CreditService:
         idempotency_ttl: int,
         period: Period = "month",
         pricing_ttl: float = 5.0,
+        max_backlog: int = 500_000,
     ) -> None:
         self.redis = redis
         self.pool = pool
@@ -118,7 +128,7 @@ class CreditService:
         self.tiers = tiers
         self.clock = clock
         self.period: Period = period
-        self.scripts = Scripts(redis)
+        self.scripts = Scripts(redis, max_backlog)
         self.idempotency_ttl = idempotency_ttl
         self.pricing = PriceBook(pool, pricing_ttl)
 
@@ -270,6 +280,8 @@ class CreditService:
         if res[0] == "miss":
             await self.hydrate(user_id)
             res = await script(keys=keys, args=full)
+        if res[0] == "backlog":
+            raise backlog_full()
         return res
 
     # -- cold path ------------------------------------------------------------------------

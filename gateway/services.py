@@ -15,6 +15,7 @@ from gateway.history import HistoryService
 from gateway.refunds import RefundService
 from gateway.reservations import ReservationService
 from gateway.service import CreditService
+from gateway.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,10 +30,14 @@ class Services:
     batch: BatchService
     history: HistoryService
     coupons: CouponService
+    settings: Settings
 
     @classmethod
-    def build(cls, credits: CreditService, flusher: Flusher, auth: Authenticator) -> Services:
+    def build(
+        cls, settings: Settings, credits: CreditService, flusher: Flusher, auth: Authenticator
+    ) -> Services:
         return cls(
+            settings=settings,
             redis=credits.redis,
             pool=credits.pool,
             credits=credits,

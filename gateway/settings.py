@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Literal
 
 import msgspec
 
@@ -27,6 +28,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     auth_cache_ttl: float = 5.0  # seconds an API key lookup is cached per process
     pricing_cache_ttl: float = 5.0  # seconds model prices are cached per process
     max_body_bytes: int = 64 * 1024
+    max_backlog: int = 500_000  # unflushed events per shard before writes get 503
+    flush_behind_seconds: float = 30.0  # health says the flusher is behind past this lag
+    eviction_check: Literal["refuse", "warn"] = "refuse"  # Redis must not evict unflushed state
     period: Period = "month"  # allocation period: month (calendar), week (ISO) or day
     renew_cron: str = "*/10 * * * *"  # crontab for renewing idle users; "" disables
 
@@ -45,6 +49,9 @@ _ENV = {
     "auth_cache_ttl": "METERING_AUTH_CACHE_TTL",
     "pricing_cache_ttl": "METERING_PRICING_CACHE_TTL",
     "max_body_bytes": "METERING_MAX_BODY_BYTES",
+    "max_backlog": "METERING_MAX_BACKLOG",
+    "flush_behind_seconds": "METERING_FLUSH_BEHIND_SECONDS",
+    "eviction_check": "METERING_EVICTION_CHECK",
     "period": "METERING_PERIOD",
     "renew_cron": "METERING_RENEW_CRON",
 }

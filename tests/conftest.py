@@ -150,7 +150,12 @@ async def running(app: Litestar) -> AsyncIterator[None]:
     await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
     if task.done():
         waiter.cancel()
-        task.result()  # startup failed: raise its error
+        try:
+            task.result()  # startup failed: raise its error
+        except BaseExceptionGroup as group:  # anyio wraps it; one error is the usual case
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
     try:
         yield
     finally:

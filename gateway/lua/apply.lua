@@ -6,11 +6,13 @@
 -- ARGV[8] transaction id  ARGV[9] idempotency ttl (s)  ARGV[10] request id  ARGV[11] event type
 -- ARGV[12..] extra event fields, name/value pairs
 -- Balances returned are what the user can spend: the balance less its holds.
+-- {'backlog'} when the shard's unflushed events reached BACKLOG_MAX (nothing changed).
 -- Returns {'ok'|'replay', txn, delta, available}, {'conflict'}, {'nsf', available},
 --         {'cap', available, spent, cap}, {'overflow', available} or {'miss'} (hydrate first).
 local seen = idem_check(KEYS[2], ARGV[7])
 if seen then return seen end
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'miss'} end
+if redis.call('XLEN', KEYS[3]) >= BACKLOG_MAX then return {'backlog'} end
 auto_renew(KEYS[1], KEYS[3])
 local held = purge_holds(KEYS[1], KEYS[4])
 local st = redis.call('HMGET', KEYS[1], 'bal', 'spent', 'cap')

@@ -4,6 +4,7 @@
 -- KEYS[4] shard event stream
 -- ARGV[1..5] the common header (lib.lua)  ARGV[6] amount to charge (micro)
 -- ARGV[7] transaction id  ARGV[8] reservation id  ARGV[9..] extra event fields, name/value pairs
+-- {'backlog'} when the shard's unflushed events reached BACKLOG_MAX (nothing changed).
 -- Returns {'ok'|'replay', txn, charged, available, held}, {'conflict', charged},
 --         {'released'}, {'expired'}, {'notfound'}, {'nsf', available} or {'cap', available,
 --         spent, cap} (the cap only when charging more than was held).
@@ -14,6 +15,7 @@ if r[1] == 'committed' then
   return {'conflict', r[5]}
 end
 if r[1] == 'released' then return {'released'} end
+if redis.call('XLEN', KEYS[4]) >= BACKLOG_MAX then return {'backlog'} end
 auto_renew(KEYS[2], KEYS[4])
 local held = purge_holds(KEYS[2], KEYS[3])
 if r[1] == 'expired' or tonumber(r[3]) <= tonumber(ARGV[2]) then

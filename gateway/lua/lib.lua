@@ -1,4 +1,5 @@
--- Shared by every script (prepended when the scripts are loaded; MAX is injected before it).
+-- Shared by every script (prepended when the scripts are loaded; MAX, the numeric(12,6) maximum,
+-- and BACKLOG_MAX, the most unflushed events a shard may hold, are injected before it).
 -- Every mutating script starts with the same ARGV header, filled by the service:
 --   ARGV[1] user_id  ARGV[2] now (ms)  ARGV[3] current period start (epoch s)
 --   ARGV[4] current period start (ISO 8601)  ARGV[5] transaction id for a renewal, if one happens

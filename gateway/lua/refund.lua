@@ -6,11 +6,13 @@
 -- ARGV[10] request id  ARGV[11] micro charged by the debit  ARGV[12] micro of its refunds
 -- already in PostgreSQL  ARGV[13] debit transaction id  ARGV[14] '1' when the debit is in the
 -- current period (its refund lowers the period's spending)  ARGV[15] the acting key's name
+-- {'backlog'} when the shard's unflushed events reached BACKLOG_MAX (nothing changed).
 -- Returns {'ok'|'replay', txn, amount, available}, {'conflict'}, {'exhausted'},
 --         {'exceeds', refundable}, {'overflow', available} or {'miss'}.
 local seen = idem_check(KEYS[2], ARGV[7])
 if seen then return seen end
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'miss'} end
+if redis.call('XLEN', KEYS[3]) >= BACKLOG_MAX then return {'backlog'} end
 auto_renew(KEYS[1], KEYS[3])
 local held = purge_holds(KEYS[1], KEYS[4])
 local done = tonumber(redis.call('GET', KEYS[5]) or ARGV[12])

@@ -6,11 +6,13 @@
 -- ARGV[1..5] the common header (lib.lua)  ARGV[6] amount (micro)  ARGV[7] body fingerprint
 -- ARGV[8] reservation id  ARGV[9] idempotency ttl (s)  ARGV[10] expiry (ms)  ARGV[11] request id
 -- ARGV[12] how long the reservation record is kept (s)
+-- {'backlog'} when the shard's unflushed events reached BACKLOG_MAX (nothing changed).
 -- Returns {'ok'|'replay', reservation id, amount, available}, {'conflict'}, {'nsf', available},
 --         {'cap', available, spent, cap} or {'miss'}.
 local seen = idem_check(KEYS[2], ARGV[7])
 if seen then return seen end
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'miss'} end
+if redis.call('XLEN', KEYS[5]) >= BACKLOG_MAX then return {'backlog'} end
 auto_renew(KEYS[1], KEYS[5])
 local held = purge_holds(KEYS[1], KEYS[3])
 local st = redis.call('HMGET', KEYS[1], 'bal', 'spent', 'cap')

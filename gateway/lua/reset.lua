@@ -5,6 +5,7 @@
 -- ARGV[1..5] the common header (lib.lua)  ARGV[6] force ('1' or '0')  ARGV[7] request id
 -- ARGV[8] body fingerprint  ARGV[9] idempotency ttl (s)  ARGV[10] transaction id (forced)
 -- ARGV[11] now (ISO)  ARGV[12] the acting key's name (for the audit log)
+-- {'backlog'} when the shard's unflushed events reached BACKLOG_MAX (nothing changed).
 -- Returns {'ok'|'replay', txn, delta, balance}, {'same', '', '0', balance}, {'conflict'}, {'miss'}.
 local force = ARGV[6] == '1'
 if force then
@@ -13,6 +14,7 @@ if force then
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'miss'} end
 local before = tonumber(redis.call('HGET', KEYS[1], 'bal'))
+if redis.call('XLEN', KEYS[3]) >= BACKLOG_MAX then return {'backlog'} end
 local renewed = auto_renew(KEYS[1], KEYS[3])
 if force then
   renew(KEYS[1], KEYS[3], true, ARGV[7], ARGV[10], ARGV[11], {'actor', ARGV[12]})

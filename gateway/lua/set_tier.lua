@@ -5,8 +5,10 @@
 -- ARGV[8] cap (micro or '')  ARGV[9] roll ('1' or '0')  ARGV[10] transaction id  ARGV[11] request id
 -- ARGV[12] the acting key's name (for the audit log)
 -- Balances returned are available credits (less holds).
+-- {'backlog'} when the shard's unflushed events reached BACKLOG_MAX (nothing changed).
 -- Returns {'ok', txn, delta, balance}, {'same', '', '0', balance}, {'overflow', balance}, {'miss'}.
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'miss'} end
+if redis.call('XLEN', KEYS[2]) >= BACKLOG_MAX then return {'backlog'} end
 auto_renew(KEYS[1], KEYS[2])
 local held = purge_holds(KEYS[1], KEYS[3])
 local s = redis.call('HMGET', KEYS[1], 'bal', 'alloc', 'tier', 'cap', 'roll', 'spent')
