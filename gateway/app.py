@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,22 +15,23 @@ from litestar import Litestar, Request, Response
 from litestar.openapi import OpenAPIConfig
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.auth import Authenticator, scope_guard
 from gateway.clock import Clock, system_clock
 from gateway.errors import InsufficientCredits, MeteringError
-from gateway.flusher import Flusher
+from gateway.flusher import Flusher, FlushLoop
 from gateway.health import check_eviction
 from gateway.keys import Keys
 from gateway.money import fmt
 from gateway.renewal import renew_idle
 from gateway.routes import ROUTES
-from gateway.service import DB_ERRORS, CreditService
+from gateway.service import CreditService
 from gateway.services import Services
 from gateway.settings import Settings, settings_from_env
 from gateway.tiers import load_tiers
-from persistence.db import open_pool
+from persistence.db import DB_ERRORS, open_pool
 
 log = logging.getLogger("metering.app")
 
@@ -46,7 +48,11 @@ def metering_error(_: Request[Any, Any, Any], exc: MeteringError) -> Response[di
 
 def redis_down(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     log.error("redis error: %s", type(exc).__name__)
-    return _error(503, "Redis is unreachable or too slow; nothing was charged, retry later")
+    return _error(
+        503,
+        "Redis is unreachable or did not answer in time. If the call reached Redis it may "
+        "have been applied: retry with the same request_id (retries are idempotent)",
+    )
 
 
 def postgres_down(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
@@ -89,12 +95,14 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
         flusher = Flusher(redis, pool, keys, settings.flush_batch)
         auth = Authenticator(pool, settings.admin_key, settings.auth_cache_ttl)
         app.state.services = Services.build(settings, service, flusher, auth)
+        loop = FlushLoop(flusher, settings.flush_interval)
+        with contextlib.suppress(RedisError, OSError):  # Redis down at start-up: no marker yet
+            await loop.start()
         scheduler = AsyncIOScheduler()
         if settings.flush_interval > 0:
             scheduler.add_job(
-                _flush_job,
+                loop.tick,
                 "interval",
-                args=[flusher],
                 seconds=settings.flush_interval,
                 max_instances=1,
                 coalesce=True,
@@ -115,7 +123,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
         finally:
             scheduler.shutdown(wait=False)
             if settings.flush_interval > 0:
-                await _flush_job(flusher)  # hand over what is pending before stopping
+                await loop.tick()  # hand over what is pending before stopping
             await redis.aclose()
             await pool.close()
 
@@ -142,12 +150,3 @@ async def _renew_job(service: CreditService) -> None:
         await renew_idle(service)
     except Exception:
         log.exception("renewing idle users failed; retried at the next run")
-
-
-async def _flush_job(flusher: Flusher) -> None:
-    try:
-        stats = await flusher.flush()
-        if stats.events:
-            log.info("flushed %d events (%d new ledger rows)", stats.events, stats.inserted)
-    except Exception:
-        log.exception("flush failed; events stay in Redis and are retried next round")

@@ -19,6 +19,7 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.handlers.base import BaseRouteHandler
 
 from persistence import api_keys
+from persistence.db import DB_ERRORS
 
 SCOPES = ("debit", "read", "admin")
 KEY_PREFIX = "mk_"
@@ -44,10 +45,17 @@ def generate_key() -> str:
 class Authenticator:
     """Resolves a bearer token to a Principal: the bootstrap admin key, or a stored key."""
 
-    def __init__(self, pool: asyncpg.Pool, admin_key: str | None, cache_ttl: float) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        admin_key: str | None,
+        cache_ttl: float,
+        stale_ttl: float = 3600.0,
+    ) -> None:
         self._pool = pool
         self._admin_hash = hash_key(admin_key) if admin_key else None
         self._ttl = cache_ttl
+        self._stale_ttl = stale_ttl
         self._cache: dict[str, tuple[float, Principal | None]] = {}
 
     async def authenticate(self, token: str) -> Principal | None:
@@ -58,7 +66,14 @@ class Authenticator:
         hit = self._cache.get(digest)
         if hit is not None and hit[0] > now:
             return hit[1]
-        rec = await api_keys.key_by_hash(self._pool, digest)
+        try:
+            rec = await api_keys.key_by_hash(self._pool, digest)
+        except DB_ERRORS:
+            # PostgreSQL is down: keep serving keys seen recently (so debits of cached users go
+            # on), at most stale_ttl past their last check; unknown keys get 503.
+            if hit is not None and hit[1] is not None and hit[0] + self._stale_ttl > now:
+                return hit[1]
+            raise
         principal = None if rec is None else Principal(rec.name, frozenset(rec.scopes))
         if len(self._cache) > 10_000:
             self._cache.clear()

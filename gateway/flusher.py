@@ -12,6 +12,7 @@ the shard's advisory lock, commit, then delete them from the stream (XDEL). Exac
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -107,3 +108,53 @@ class Flusher:
                 pipe.xlen(stream)
             counts: list[Any] = await pipe.execute()
             return sum(int(c) for c in counts)
+
+
+class FlushLoop:
+    """The background job: flush every interval; after a failure (PostgreSQL down) back off
+    exponentially up to max_backoff seconds, then catch up. Also notices when Redis has lost its
+    data (restarted empty, FLUSHALL): its marker key is gone."""
+
+    def __init__(self, flusher: Flusher, interval: float, max_backoff: float = 5.0) -> None:
+        self.flusher = flusher
+        self.interval = interval
+        self.max_backoff = max_backoff
+        self.failures = 0
+        self.resume_at = 0.0
+        self.data_losses = 0
+
+    async def tick(self) -> None:
+        now = time.monotonic()
+        if now < self.resume_at:
+            return
+        try:
+            await self._check_marker()
+            stats = await self.flusher.flush()
+        except Exception as exc:
+            self.failures += 1
+            delay = min(self.interval * 2**self.failures, self.max_backoff)
+            self.resume_at = now + delay
+            log.warning(
+                "flush failed (%d in a row: %s); events stay in Redis, next try in %.1fs",
+                self.failures,
+                type(exc).__name__,
+                delay,
+            )
+            return
+        if self.failures:
+            log.info("flushing again after %d failed attempts", self.failures)
+        self.failures = 0
+        if stats.events:
+            log.info("flushed %d events (%d new ledger rows)", stats.events, stats.inserted)
+
+    async def start(self) -> None:
+        """Mark this Redis as known (a brand-new, empty Redis is not a loss)."""
+        await self.flusher.redis.set(self.flusher.keys.marker(), str(time.time()), nx=True)
+
+    async def _check_marker(self) -> None:
+        if await self.flusher.redis.set(self.flusher.keys.marker(), str(time.time()), nx=True):
+            self.data_losses += 1  # the marker was gone: Redis lost its data since the last tick
+            log.error(
+                "Redis has lost its data (restarted empty or flushed): users are reloaded from "
+                "PostgreSQL as they come back; changes that were not flushed are lost"
+            )

@@ -8,6 +8,7 @@ Layout (prefix ``m`` by default, ``S`` the user's shard, ``U`` the percent-encod
 - ``m:{sS}:rv:RESID``   hash, one reservation (user, amount, expiry, state, settlement)
 - ``m:{sS}:rf:U:TXN``   string, micro-credits refunded so far of debit TXN (expires)
 - ``m:{sS}:events``     stream, the shard's unflushed ledger events, drained by the flusher
+- ``m:marker``          string, set once per Redis data set (gone = Redis lost its data)
 
 The hash tag ``{sS}`` puts a user's state, its idempotency records and its shard's event
 stream in one Redis Cluster slot, so each Lua script touches a single slot, while users
@@ -74,9 +75,13 @@ class Keys:
     def user_stream(self, user_id: str) -> str:
         return self.stream(shard_of(user_id, self.shards))
 
+    def marker(self) -> str:
+        """Set once per Redis data set; its absence means Redis lost its data."""
+        return f"{self.prefix}:marker"
+
     def all_streams(self) -> list[str]:
         return [self.stream(s) for s in range(self.shards)]
 
     def pattern(self) -> str:
-        """Glob matching every key under this prefix (for ops tools and test cleanup)."""
-        return f"{self.prefix}:*"
+        """Glob matching every sharded key (users, requests, holds, streams) under this prefix."""
+        return f"{self.prefix}:{{s*"

@@ -16,7 +16,8 @@ from gateway.flusher import Flusher
 from gateway.keys import shard_of
 from gateway.money import MAX_MICRO, fmt, parse_amount, to_micro
 from gateway.schemas import RefundRequest, RefundResult, fingerprint
-from gateway.service import DB_ERRORS, Args, CreditService
+from gateway.service import Args, CreditService
+from persistence.db import DB_ERRORS
 from persistence.ledger import DebitRecord, debit_for_refund
 
 

@@ -32,11 +32,11 @@ from gateway.schemas import (
 )
 from gateway.scripts import Scripts
 from gateway.tiers import TierTable
+from persistence.db import DB_ERRORS
 from persistence.users import UserCreditsError, UserRow, create_user_credits
 
 log = logging.getLogger("metering.service")
 
-DB_ERRORS = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 Args = list[str | int | bytes]
 
