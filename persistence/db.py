@@ -10,8 +10,15 @@ from asyncpg.pool import PoolConnectionProxy
 
 from persistence import queries
 
-# What a lost or refused PostgreSQL connection raises (as opposed to an error in a statement).
-DB_ERRORS = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, TimeoutError)
+# What a lost or refused PostgreSQL connection raises, or a server shutting down or starting up
+# (as opposed to an error in a statement).
+DB_ERRORS = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+)
 
 # Anything statements can run on: a connection, a pooled connection or the pool itself.
 Executor = asyncpg.Connection | PoolConnectionProxy | asyncpg.Pool

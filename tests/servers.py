@@ -65,6 +65,8 @@ class PrivateRedis:
             "yes" if self.aof else "no",
             "--appendfsync",
             "always",
+            "--enable-debug-command",
+            "local",
             *self.extra,
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)

@@ -1,0 +1,185 @@
+"""Load under faults, and the books check afterwards.
+
+Clients behave like a careful LLM proxy: each debit has its own request_id, and a 5xx or a
+timeout is retried with the same request_id (idempotent) until a definite answer or a deadline.
+Afterwards: every debit finally answered 200 is in the ledger exactly once, no debit finally
+answered 4xx is in it, Redis = PostgreSQL = ledger for every user, no balance is negative.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+
+import asyncpg
+import httpx
+from redis.asyncio import Redis
+
+from gateway.flusher import Flusher
+from gateway.keys import Keys
+from gateway.reconcile import reconcile
+from persistence import db
+
+
+@dataclass(slots=True)
+class Debit:
+    user: str
+    request_id: str
+    first: int | None = None  # status of the first attempt (None: no answer)
+    final: int | None = None  # status after retries (None: unresolved)
+    txn: str | None = None
+    attempts: int = 0
+    first_latency: float = 0.0
+    sent_at: float = 0.0  # monotonic time of the first attempt
+
+
+@dataclass(slots=True)
+class Load:
+    """Threads sending debits until stopped; every outcome is recorded."""
+
+    url: str
+    key: str
+    users: list[str]
+    threads: int = 6
+    amount: str = "0.000100"
+    retry_for: float = 90.0  # seconds a debit is retried with the same request_id
+    timeout: float = 5.0
+    debits: list[Debit] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _workers: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> Load:
+        counter = itertools.count()
+        for n in range(self.threads):
+            t = threading.Thread(target=self._run, args=(n, counter), daemon=True)
+            t.start()
+            self._workers.append(t)
+        return self
+
+    def stop(self) -> list[Debit]:
+        self._stop.set()
+        for t in self._workers:
+            t.join(timeout=self.retry_for + 30)
+        return self.debits
+
+    def _run(self, n: int, counter: itertools.count[int]) -> None:
+        headers = {"Authorization": f"Bearer {self.key}"}
+        with httpx.Client(base_url=self.url, headers=headers, timeout=self.timeout) as client:
+            while not self._stop.is_set():
+                i = next(counter)
+                debit = Debit(
+                    self.users[i % len(self.users)], f"load-{n}-{i}-{uuid.uuid4().hex[:6]}"
+                )
+                self.send(client, debit)
+                with self._lock:
+                    self.debits.append(debit)
+
+    def send(self, client: httpx.Client, debit: Debit) -> None:
+        deadline = time.monotonic() + self.retry_for
+        body = {"user_id": debit.user, "amount": self.amount, "request_id": debit.request_id}
+        while True:
+            debit.attempts += 1
+            start = time.monotonic()
+            try:
+                r = client.post("/api/v1/credits/debit", json=body)
+                status: int | None = r.status_code
+            except httpx.HTTPError:
+                status = None
+            if debit.attempts == 1:
+                debit.first, debit.first_latency = status, time.monotonic() - start
+                debit.sent_at = start
+            if status is not None and status < 500:
+                debit.final = status
+                if status == 200:
+                    debit.txn = r.json()["transaction_id"]
+                return
+            if time.monotonic() > deadline:
+                return
+            time.sleep(min(0.05 * debit.attempts, 1.0))
+
+
+@dataclass(slots=True)
+class Books:
+    requests: int
+    first_answers: dict[str, int]
+    final_answers: dict[str, int]
+    retried: int
+    unresolved: int
+    lost: int  # finally 200, not in the ledger
+    doubled: int  # in the ledger more than once, or in it although finally refused
+    drift: list[dict[str, object]]
+    users: int
+    first_5xx_p99_ms: float | None
+
+    def assert_straight(self) -> None:
+        assert self.unresolved == 0, self
+        assert self.lost == 0, self
+        assert self.doubled == 0, self
+        assert not self.drift, self.drift
+
+
+def check_books(debits: list[Debit], database_url: str, redis_url: str, keys: Keys) -> Books:
+    async def run() -> Books:
+        redis = Redis.from_url(redis_url, decode_responses=True)
+        pool = await db.open_pool(database_url, max_size=2)
+        try:
+            await Flusher(redis, pool, keys, 5000).flush()
+            rows = await pool.fetch(
+                "SELECT id::text AS id, user_id, request_id FROM credit_transactions "
+                "WHERE transaction_type = 'usage'"
+            )
+            report = await reconcile(redis, pool, keys)
+        finally:
+            await redis.aclose()
+            await pool.close()
+        in_ledger = Counter((r["user_id"], r["request_id"]) for r in rows)
+        ids = {r["id"] for r in rows}
+        ok = [d for d in debits if d.final == 200]
+        refused = [d for d in debits if d.final is not None and d.final != 200]
+        slow = sorted(d.first_latency for d in debits if d.first is None or d.first >= 500)
+        return Books(
+            requests=len(debits),
+            first_answers=dict(Counter(str(d.first) for d in debits)),
+            final_answers=dict(Counter(str(d.final) for d in debits)),
+            retried=sum(d.attempts > 1 for d in debits),
+            unresolved=sum(d.final is None for d in debits),
+            lost=sum(d.txn not in ids for d in ok),
+            doubled=sum(n > 1 for n in in_ledger.values())
+            + sum((d.user, d.request_id) in in_ledger for d in refused),
+            drift=report.drift + ([{"backlog": report.backlog}] if report.backlog else []),
+            users=report.users,
+            first_5xx_p99_ms=round(
+                slow[int(len(slow) * 0.99) - 1 if len(slow) > 1 else 0] * 1000, 1
+            )
+            if slow
+            else None,
+        )
+
+    return asyncio.run(run())
+
+
+def hydrate_users(url: str, key: str, users: list[str]) -> None:
+    """Load users into Redis (and PostgreSQL) before a fault: they are the 'warm' ones."""
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as c:
+        for u in users:
+            assert c.get("/api/v1/credits/balance", params={"user_id": u}).status_code == 200
+
+
+def migrate_database(url: str) -> None:
+    async def run() -> None:
+        await db.ensure_database(url)
+        conn = await asyncpg.connect(url)
+        try:
+            from persistence.migrate import migrate
+
+            await migrate(conn)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
