@@ -11,7 +11,7 @@ from litestar.params import JSONBody, PathParameter, QueryParameter
 from gateway.audit import read_audit
 from gateway.auth import generate_key, hash_key
 from gateway.errors import Conflict, NotFound
-from gateway.routes.common import AnyRequest, actor, services
+from gateway.routes.common import AnyRequest, actor, errors, services
 from gateway.schemas import AuditPage, KeyCreated, KeyInfo, KeyRequest
 from persistence import api_keys
 
@@ -21,7 +21,7 @@ class KeysController(Controller):
     tags = ["admin"]
     opt = {"scope": "admin"}
 
-    @post("/", status_code=201)
+    @post("/", status_code=201, responses=errors(409))
     async def create(
         self, data: JSONBody[KeyRequest], state: State, request: AnyRequest
     ) -> KeyCreated:
@@ -34,7 +34,7 @@ class KeysController(Controller):
             raise Conflict(f"an API key named {data.name!r} already exists")
         return KeyCreated(key=key, name=rec.name, scopes=list(rec.scopes))
 
-    @get("/")
+    @get("/", responses=errors())
     async def list_keys(self, state: State) -> list[KeyInfo]:
         """Every key's name, scopes and dates (never the key)."""
         return [
@@ -47,7 +47,7 @@ class KeysController(Controller):
             for k in await api_keys.list_keys(services(state).pool)
         ]
 
-    @delete("/{name:str}", status_code=204)
+    @delete("/{name:str}", status_code=204, responses=errors(404))
     async def revoke(
         self, name: Annotated[str, PathParameter(max_length=100)], state: State, request: AnyRequest
     ) -> None:
@@ -62,7 +62,7 @@ class AuditController(Controller):
     tags = ["admin"]
     opt = {"scope": "admin"}
 
-    @get("/")
+    @get("/", responses=errors())
     async def audit(
         self,
         state: State,

@@ -9,7 +9,7 @@ from litestar.datastructures import State
 from litestar.params import JSONBody, QueryParameter
 
 from gateway.money import fmt
-from gateway.routes.common import AnyRequest, UserIdPath, UserIdQuery, actor, services
+from gateway.routes.common import AnyRequest, UserIdPath, UserIdQuery, actor, errors, services
 from gateway.schemas import (
     Balance,
     BatchDebitRequest,
@@ -38,7 +38,9 @@ class CreditsController(Controller):
     path = "/api/v1"
     tags = ["credits"]
 
-    @post("/credits/debit", opt={"scope": "debit"}, status_code=200)
+    @post(
+        "/credits/debit", opt={"scope": "debit"}, status_code=200, responses=errors(402, 409, 422)
+    )
     async def debit(self, data: JSONBody[DebitRequest], state: State) -> DebitResult:
         """Charge credits atomically (idempotent by request_id). 402 when the balance is short."""
         return await services(state).credits.debit(data)
@@ -48,46 +50,54 @@ class CreditsController(Controller):
         opt={"scope": "debit"},
         status_code=200,
         request_max_body_size=BATCH_MAX_BODY,
+        responses=errors(),
     )
     async def debit_batch(self, data: JSONBody[BatchDebitRequest], state: State) -> BatchResult:
         """Up to 1000 debits in one Redis round trip; each item answered in order, with its own
         status (200, 400, 402, 409, 503) and result or error."""
         return await services(state).batch.debit(data.debits)
 
-    @get("/credits/balance", opt={"scope": "read"})
+    @get("/credits/balance", opt={"scope": "read"}, responses=errors(422))
     async def balance(self, state: State, user_id: UserIdQuery) -> Balance:
         """The user's balance, from Redis; an unknown user is created with the default tier."""
         return await services(state).credits.balance(user_id)
 
-    @post("/credits/grant", opt={"scope": "admin"}, status_code=200)
+    @post("/credits/grant", opt={"scope": "admin"}, status_code=200, responses=errors(409, 422))
     async def grant(
         self, data: JSONBody[GrantRequest], state: State, request: AnyRequest
     ) -> GrantResult:
         """Add credits (purchase, bonus or adjustment), idempotent by request_id."""
         return await services(state).credits.grant(data, actor(request))
 
-    @post("/credits/refund", opt={"scope": "admin"}, status_code=200)
+    @post(
+        "/credits/refund", opt={"scope": "admin"}, status_code=200, responses=errors(404, 409, 422)
+    )
     async def refund(
         self, data: JSONBody[RefundRequest], state: State, request: AnyRequest
     ) -> RefundResult:
         """Return all or part of a debit (never more than it charged), idempotent."""
         return await services(state).refunds.refund(data, actor(request))
 
-    @put("/credits/{user_id:str}/tier", opt={"scope": "admin"})
+    @put("/credits/{user_id:str}/tier", opt={"scope": "admin"}, responses=errors(422))
     async def set_tier(
         self, user_id: UserIdPath, data: JSONBody[TierRequest], state: State, request: AnyRequest
     ) -> TierChange:
         """Move a user to a tier; the balance moves by the difference of the allocations."""
         return await services(state).credits.set_tier(user_id, data.tier, actor(request))
 
-    @post("/credits/{user_id:str}/reset", opt={"scope": "admin"}, status_code=200)
+    @post(
+        "/credits/{user_id:str}/reset",
+        opt={"scope": "admin"},
+        status_code=200,
+        responses=errors(409),
+    )
     async def reset(
         self, user_id: UserIdPath, data: JSONBody[ResetRequest], state: State, request: AnyRequest
     ) -> ResetResult:
         """Renew the user's period now: new allocation, spending back to 0 (idempotent)."""
         return await services(state).credits.reset(user_id, data.request_id, actor(request))
 
-    @get("/credits/{user_id:str}/transactions", opt={"scope": "read"})
+    @get("/credits/{user_id:str}/transactions", opt={"scope": "read"}, responses=errors(404))
     async def transactions(
         self,
         user_id: UserIdPath,
@@ -98,7 +108,7 @@ class CreditsController(Controller):
         """The user's ledger in PostgreSQL, newest first; pass next_cursor for the next page."""
         return await services(state).history.transactions(user_id, limit, cursor)
 
-    @get("/credits/{user_id:str}/usage", opt={"scope": "read"})
+    @get("/credits/{user_id:str}/usage", opt={"scope": "read"}, responses=errors(404))
     async def usage(
         self,
         user_id: UserIdPath,
@@ -111,7 +121,7 @@ class CreditsController(Controller):
         (metadata.service) or day."""
         return await services(state).history.usage(user_id, start, end, group_by)
 
-    @get("/tiers", opt={"scope": "read"})
+    @get("/tiers", opt={"scope": "read"}, responses=errors())
     async def tiers(self, state: State) -> TierList:
         """The configured tiers and their monthly allocations."""
         table = services(state).credits.tiers

@@ -8,7 +8,7 @@ from litestar import Controller, get, put
 from litestar.datastructures import State
 from litestar.params import JSONBody, PathParameter
 
-from gateway.routes.common import AnyRequest, actor, services
+from gateway.routes.common import AnyRequest, actor, errors, services
 from gateway.schemas import PriceInfo, PriceList, PriceRequest
 from persistence.pricing import Price
 
@@ -17,13 +17,13 @@ class PricingController(Controller):
     path = "/api/v1/pricing"
     tags = ["pricing"]
 
-    @get("/", opt={"scope": "read"})
+    @get("/", opt={"scope": "read"}, responses=errors())
     async def list_prices(self, state: State) -> PriceList:
         """Every model's price in credits per million input and output tokens."""
         prices = await services(state).credits.pricing.prices()
         return PriceList([_price_info(p) for p in prices.values()])
 
-    @put("/{model:str}", opt={"scope": "admin"})
+    @put("/{model:str}", opt={"scope": "admin"}, responses=errors())
     async def set_price(
         self,
         model: Annotated[str, PathParameter(min_length=1, max_length=255)],
