@@ -88,3 +88,18 @@ async def test_migrations_are_idempotent_and_complete(database_url: str) -> None
             assert cols[c][0] == "timestamp with time zone"
     finally:
         await conn.close()
+
+
+def test_statements_take_values_only_as_parameters() -> None:
+    """No statement is a template: values reach SQL as $n parameters, never as text."""
+    for name, sql in queries.ALL.items():
+        assert "{" not in sql.replace("'{", "").replace("jsonb_build_object", ""), name
+        assert "%s" not in sql and "%(" not in sql, name
+
+
+@pytest.mark.parametrize("name", ['x"; DROP TABLE user_credits; --', "a b", "", "1abc", "x" * 64])
+def test_database_names_are_checked_before_use(name: str) -> None:
+    from persistence.db import quote_ident
+
+    with pytest.raises(ValueError, match="must match"):
+        quote_ident(name)

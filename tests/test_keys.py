@@ -1,0 +1,89 @@
+"""Key layout: awkward user ids cannot collide with each other or with internal keys, and all
+of a user's keys (with its shard's stream) share one Redis Cluster slot."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from redis.crc import key_slot
+
+from gateway.keys import Keys
+
+AWKWARD = [
+    "a",
+    "a{b}",
+    "{a}",
+    "a}",
+    "}{",
+    "a:b",
+    "a:r:b",
+    "a}:r:x",
+    "with space",
+    " ",
+    "üñí©ødé",
+    "%7B",
+    "%",
+    "a%3Ab",
+    "x" * 255,
+    "é" * 127 + "x",
+    "日本" * 42,
+    "sys:create",
+    "m",
+    "",
+]
+
+
+def all_keys(k: Keys, user: str) -> list[str]:
+    return [
+        k.user(user),
+        k.request(user, "r:1"),
+        k.holds(user),
+        k.refunded(user, "t"),
+        k.user_stream(user),
+    ]
+
+
+@pytest.mark.parametrize("user", [u for u in AWKWARD if u])
+def test_a_users_keys_share_one_slot(user: str) -> None:
+    k = Keys("m", 16)
+    slots = {key_slot(key.encode()) for key in all_keys(k, user)}
+    assert len(slots) == 1
+    assert len(user.encode()) <= 255 * 3
+
+
+def test_no_two_users_share_a_key() -> None:
+    k = Keys("m", 16)
+    seen: dict[str, str] = {}
+    for user in AWKWARD:
+        for key in all_keys(k, user)[:4]:  # the stream is shared by a shard, on purpose
+            assert seen.setdefault(key, user) == user, (key, user, seen[key])
+    internal = {k.marker(), *k.all_streams()}
+    assert internal.isdisjoint(seen)
+
+
+def test_shards_spread_users_over_slots() -> None:
+    k = Keys("m", 16)
+    slots = {key_slot(k.user(f"user-{i}").encode()) for i in range(1000)}
+    assert len(slots) == 16
+    assert len({key_slot(s.encode()) for s in k.all_streams()}) == 16
+
+
+def test_request_ids_cannot_reach_other_keys() -> None:
+    k = Keys("m", 16)
+    rids = ["x", "x:u:y", "}", "{s1}", "../../", " "]
+    keys = [k.request("u", r) for r in rids]
+    assert len(set(keys)) == len(rids)
+    assert all(key.startswith(k.request("u", "")) for key in keys)
+    assert not any(key in {k.user("u"), k.holds("u")} for key in keys)
+
+
+def test_reservation_ids_are_validated() -> None:
+    k = Keys("m", 16)
+    rid = k.new_reservation_id("someone")
+    assert k.reservation(rid) is not None
+    for bad in ["", "rv1", "rv99_" + "0" * 32, "rv1_" + "g" * 32, "rv1_" + "0" * 31, "x" + rid]:
+        assert k.reservation(bad) is None
+    assert list(itertools.islice((key_slot(k.reservation(rid).encode()),), 1)) == [
+        key_slot(k.user("someone").encode())
+    ]
