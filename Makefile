@@ -33,6 +33,10 @@ pytest: install services
 
 test: lint types pytest
 
+bench: install
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m loadtests.bench
+
 locust: install
 	$(BIN)/locust -f loadtests/locustfile.py --headless -u 50 -r 10 -t 30s \
 		--host $${METERING_URL:-http://127.0.0.1:8000}

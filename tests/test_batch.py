@@ -12,8 +12,8 @@ from redis.asyncio.client import Pipeline
 
 from gateway.keys import Keys
 from gateway.settings import Settings
+from loadtests.servers import private_redis
 from tests.conftest import Client, FakeClock, gateway
-from tests.servers import private_redis
 
 BATCH = "/api/v1/credits/debit/batch"
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
+from loadtests.servers import GatewayProcess
 from persistence import db
 from tests.conftest import ADMIN_KEY, PG_SERVER, REDIS_URL
 from tests.faults.harness import migrate_database
-from tests.servers import GatewayProcess
 
 CHECKS = ",".join(
     [

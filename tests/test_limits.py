@@ -10,8 +10,8 @@ import pytest
 
 from gateway.health import UnsafeRedis
 from gateway.settings import Settings
+from loadtests.servers import private_redis
 from tests.conftest import Client, FakeClock, gateway
-from tests.servers import private_redis
 
 
 async def debit(c: Client, user: str, rid: str) -> int:

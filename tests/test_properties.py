@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from gateway.keys import Keys
+from loadtests.servers import GatewayProcess
 from persistence import db
 from tests.conftest import ADMIN_KEY, PG_SERVER, REDIS_URL
 from tests.faults.harness import migrate_database
-from tests.servers import GatewayProcess
 
 USERS = ["a", "b"]
 amounts = st.sampled_from(["0.1", "0.25", "0.5", "1", "2.5", "4"])

@@ -16,9 +16,9 @@ import asyncpg
 import httpx
 import pytest
 
+from loadtests.servers import free_port
 from persistence import db
 from tests.conftest import ADMIN_KEY, PG_SERVER, REDIS_URL
-from tests.servers import free_port
 
 
 @pytest.fixture

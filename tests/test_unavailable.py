@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncpg
 
 from gateway.settings import Settings
+from loadtests.servers import free_port
 from tests.conftest import FakeClock, gateway
-from tests.servers import free_port
 
 
 async def test_redis_down_gives_503_fast(

@@ -22,8 +22,8 @@ import pytest
 import redis
 
 from gateway.keys import Keys
+from loadtests.servers import GatewayProcess, PrivatePostgres, PrivateRedis
 from tests.faults.harness import Books, Load, check_books, hydrate_users, migrate_database
-from tests.servers import GatewayProcess, PrivatePostgres, PrivateRedis
 
 pytestmark = pytest.mark.faults
 

@@ -1,4 +1,5 @@
-"""Private server processes on spare loopback ports, for tests that stop, kill or empty them.
+"""Private server processes on spare loopback ports, for the benchmark and for tests that stop,
+kill or empty them.
 The shared Redis and PostgreSQL a developer runs are never touched."""
 
 from __future__ import annotations
@@ -147,15 +148,22 @@ class PrivatePostgres:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class GatewayProcess:
-    """`metering serve` in its own process group, so a SIGKILL takes its workers with it."""
+class ServerProcess:
+    """An HTTP server in its own process group, so a SIGKILL takes its workers with it."""
 
-    def __init__(self, env: dict[str, str], workers: int = 1) -> None:
-        self.port = free_port()
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        port: int | None = None,
+        health: str = "/health/live",
+    ) -> None:
+        self.port = port or free_port()
+        self.args = args
         self.env = {**os.environ, **env}
-        self.workers = workers
+        self.health = health
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = Path(tempfile.mkstemp(prefix="metering-gw-", suffix=".log")[1])
+        self.log = Path(tempfile.mkstemp(prefix="metering-server-", suffix=".log")[1])
 
     @property
     def url(self) -> str:
@@ -164,24 +172,15 @@ class GatewayProcess:
     def start(self) -> None:
         out = self.log.open("ab")
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gateway.cli",
-                "serve",
-                "--port",
-                str(self.port),
-                "--workers",
-                str(self.workers),
-            ],
+            [*self.args, "--port", str(self.port)],
             env=self.env,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         _wait(
-            lambda: httpx.get(f"{self.url}/health/live", timeout=1).status_code == 200,
-            f"gateway (log: {self.log})",
+            lambda: httpx.get(f"{self.url}{self.health}", timeout=1).status_code < 500,
+            f"{self.args[:4]} (log: {self.log})",
         )
 
     def kill(self) -> None:
@@ -198,3 +197,12 @@ class GatewayProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc = None
+
+
+class GatewayProcess(ServerProcess):
+    """`metering serve` with the given environment."""
+
+    def __init__(self, env: dict[str, str], workers: int = 1) -> None:
+        super().__init__(
+            [sys.executable, "-m", "gateway.cli", "serve", "--workers", str(workers)], env
+        )

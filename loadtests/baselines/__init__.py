@@ -1,0 +1,1 @@
+"""Baselines the benchmark runs beside the gateway, in the same run."""
