@@ -21,6 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from gateway.auth import Authenticator, scope_guard
 from gateway.clock import Clock, system_clock
 from gateway.errors import InsufficientCredits, MeteringError
+from gateway.fastpath import DebitFastPath
 from gateway.flusher import Flusher, FlushLoop
 from gateway.health import check_eviction
 from gateway.keys import Keys
@@ -60,7 +61,7 @@ def postgres_down(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[st
     return _error(503, "PostgreSQL is unreachable; retry later")
 
 
-def create_app(settings: Settings | None = None, *, clock: Clock = system_clock) -> Litestar:
+def create_app(settings: Settings | None = None, *, clock: Clock = system_clock) -> DebitFastPath:
     settings = settings if settings is not None else settings_from_env()
     tiers = load_tiers(settings.tiers_file)
     keys = Keys(settings.key_prefix, settings.shards)
@@ -127,7 +128,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
             await redis.aclose()
             await pool.close()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=ROUTES,
         guards=[scope_guard],
         lifespan=[lifespan],
@@ -143,6 +144,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
         debug=False,
         logging_config=None,  # `metering serve` configures logging (gateway/logs.py)
     )
+    return DebitFastPath(app, settings.max_body_bytes)
 
 
 async def _renew_job(service: CreditService) -> None:

@@ -85,6 +85,19 @@ class Authenticator:
         self._cache.clear()
 
 
+async def authorize(auth: Authenticator, header: str, scope: str) -> Principal:
+    """The caller behind an Authorization header, if its key has the scope; else 401 or 403."""
+    kind, _, token = header.partition(" ")
+    if kind.lower() != "bearer" or not token.strip():
+        raise NotAuthorizedException("missing API key: send 'Authorization: Bearer <key>'")
+    principal = await auth.authenticate(token.strip())
+    if principal is None:
+        raise NotAuthorizedException("invalid or revoked API key")
+    if not principal.allows(scope):
+        raise PermissionDeniedException(f"this API key lacks the '{scope}' scope")
+    return principal
+
+
 async def scope_guard(
     connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
 ) -> None:
@@ -92,14 +105,6 @@ async def scope_guard(
     scope = handler.opt.get("scope")
     if scope is None:
         return
-    header = connection.headers.get("authorization", "")
-    kind, _, token = header.partition(" ")
-    if kind.lower() != "bearer" or not token.strip():
-        raise NotAuthorizedException("missing API key: send 'Authorization: Bearer <key>'")
     auth: Authenticator = connection.app.state.services.authenticator
-    principal = await auth.authenticate(token.strip())
-    if principal is None:
-        raise NotAuthorizedException("invalid or revoked API key")
-    if not principal.allows(scope):
-        raise PermissionDeniedException(f"this API key lacks the '{scope}' scope")
-    connection.state.principal = principal
+    header = connection.headers.get("authorization", "")
+    connection.state.principal = await authorize(auth, header, scope)

@@ -16,6 +16,7 @@ import asyncpg
 import httpx
 import msgspec
 import pytest
+import redis as redis_sync
 from litestar import Litestar
 from redis.asyncio import Redis
 
@@ -74,16 +75,20 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest.fixture
-def prefix() -> str:
-    return f"t{uuid.uuid4().hex[:10]}"
+def prefix() -> Iterator[str]:
+    """This test's Redis key prefix; whatever the test left under it is deleted afterwards."""
+    name = f"t{uuid.uuid4().hex[:10]}"
+    yield name
+    client = redis_sync.Redis.from_url(REDIS_URL)
+    for key in client.scan_iter(match=f"{name}:*", count=1000):
+        client.delete(key)
+    client.close()
 
 
 @pytest.fixture
 async def redis(prefix: str) -> AsyncIterator[Redis]:
     client = Redis.from_url(REDIS_URL, decode_responses=True)
     yield client
-    async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-        await client.delete(key)
     await client.aclose()
 
 
