@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from gateway.clock import Clock, Period, epoch_ms, period_start
+from gateway.coalesce import Coalescer
 from gateway.errors import IdempotencyConflict, InsufficientCredits, Unavailable, Unprocessable
 from gateway.keys import Keys
 from gateway.money import MAX_MICRO, fmt, parse_amount, to_decimal, to_micro
@@ -129,6 +130,7 @@ class CreditService:
         self.clock = clock
         self.period: Period = period
         self.scripts = Scripts(redis, max_backlog)
+        self.coalescer = Coalescer(redis)
         self.idempotency_ttl = idempotency_ttl
         self.pricing = PriceBook(pool, pricing_ttl)
 
@@ -276,10 +278,10 @@ class CreditService:
     ) -> Any:
         """Run a script with the common header; hydrate the user and retry once on 'miss'."""
         full = [*self.header(user_id, now), *args]
-        res = await script(keys=keys, args=full)
+        res = await self.coalescer.run(script, keys, full)
         if res[0] == "miss":
             await self.hydrate(user_id)
-            res = await script(keys=keys, args=full)
+            res = await self.coalescer.run(script, keys, full)
         if res[0] == "backlog":
             raise backlog_full()
         return res
