@@ -11,6 +11,7 @@ the shard's advisory lock, commit, then delete them from the stream (XDEL). Exac
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -62,17 +63,31 @@ class FlushStats:
 
 
 class Flusher:
-    def __init__(self, redis: Redis, pool: asyncpg.Pool, keys: Keys, batch: int) -> None:
+    def __init__(
+        self, redis: Redis, pool: asyncpg.Pool, keys: Keys, batch: int, concurrency: int = 4
+    ) -> None:
         self.redis = redis
         self.pool = pool
         self.keys = keys
         self.batch = batch
+        self.concurrency = concurrency
 
     async def flush(self) -> FlushStats:
-        """Drain every shard stream once (until empty or locked elsewhere)."""
+        """Drain every shard stream once (until empty or locked elsewhere), a few shards at a
+        time on separate connections so PostgreSQL works on them in parallel."""
         stats = FlushStats()
-        for shard in range(self.keys.shards):
-            await self.flush_shard(shard, stats)
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def one(shard: int) -> None:
+            async with gate:
+                await self.flush_shard(shard, stats)
+
+        results = await asyncio.gather(
+            *(one(s) for s in range(self.keys.shards)), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
         return stats
 
     async def flush_shard(self, shard: int, stats: FlushStats | None = None) -> FlushStats:

@@ -85,12 +85,12 @@ async def apply_events(conn: Executor, events: list[Event]) -> BatchResult:
     status = await conn.execute(
         queries.USERS_APPLY_BATCH,
         users,
-        [_dec(latest[u].balance_after) for u in users],
+        [latest[u].balance_after for u in users],
         [latest[u].version for u in users],
         [tiers[u].tier if u in tiers else None for u in users],
-        [_dec(tiers[u].allocation) if u in tiers else None for u in users],
-        [_dec(tiers[u].cap) if u in tiers else None for u in users],
-        [_dec(latest[u].spent or 0) for u in users],
+        [tiers[u].allocation if u in tiers else None for u in users],
+        [tiers[u].cap if u in tiers else None for u in users],
+        [latest[u].spent or 0 for u in users],
         [_iso(resets[u].reset) if u in resets else None for u in users],
     )
     return BatchResult(inserted=inserted, users=int(status.split()[-1]))
@@ -131,23 +131,23 @@ def _audit_details(e: Event) -> str:
 
 
 async def _insert(conn: Executor, events: list[Event], request_ids: list[str] | None = None) -> int:
-    rows = await conn.fetch(
+    new = await conn.fetchval(
         queries.LEDGER_INSERT_BATCH,
         [e.txn for e in events],
         [e.user_id for e in events],
         [e.type for e in events],
-        [_dec(e.amount) for e in events],
-        [_dec(e.balance_after) for e in events],
+        [e.amount for e in events],
+        [e.balance_after for e in events],
         request_ids or [e.request_id for e in events],
         [e.model for e in events],
         [e.input_tokens for e in events],
         [e.output_tokens for e in events],
         [e.metadata for e in events],
         [e.version for e in events],
-        [datetime.fromtimestamp(e.ts_ms / 1000, UTC) for e in events],
+        [e.ts_ms for e in events],
         [e.refund_of for e in events],
     )
-    return len(rows)
+    return int(new)
 
 
 async def _insert_reused(conn: Executor, events: list[Event]) -> int:

@@ -40,15 +40,23 @@ USER_GET = f"SELECT {USER_COLUMNS} FROM user_credits WHERE user_id = $1"
 
 # One statement per flush batch: every event of the batch, at most once (the primary key is the
 # event's transaction id; (user_id, request_id) is unique too).
+# Amounts arrive as integer micro-credits and times as epoch milliseconds (cheaper to send than
+# numeric and timestamptz values); the conversion here is exact. Returns how many were new.
 LEDGER_INSERT_BATCH = """
-INSERT INTO credit_transactions (id, user_id, transaction_type, amount, balance_after, request_id,
-                                 model, input_tokens, output_tokens, metadata, redis_version,
-                                 created_at, refund_of)
-SELECT * FROM unnest($1::uuid[], $2::varchar[], $3::varchar[], $4::numeric[], $5::numeric[],
-                     $6::varchar[], $7::varchar[], $8::bigint[], $9::bigint[], $10::jsonb[],
-                     $11::bigint[], $12::timestamptz[], $13::uuid[])
-ON CONFLICT DO NOTHING
-RETURNING id
+WITH ins AS (
+    INSERT INTO credit_transactions (id, user_id, transaction_type, amount, balance_after,
+                                     request_id, model, input_tokens, output_tokens, metadata,
+                                     redis_version, created_at, refund_of)
+    SELECT id, user_id, type, amt::numeric / 1000000, bal::numeric / 1000000, rid, model, tin,
+           tout, meta, ver, timestamptz 'epoch' + ms * interval '1 millisecond', ref
+    FROM unnest($1::uuid[], $2::varchar[], $3::varchar[], $4::bigint[], $5::bigint[],
+                $6::varchar[], $7::varchar[], $8::bigint[], $9::bigint[], $10::jsonb[],
+                $11::bigint[], $12::bigint[], $13::uuid[])
+         AS e(id, user_id, type, amt, bal, rid, model, tin, tout, meta, ver, ms, ref)
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+SELECT count(*) FROM ins
 """
 
 # A debit and what its flushed refunds returned so far (refunds are positive amounts).
@@ -67,16 +75,16 @@ LEDGER_KNOWN_IDS = "SELECT id FROM credit_transactions WHERE id = ANY($1::uuid[]
 # tier/alloc/cap are NULL for users whose batch holds no tier change.
 USERS_APPLY_BATCH = """
 UPDATE user_credits AS u
-SET credits_remaining = s.bal,
+SET credits_remaining = s.bal::numeric / 1000000,
     redis_version = s.ver,
     tier = COALESCE(s.tier, u.tier),
-    credits_allocated = COALESCE(s.alloc, u.credits_allocated),
-    monthly_cap = CASE WHEN s.tier IS NULL THEN u.monthly_cap ELSE s.cap END,
-    period_spent = s.spent,
+    credits_allocated = COALESCE(s.alloc::numeric / 1000000, u.credits_allocated),
+    monthly_cap = CASE WHEN s.tier IS NULL THEN u.monthly_cap ELSE s.cap::numeric / 1000000 END,
+    period_spent = s.spent::numeric / 1000000,
     last_reset = COALESCE(s.reset, u.last_reset),
     updated_at = now()
-FROM unnest($1::varchar[], $2::numeric[], $3::bigint[], $4::varchar[], $5::numeric[],
-            $6::numeric[], $7::numeric[], $8::timestamptz[])
+FROM unnest($1::varchar[], $2::bigint[], $3::bigint[], $4::varchar[], $5::bigint[],
+            $6::bigint[], $7::bigint[], $8::timestamptz[])
      AS s(user_id, bal, ver, tier, alloc, cap, spent, reset)
 WHERE u.user_id = s.user_id AND u.redis_version < s.ver
 """
