@@ -4,22 +4,16 @@ schema. The count of generated inputs goes to build/fuzz.json."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
-from redis.asyncio import Redis
-
-from loadtests.servers import GatewayProcess
-from persistence import db
-from tests.conftest import ADMIN_KEY, PG_SERVER, REDIS_URL
-from tests.faults.harness import migrate_database
+from tests.conftest import ADMIN_KEY
+from tests.processes import gateway_process
 
 CHECKS = ",".join(
     [
@@ -34,20 +28,7 @@ REPORT = Path(__file__).resolve().parents[1] / "build" / "fuzz.json"
 
 
 def test_fuzz_the_api_from_its_openapi_schema() -> None:
-    database = f"{PG_SERVER}/metering_fuzz_{uuid.uuid4().hex[:8]}"
-    prefix = f"t{uuid.uuid4().hex[:10]}"
-    migrate_database(database)
-    gw = GatewayProcess(
-        {
-            "METERING_DATABASE_URL": database,
-            "METERING_REDIS_URL": REDIS_URL,
-            "METERING_ADMIN_KEY": ADMIN_KEY,
-            "METERING_KEY_PREFIX": prefix,
-            "METERING_RENEW_CRON": "off",
-        }
-    )
-    gw.start()
-    try:
+    with gateway_process() as gw:
         cli = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or "schemathesis"
         proc = subprocess.run(
             [
@@ -66,30 +47,17 @@ def test_fuzz_the_api_from_its_openapi_schema() -> None:
             text=True,
             timeout=600,
         )
-        out = proc.stdout + proc.stderr
-        generated = re.search(r"(\d+) generated", out)
-        REPORT.parent.mkdir(exist_ok=True)
-        REPORT.write_text(
-            json.dumps(
-                {
-                    "operations": int(m.group(1))
-                    if (m := re.search(r"Tested: (\d+)", out))
-                    else None,
-                    "generated": int(generated.group(1)) if generated else None,
-                    "exit_code": proc.returncode,
-                }
-            )
+    out = proc.stdout + proc.stderr
+    tested = re.search(r"Tested: (\d+)", out)
+    generated = re.search(r"(\d+) generated", out)
+    REPORT.parent.mkdir(exist_ok=True)
+    REPORT.write_text(
+        json.dumps(
+            {
+                "operations": int(tested.group(1)) if tested else None,
+                "generated": int(generated.group(1)) if generated else None,
+                "exit_code": proc.returncode,
+            }
         )
-        assert proc.returncode == 0, out[-6000:]
-        assert ADMIN_KEY not in gw.log.read_text()
-    finally:
-        gw.stop()
-
-        async def cleanup() -> None:
-            r = Redis.from_url(REDIS_URL)
-            async for key in r.scan_iter(match=f"{prefix}:*", count=1000):
-                await r.delete(key)
-            await r.aclose()
-            await db.drop_database(database)
-
-        asyncio.run(cleanup())
+    )
+    assert proc.returncode == 0, out[-6000:]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -20,10 +19,9 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from gateway.keys import Keys
-from loadtests.servers import GatewayProcess
 from persistence import db
-from tests.conftest import ADMIN_KEY, PG_SERVER, REDIS_URL
-from tests.faults.harness import migrate_database
+from tests.conftest import ADMIN_KEY, REDIS_URL
+from tests.processes import gateway_process
 
 USERS = ["a", "b"]
 amounts = st.sampled_from(["0.1", "0.25", "0.5", "1", "2.5", "4"])
@@ -44,31 +42,8 @@ OPS = st.lists(
 
 @pytest.fixture(scope="module")
 def gw() -> Iterator[tuple[str, str, str]]:
-    database = f"{PG_SERVER}/metering_prop_{uuid.uuid4().hex[:8]}"
-    prefix = f"t{uuid.uuid4().hex[:10]}"
-    migrate_database(database)
-    proc = GatewayProcess(
-        {
-            "METERING_DATABASE_URL": database,
-            "METERING_REDIS_URL": REDIS_URL,
-            "METERING_ADMIN_KEY": ADMIN_KEY,
-            "METERING_KEY_PREFIX": prefix,
-            "METERING_FLUSH_INTERVAL": "0",
-            "METERING_RENEW_CRON": "off",
-        }
-    )
-    proc.start()
-    yield proc.url, database, prefix
-    proc.stop()
-
-    async def cleanup() -> None:
-        r = Redis.from_url(REDIS_URL)
-        async for key in r.scan_iter(match=f"{prefix}:*", count=1000):
-            await r.delete(key)
-        await r.aclose()
-        await db.drop_database(database)
-
-    asyncio.run(cleanup())
+    with gateway_process(METERING_FLUSH_INTERVAL="0") as running:
+        yield running.url, running.database, running.prefix
 
 
 RUN = itertools.count()

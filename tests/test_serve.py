@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,63 +12,16 @@ import asyncpg
 import httpx
 import pytest
 
-from loadtests.servers import free_port
-from persistence import db
-from tests.conftest import ADMIN_KEY, PG_SERVER, REDIS_URL
+from tests.conftest import ADMIN_KEY
+from tests.processes import gateway_process
 
 
 @pytest.fixture
 def server() -> Iterator[tuple[str, str, str]]:
-    """A fresh database name (serve must create and migrate it) and a private key prefix."""
-    database = f"{PG_SERVER}/metering_serve_{uuid.uuid4().hex[:8]}"
-    prefix = f"t{uuid.uuid4().hex[:10]}"
-    port = free_port()
-    env = {
-        **os.environ,
-        "METERING_DATABASE_URL": database,
-        "METERING_REDIS_URL": REDIS_URL,
-        "METERING_ADMIN_KEY": ADMIN_KEY,
-        "METERING_KEY_PREFIX": prefix,
-        "METERING_FLUSH_INTERVAL": "0.2",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--workers", "2"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(150):
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None:
-                raise RuntimeError(proc.stdout.read() if proc.stdout else "serve exited")
-            time.sleep(0.1)
-        else:
-            raise RuntimeError("gateway did not become ready")
-        yield url, database, prefix
-    finally:
-        proc.terminate()
-        try:
-            out, _ = proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-        assert ADMIN_KEY not in out  # keys never reach the logs
-        import redis
-
-        r = redis.Redis.from_url(REDIS_URL)
-        for key in r.scan_iter(match=f"{prefix}:*"):
-            r.delete(key)
-        r.close()
-        import asyncio
-
-        asyncio.run(db.drop_database(database))
+    """`metering serve` with two workers, on a database that does not exist yet (serve must
+    create and migrate it), with a private key prefix."""
+    with gateway_process(workers=2, migrate=False, METERING_FLUSH_INTERVAL="0.2") as running:
+        yield running.url, running.database, running.prefix
 
 
 def test_two_workers_never_overspend_and_flush_exactly(server: tuple[str, str, str]) -> None:
