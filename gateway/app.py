@@ -25,6 +25,7 @@ from gateway.fastpath import DebitFastPath
 from gateway.flusher import Flusher, FlushLoop
 from gateway.health import check_eviction
 from gateway.keys import Keys
+from gateway.metrics import POSTGRES_ERRORS, REDIS_ERRORS
 from gateway.money import fmt
 from gateway.renewal import renew_idle
 from gateway.routes import ROUTES
@@ -49,6 +50,7 @@ def metering_error(_: Request[Any, Any, Any], exc: MeteringError) -> Response[di
 
 def redis_down(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     log.error("redis error: %s", type(exc).__name__)
+    REDIS_ERRORS.inc()
     return _error(
         503,
         "Redis is unreachable or did not answer in time. If the call reached Redis it may "
@@ -58,6 +60,7 @@ def redis_down(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, 
 
 def postgres_down(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     log.error("postgres error: %s", type(exc).__name__)
+    POSTGRES_ERRORS.inc()
     return _error(503, "PostgreSQL is unreachable; retry later")
 
 

@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
+import tempfile
 from dataclasses import asdict
 from typing import Any
 
@@ -126,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     asyncio.run(_migrate(settings))
+    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # the workers' counters go to files here, so /metrics on any worker sums them all
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="metering-metrics-")
     if not settings.admin_key:
         logging.getLogger("metering").warning(
             "METERING_ADMIN_KEY is not set: only stored API keys will be accepted"

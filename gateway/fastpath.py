@@ -10,6 +10,7 @@ response objects), which the benchmark showed to cost more than the debit itself
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import AbstractAsyncContextManager
 from typing import Any, cast
 
@@ -29,6 +30,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.auth import authorize
 from gateway.errors import InsufficientCredits, MeteringError
+from gateway.metrics import DEBITS, LATENCY, POSTGRES_ERRORS, REDIS_ERRORS, debit_outcome
 from gateway.money import fmt
 from gateway.schemas import DebitRequest
 from persistence.db import DB_ERRORS
@@ -77,7 +79,9 @@ class DebitFastPath:
         ):
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
         status, body = await self.debit(scope, receive)
+        LATENCY.observe(time.perf_counter() - started)
         start: HTTPResponseStartEvent = {
             "type": "http.response.start",
             "status": status,
@@ -107,15 +111,18 @@ class DebitFastPath:
             try:
                 req = _decoder.decode(raw)
             except msgspec.ValidationError as exc:
-                return 400, _validation_error(str(exc))
+                return _count(400), _validation_error(str(exc))
             except msgspec.DecodeError as exc:
-                return 400, _error(400, str(exc))
-            return 200, _encode(await services.credits.debit(req))
+                return _count(400), _error(400, str(exc))
+            result = await services.credits.debit(req)
+            DEBITS.labels("replay" if result.replayed else "ok").inc()
+            return 200, _encode(result)
         except HTTPException as exc:  # 401, 403 from the key check
-            return exc.status_code, _error(exc.status_code, exc.detail)
+            return _count(exc.status_code), _error(exc.status_code, exc.detail)
         except TooLarge:
-            return 413, _error(413, "Request Entity Too Large")
+            return _count(413), _error(413, "Request Entity Too Large")
         except InsufficientCredits as exc:
+            DEBITS.labels(debit_outcome(402, reason=exc.reason)).inc()
             return 402, _encode(
                 {
                     "status_code": 402,
@@ -125,16 +132,18 @@ class DebitFastPath:
                 }
             )
         except MeteringError as exc:
-            return exc.status_code, _error(exc.status_code, exc.detail)
+            return _count(exc.status_code), _error(exc.status_code, exc.detail)
         except (RedisConnectionError, RedisTimeoutError) as exc:
             log.error("redis error: %s", type(exc).__name__)
-            return 503, _error(503, REDIS_DOWN)
+            REDIS_ERRORS.inc()
+            return _count(503), _error(503, REDIS_DOWN)
         except DB_ERRORS as exc:
             log.error("postgres error: %s", type(exc).__name__)
-            return 503, _error(503, "PostgreSQL is unreachable; retry later")
+            POSTGRES_ERRORS.inc()
+            return _count(503), _error(503, "PostgreSQL is unreachable; retry later")
         except Exception:
             log.exception("debit failed")
-            return 500, _error(500, "Internal Server Error")
+            return _count(500), _error(500, "Internal Server Error")
 
     async def _body(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []
@@ -148,6 +157,11 @@ class DebitFastPath:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+def _count(status: int) -> int:
+    DEBITS.labels(debit_outcome(status)).inc()
+    return status
 
 
 def _error(status: int, detail: str) -> bytes:

@@ -22,6 +22,7 @@ import asyncpg
 from redis.asyncio import Redis
 
 from gateway.keys import Keys
+from gateway.metrics import FLUSH_BATCHES, FLUSH_FAILURES, FLUSHED_EVENTS, REDIS_DATA_LOSSES
 from persistence.ledger import Event, apply_events, try_flush_lock
 
 log = logging.getLogger("metering.flusher")
@@ -146,6 +147,7 @@ class FlushLoop:
             await self._check_marker()
             stats = await self.flusher.flush()
         except Exception as exc:
+            FLUSH_FAILURES.inc()
             self.failures += 1
             delay = min(self.interval * 2**self.failures, self.max_backoff)
             self.resume_at = now + delay
@@ -160,6 +162,8 @@ class FlushLoop:
             log.info("flushing again after %d failed attempts", self.failures)
         self.failures = 0
         if stats.events:
+            FLUSH_BATCHES.inc()
+            FLUSHED_EVENTS.inc(stats.inserted)
             log.info("flushed %d events (%d new ledger rows)", stats.events, stats.inserted)
 
     async def start(self) -> None:
@@ -169,6 +173,7 @@ class FlushLoop:
     async def _check_marker(self) -> None:
         if await self.flusher.redis.set(self.flusher.keys.marker(), str(time.time()), nx=True):
             self.data_losses += 1  # the marker was gone: Redis lost its data since the last tick
+            REDIS_DATA_LOSSES.inc()
             log.error(
                 "Redis has lost its data (restarted empty or flushed): users are reloaded from "
                 "PostgreSQL as they come back; changes that were not flushed are lost"

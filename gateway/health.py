@@ -50,20 +50,27 @@ async def check_eviction(redis: Redis, mode: Literal["refuse", "warn"]) -> str:
 
 async def flusher_status(s: Services) -> dict[str, Any]:
     """Unflushed events over all shards and the age of the oldest one."""
+    return (await flusher_state(s))[0]
+
+
+async def flusher_state(s: Services) -> tuple[dict[str, Any], list[int]]:
+    """The flusher status, and the unflushed events of each shard."""
     async with s.redis.pipeline(transaction=False) as pipe:
         for stream in s.credits.keys.all_streams():
             pipe.xlen(stream)
             pipe.xrange(stream, count=1)
         answers = await pipe.execute()
-    backlog = sum(int(n) for n in answers[0::2])
+    per_shard = [int(n) for n in answers[0::2]]
+    backlog = sum(per_shard)
     oldest = [int(str(first[0][0]).split("-")[0]) for first in answers[1::2] if first]
     age = max(0.0, time.time() - min(oldest) / 1000) if oldest else 0.0
     behind = age > s.settings.flush_behind_seconds or backlog > s.settings.max_backlog // 2
-    return {
+    status = {
         "status": "behind" if behind else "ok",
         "backlog": backlog,
         "oldest_event_age_seconds": round(age, 3),
     }
+    return status, per_shard
 
 
 async def readiness(state: Services) -> Response[dict[str, Any]]:

@@ -18,6 +18,7 @@ from gateway.clock import Clock, Period, epoch_ms, period_start
 from gateway.coalesce import Coalescer
 from gateway.errors import IdempotencyConflict, InsufficientCredits, Unavailable, Unprocessable
 from gateway.keys import Keys
+from gateway.metrics import HYDRATIONS
 from gateway.money import MAX_MICRO, fmt, parse_amount, to_decimal, to_micro
 from gateway.pricing import PriceBook
 from gateway.schemas import (
@@ -309,6 +310,7 @@ class CreditService:
             raise Unavailable(
                 "PostgreSQL is unreachable and this user is not cached in Redis; retry later"
             ) from None
+        HYDRATIONS.inc()
         if created:
             log.info("created user_credits row", extra={"user_id": user_id, "tier": tier.name})
         await self.scripts.hydrate(keys=[self.keys.user(user_id)], args=self.hydrate_args(row))

@@ -9,6 +9,7 @@ from gateway.routes.admin import AuditController, KeysController
 from gateway.routes.coupons import CouponsController
 from gateway.routes.credits import CreditsController
 from gateway.routes.health import HealthController
+from gateway.routes.metrics import MetricsController
 from gateway.routes.pricing import PricingController
 from gateway.routes.reservations import ReservationsController
 
@@ -19,5 +20,6 @@ ROUTES = [
     CouponsController,
     KeysController,
     AuditController,
+    MetricsController,
     HealthController,
 ]

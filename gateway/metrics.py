@@ -1,0 +1,104 @@
+"""Prometheus metrics. Counters and the latency histogram live in each process; `metering serve`
+points PROMETHEUS_MULTIPROC_DIR at a fresh directory so a scrape of any worker sums them over
+all workers. The backlog and the flush lag are read from Redis at scrape time, so they are the
+same whichever gateway is scraped."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    values,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+
+PROMETHEUS_TEXT = "text/plain; version=0.0.4"  # the text exposition format generate_latest writes
+
+DEBITS = Counter("metering_debits", "Debits by outcome", ["outcome"])
+LATENCY = Histogram(
+    "metering_debit_seconds",
+    "Debit latency inside the gateway",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+HYDRATIONS = Counter("metering_hydrations", "Users loaded into Redis from PostgreSQL")
+FLUSH_BATCHES = Counter("metering_flush_batches", "Flush rounds that moved events")
+FLUSHED_EVENTS = Counter("metering_flushed_events", "Events written to PostgreSQL")
+FLUSH_FAILURES = Counter("metering_flush_failures", "Flush rounds that failed")
+REDIS_ERRORS = Counter("metering_redis_errors", "Requests failed by a Redis error")
+POSTGRES_ERRORS = Counter("metering_postgres_errors", "Requests failed by a PostgreSQL error")
+REDIS_DATA_LOSSES = Counter("metering_redis_data_losses", "Times Redis was found emptied")
+
+OUTCOMES = {
+    200: "ok",
+    400: "invalid",
+    401: "unauthorized",
+    402: "insufficient_credits",
+    403: "forbidden",
+    409: "conflict",
+    413: "invalid",
+    422: "unprocessable",
+    503: "unavailable",
+}
+
+
+def debit_outcome(status: int, replayed: bool = False, reason: str | None = None) -> str:
+    if status == 200 and replayed:
+        return "replay"
+    if status == 402 and reason == "monthly_cap_reached":
+        return "monthly_cap_reached"
+    return OUTCOMES.get(status, "error")
+
+
+class RedisState:
+    """Backlog per shard and the age of the oldest unflushed event, read at scrape time."""
+
+    def __init__(self, status: dict[str, Any], per_shard: list[int]) -> None:
+        self.status = status
+        self.per_shard = per_shard
+
+    def collect(self) -> Iterator[Metric]:
+        backlog = GaugeMetricFamily(
+            "metering_stream_backlog", "Unflushed events per shard", labels=["shard"]
+        )
+        for shard, n in enumerate(self.per_shard):
+            backlog.add_metric([str(shard)], n)
+        yield backlog
+        yield GaugeMetricFamily(
+            "metering_flush_lag_seconds",
+            "Age of the oldest unflushed event",
+            value=self.status["oldest_event_age_seconds"],
+        )
+        yield GaugeMetricFamily(
+            "metering_flusher_behind",
+            "1 when the flusher is behind",
+            value=1.0 if self.status["status"] == "behind" else 0.0,
+        )
+
+
+def render(extra: RedisState | None) -> bytes:
+    if _multiprocess():
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        registry = REGISTRY
+    body = generate_latest(registry)
+    if extra is not None:
+        extra_registry = CollectorRegistry()
+        extra_registry.register(extra)
+        body += generate_latest(extra_registry)
+    return body
+
+
+def _multiprocess() -> bool:
+    """True when this process records into PROMETHEUS_MULTIPROC_DIR (decided at import)."""
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR")) and "Mmap" in getattr(
+        values.ValueClass, "__name__", type(values.ValueClass).__name__
+    )
