@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import logging
 import os
@@ -15,12 +16,13 @@ from typing import Any
 import asyncpg
 from redis.asyncio import Redis
 
+from gateway.auth import SCOPES, generate_key, hash_key
 from gateway.flusher import Flusher
 from gateway.keys import Keys
 from gateway.logs import serve_log_config
 from gateway.reconcile import reconcile
 from gateway.settings import Settings, settings_from_env
-from persistence import db, ledger, users
+from persistence import api_keys, db, ledger, users
 from persistence.migrate import migrate
 
 
@@ -90,6 +92,27 @@ async def _reconcile(settings: Settings, flush: bool) -> tuple[bool, dict[str, A
         await pool.close()
 
 
+async def _keys(settings: Settings, args: argparse.Namespace) -> tuple[int, str]:
+    """API keys from the command line (audited as cli:<login>)."""
+    actor = f"cli:{getpass.getuser()}"
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        if args.keys_command == "create":
+            key = generate_key()
+            rec = await api_keys.insert_key(conn, args.name, hash_key(key), args.scope, actor)
+            if rec is None:
+                return 1, f"an API key named {args.name!r} already exists"
+            return 0, json.dumps({"key": key, "name": rec.name, "scopes": list(rec.scopes)})
+        if args.keys_command == "list":
+            rows = await api_keys.list_keys(conn)
+            return 0, json.dumps([asdict(k) for k in rows], default=str, indent=2)
+        if await api_keys.revoke_key(conn, args.name, actor):
+            return 0, f"revoked {args.name}"
+        return 1, f"no active API key named {args.name!r}"
+    finally:
+        await conn.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="metering", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +128,20 @@ def main(argv: list[str] | None = None) -> int:
         "reconcile", help="compare every user's Redis and PostgreSQL state; exit 1 on drift"
     )
     rec.add_argument("--no-flush", action="store_true", help="do not flush pending events first")
+    keys_cmd = sub.add_parser("keys", help="create, list or revoke API keys")
+    keys_sub = keys_cmd.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key; it is printed once")
+    create.add_argument("name")
+    create.add_argument(
+        "--scope",
+        action="append",
+        choices=SCOPES,
+        required=True,
+        help="debit, read or admin; repeat for several",
+    )
+    keys_sub.add_parser("list", help="names, scopes and dates (never the keys)")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by name")
+    revoke.add_argument("name")
     args = parser.parse_args(argv)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -117,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "flush":
         print(json.dumps(asyncio.run(_flush(settings))))
         return 0
+    if args.command == "keys":
+        code, out = asyncio.run(_keys(settings, args))
+        print(out)
+        return code
     if args.command == "reconcile":
         ok, summary = asyncio.run(_reconcile(settings, flush=not args.no_flush))
         print(json.dumps(summary, indent=2, default=str))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -62,3 +63,32 @@ async def test_reconcile_passes_then_finds_each_kind_of_drift(
     await redis.delete(keys.user("ghost"))
     await redis.hset(keys.user("a"), "bal", "4000000")
     await pool.execute("UPDATE user_credits SET credits_remaining = 4 WHERE user_id = 'b'")
+
+
+def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "METERING_DATABASE_URL": settings.database_url}
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_keys_from_the_command_line(
+    client: Client, settings: Settings, pool: asyncpg.Pool
+) -> None:
+    made = run_cli(settings, "keys", "create", "ops-cli", "--scope", "read", "--scope", "debit")
+    assert made.returncode == 0, made.stderr
+    key = json.loads(made.stdout)["key"]
+    r = await client.get("/api/v1/tiers", headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 200
+    listed = run_cli(settings, "keys", "list")
+    assert "ops-cli" in listed.stdout and key not in listed.stdout
+    assert run_cli(settings, "keys", "create", "ops-cli", "--scope", "read").returncode == 1
+    assert run_cli(settings, "keys", "revoke", "ops-cli").returncode == 0
+    assert run_cli(settings, "keys", "revoke", "ops-cli").returncode == 1
+    actors = await pool.fetch("SELECT actor, action FROM audit_log ORDER BY at")
+    assert [a["action"] for a in actors] == ["key.create", "key.revoke"]
+    assert all(a["actor"].startswith("cli:") for a in actors)
