@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     uvicorn.run(
         "gateway.app:create_app",
-        log_config=serve_log_config(),
+        log_config=serve_log_config(fmt=os.environ.get("METERING_LOG_FORMAT", "json")),
         factory=True,
         host=args.host,
         port=args.port,

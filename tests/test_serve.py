@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -65,3 +66,20 @@ def test_two_workers_never_overspend_and_flush_exactly(server: tuple[str, str, s
     import asyncio
 
     assert asyncio.run(ledger()) == (Decimal(0), 100, Decimal("-5"))
+
+
+def test_serve_logs_json_lines_with_the_user_and_no_key() -> None:
+    with gateway_process() as gw:
+        r = httpx.post(
+            f"{gw.url}/api/v1/credits/debit",
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+            json={"user_id": "logged-user", "amount": "1", "request_id": "x"},
+        )
+        assert r.status_code == 200
+        lines = [
+            json.loads(line)
+            for line in gw.process.log.read_text().splitlines()
+            if line.startswith("{")
+        ]
+    created = [line for line in lines if line["message"] == "created user_credits row"]
+    assert created and created[0]["user_id"] == "logged-user" and created[0]["level"] == "INFO"
