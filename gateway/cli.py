@@ -56,7 +56,7 @@ async def _flush(settings: Settings) -> dict[str, Any]:
         await pool.close()
 
 
-async def _inspect(settings: Settings, user_id: str) -> dict[str, Any]:
+async def _inspect(settings: Settings, user_id: str, raw: bool) -> dict[str, Any]:
     keys = Keys(settings.key_prefix, settings.shards)
     redis = Redis.from_url(settings.redis_url, decode_responses=True)
     conn = await asyncpg.connect(settings.database_url)
@@ -64,7 +64,7 @@ async def _inspect(settings: Settings, user_id: str) -> dict[str, Any]:
         state = await redis.hgetall(keys.user(user_id))
         row = await users.get_user(conn, user_id)
         total, n = await ledger.ledger_sum(conn, user_id)
-        return {
+        out: dict[str, Any] = {
             "user_id": user_id,
             "redis_key": keys.user(user_id),
             "redis": state or None,
@@ -72,6 +72,20 @@ async def _inspect(settings: Settings, user_id: str) -> dict[str, Any]:
             "ledger": {"entries": n, "sum": str(total)},
             "unflushed_events_in_shard": await redis.xlen(keys.user_stream(user_id)),
         }
+        if raw:  # every key of this user, as it is in Redis (the layout: gateway/keys.py)
+            requests = [
+                k async for k in redis.scan_iter(match=keys.request(user_id, "*"), count=1000)
+            ]
+            out["raw"] = {
+                keys.user(user_id): state,
+                keys.holds(user_id): await redis.zrange(
+                    keys.holds(user_id), 0, -1, withscores=True
+                ),
+                "idempotency_records": {k: await redis.get(k) for k in sorted(requests)[:100]},
+                "idempotency_record_count": len(requests),
+                keys.user_stream(user_id): await redis.xlen(keys.user_stream(user_id)),
+            }
+        return out
     finally:
         await redis.aclose()
         await conn.close()
@@ -124,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("flush", help="flush pending events from Redis to PostgreSQL now")
     inspect = sub.add_parser("inspect", help="a user's Redis state and Postgres row side by side")
     inspect.add_argument("user_id")
+    inspect.add_argument("--raw", action="store_true", help="also every Redis key of the user")
     rec = sub.add_parser(
         "reconcile", help="compare every user's Redis and PostgreSQL state; exit 1 on drift"
     )
@@ -163,7 +178,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(summary, indent=2, default=str))
         return 0 if ok else 1
     if args.command == "inspect":
-        print(json.dumps(asyncio.run(_inspect(settings, args.user_id)), indent=2, default=str))
+        print(
+            json.dumps(
+                asyncio.run(_inspect(settings, args.user_id, args.raw)), indent=2, default=str
+            )
+        )
         return 0
     # serve
     import uvicorn

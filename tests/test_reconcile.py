@@ -92,3 +92,30 @@ async def test_keys_from_the_command_line(
     actors = await pool.fetch("SELECT actor, action FROM audit_log ORDER BY at")
     assert [a["action"] for a in actors] == ["key.create", "key.revoke"]
     assert all(a["actor"].startswith("cli:") for a in actors)
+
+
+async def test_inspect_shows_both_sides_and_raw_keys(client: Client, settings: Settings) -> None:
+    await client.post(
+        "/api/v1/credits/debit", json={"user_id": "ins", "amount": "1", "request_id": "r1"}
+    )
+    env_args = ("inspect", "ins", "--raw")
+    env = {
+        **os.environ,
+        "METERING_DATABASE_URL": settings.database_url,
+        "METERING_REDIS_URL": settings.redis_url,
+        "METERING_KEY_PREFIX": settings.key_prefix,
+        "METERING_SHARDS": str(settings.shards),
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *env_args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["redis"]["bal"] == "4000000"
+    assert report["postgres"]["credits_remaining"] == "5.000000"  # not flushed yet
+    assert report["unflushed_events_in_shard"] == 1
+    assert report["raw"]["idempotency_record_count"] == 1
