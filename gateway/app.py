@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import asyncpg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from litestar import Litestar, Request, Response
 from litestar.openapi import OpenAPIConfig
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -40,6 +40,12 @@ log = logging.getLogger("metering.app")
 
 def _error(status: int, detail: str, **extra: Any) -> Response[dict[str, Any]]:
     return Response({"status_code": status, "detail": detail, **extra}, status_code=status)
+
+
+def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """A bug, not the client's doing: logged with its trace, answered without details."""
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _error(500, "Internal Server Error")
 
 
 def metering_error(_: Request[Any, Any, Any], exc: MeteringError) -> Response[dict[str, Any]]:
@@ -140,7 +146,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
             RedisConnectionError: redis_down,
             RedisTimeoutError: redis_down,
             **dict.fromkeys(DB_ERRORS, postgres_down),
-            asyncpg.PostgresError: postgres_down,
+            HTTP_500_INTERNAL_SERVER_ERROR: internal_error,
         },
         openapi_config=OpenAPIConfig(title="Metering gateway", version="0.1.0"),
         request_max_body_size=settings.max_body_bytes,

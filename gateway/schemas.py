@@ -33,7 +33,10 @@ RequestId = Annotated[
     ),
 ]
 Tokens = Annotated[int, Meta(ge=0, le=10**15)]
-Model = Annotated[str, Meta(min_length=1, max_length=255)]
+# Text that reaches PostgreSQL may hold no control characters (PostgreSQL refuses NUL, and a row
+# it refuses would stop the flusher): every such field is checked here, at the door.
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+Model = Annotated[str, Meta(min_length=1, max_length=255, pattern=TEXT_PATTERN)]
 AmountIn = Annotated[
     Decimal,
     Meta(description="decimal string or number, > 0, at most 6 decimal places, <= 999999.999999"),
@@ -70,6 +73,8 @@ class Priced(Struct, kw_only=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         _check_priced(self.amount, self.model, self.input_tokens, self.output_tokens)
+        if self.metadata is not None and b"\\u0000" in msgspec.json.encode(self.metadata):
+            raise ValueError("metadata may not contain NUL characters (\\u0000)")
 
 
 class DebitRequest(Priced, kw_only=True, forbid_unknown_fields=True):
@@ -103,7 +108,7 @@ class GrantRequest(Struct, forbid_unknown_fields=True):
     amount: AmountIn
     request_id: RequestId
     kind: Literal["purchase", "bonus", "adjustment"] = "purchase"
-    reason: Annotated[str, Meta(max_length=1000)] | None = None
+    reason: Annotated[str, Meta(max_length=1000, pattern=r"^[^\x00]*$")] | None = None
 
     def __post_init__(self) -> None:
         parse_amount(self.amount)

@@ -307,3 +307,38 @@ async def test_bad_query_and_path_values_are_400(
     r = await client.request(method, url, json=body)
     assert r.status_code == 400, r.text
     assert [k async for k in redis.scan_iter(match=keys.pattern())] == []
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body"),
+    [
+        (
+            "POST",
+            "/api/v1/credits/debit",
+            {"user_id": "n", "amount": "1", "request_id": "x", "model": "gpt\x00"},
+        ),
+        (
+            "POST",
+            "/api/v1/credits/debit",
+            {"user_id": "n", "amount": "1", "request_id": "x", "metadata": {"k": "v\x00"}},
+        ),
+        (
+            "POST",
+            "/api/v1/credits/grant",
+            {"user_id": "n", "amount": "1", "request_id": "x", "reason": "a\x00b"},
+        ),
+        ("GET", "/api/v1/audit?action=%00", None),
+        ("GET", "/api/v1/audit?user_id=a%00", None),
+        ("GET", "/api/v1/coupons/%00", None),
+        ("PUT", "/api/v1/pricing/m%00", {"input_per_million": "1", "output_per_million": "1"}),
+        ("DELETE", "/api/v1/admin/keys/%00", None),
+    ],
+)
+async def test_nul_characters_never_reach_postgresql(
+    client: Client, redis: Redis, keys: Keys, method: str, url: str, body: Any
+) -> None:
+    """PostgreSQL refuses NUL: such text is a 400 at the door, never a row that would stop the
+    flusher or an error that looks like an outage."""
+    r = await client.request(method, url, json=body)
+    assert r.status_code == 400, r.text
+    assert [k async for k in redis.scan_iter(match=keys.pattern())] == []

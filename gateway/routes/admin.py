@@ -12,7 +12,7 @@ from gateway.audit import read_audit
 from gateway.auth import generate_key, hash_key
 from gateway.errors import Conflict, NotFound
 from gateway.routes.common import AnyRequest, actor, errors, services
-from gateway.schemas import AuditPage, KeyCreated, KeyInfo, KeyRequest
+from gateway.schemas import USER_ID_PATTERN, AuditPage, KeyCreated, KeyInfo, KeyRequest
 from persistence import api_keys
 
 
@@ -49,7 +49,10 @@ class KeysController(Controller):
 
     @delete("/{name:str}", status_code=204, responses=errors(404))
     async def revoke(
-        self, name: Annotated[str, PathParameter(max_length=100)], state: State, request: AnyRequest
+        self,
+        name: Annotated[str, PathParameter(max_length=100, pattern=r"^[\x21-\x7e]+$")],
+        state: State,
+        request: AnyRequest,
     ) -> None:
         """Revoke a key: at once in this process, within auth_cache_ttl in the others."""
         if not await api_keys.revoke_key(services(state).pool, name, actor(request)):
@@ -66,8 +69,12 @@ class AuditController(Controller):
     async def audit(
         self,
         state: State,
-        user_id: Annotated[str | None, QueryParameter(max_length=255)] = None,
-        action: Annotated[str | None, QueryParameter(max_length=50)] = None,
+        user_id: Annotated[
+            str | None, QueryParameter(max_length=255, pattern=USER_ID_PATTERN)
+        ] = None,
+        action: Annotated[
+            str | None, QueryParameter(max_length=50, pattern=r"^[a-z][a-z_.]*$")
+        ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
         cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
     ) -> AuditPage:

@@ -9,7 +9,7 @@ from litestar.datastructures import State
 from litestar.params import JSONBody, PathParameter
 
 from gateway.routes.common import AnyRequest, actor, errors, services
-from gateway.schemas import PriceInfo, PriceList, PriceRequest
+from gateway.schemas import TEXT_PATTERN, PriceInfo, PriceList, PriceRequest
 from persistence.pricing import Price
 
 
@@ -26,7 +26,7 @@ class PricingController(Controller):
     @put("/{model:str}", opt={"scope": "admin"}, responses=errors())
     async def set_price(
         self,
-        model: Annotated[str, PathParameter(min_length=1, max_length=255)],
+        model: Annotated[str, PathParameter(min_length=1, max_length=255, pattern=TEXT_PATTERN)],
         data: JSONBody[PriceRequest],
         state: State,
         request: AnyRequest,
