@@ -6,6 +6,7 @@ again."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -17,6 +18,7 @@ from gateway.schemas import BatchItem, BatchResult, DebitRequest
 from gateway.service import ApplyCall, CreditService, applied, debit_result
 
 MAX_ITEMS = 1000
+_item_decoder = msgspec.json.Decoder(DebitRequest)
 HYDRATE_CONCURRENCY = 16
 
 
@@ -24,13 +26,16 @@ class BatchService:
     def __init__(self, credits: CreditService) -> None:
         self.credits = credits
 
-    async def debit(self, items: list[dict[str, Any]]) -> BatchResult:
+    async def debit(self, items: Sequence[dict[str, Any] | msgspec.Raw]) -> BatchResult:
         out: list[BatchItem | None] = [None] * len(items)
         calls: dict[int, tuple[DebitRequest, ApplyCall]] = {}
         for i, raw in enumerate(items):
             try:
-                req = msgspec.convert(raw, DebitRequest)
-            except msgspec.ValidationError as exc:
+                if isinstance(raw, msgspec.Raw):
+                    req = _item_decoder.decode(raw)
+                else:
+                    req = msgspec.convert(raw, DebitRequest)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
                 out[i] = BatchItem(index=i, status=400, error={"detail": str(exc)})
                 continue
             try:

@@ -1,4 +1,5 @@
-"""The hot path without the framework: POST /api/v1/credits/debit handled in plain ASGI.
+"""The hot path without the framework: POST /api/v1/credits/debit (and /debit/batch) handled
+in plain ASGI.
 
 Everything else goes to Litestar. The debit route is still declared in Litestar (OpenAPI, and
 the fallback while the app is starting), and this path answers exactly as it would: the same
@@ -11,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
 import msgspec
 from litestar import Litestar
@@ -39,12 +41,23 @@ log = logging.getLogger("metering.fastpath")
 
 
 DEBIT_PATH = "/api/v1/credits/debit"
+BATCH_PATH = "/api/v1/credits/debit/batch"
+BATCH_MAX_BODY = 1024 * 1024  # room for 1000 items; other routes keep the app's limit
 REDIS_DOWN = (
     "Redis is unreachable or did not answer in time. If the call reached Redis it may have "
     "been applied: retry with the same request_id (retries are idempotent)"
 )
 _encode = msgspec.json.Encoder().encode
 _decoder = msgspec.json.Decoder(DebitRequest)
+
+
+class RawBatch(msgspec.Struct, forbid_unknown_fields=True):
+    """A batch whose items are decoded one by one, so a bad item fails alone."""
+
+    debits: Annotated[list[msgspec.Raw], msgspec.Meta(min_length=1, max_length=1000)]
+
+
+_batch_decoder = msgspec.json.Decoder(RawBatch)
 
 
 class TooLarge(Exception):
@@ -71,17 +84,20 @@ class DebitFastPath:
         return self.app.lifespan()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"] if scope["type"] == ScopeType.HTTP else ""
         if (
-            scope["type"] != ScopeType.HTTP
-            or scope["path"] != DEBIT_PATH
+            path not in (DEBIT_PATH, BATCH_PATH)
             or scope.get("method") != "POST"
             or getattr(self.app.state, "services", None) is None
         ):
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status, body = await self.debit(scope, receive)
-        LATENCY.observe(time.perf_counter() - started)
+        if path == DEBIT_PATH:
+            status, body = await self.answer(scope, receive, self.max_body, self.debit)
+            LATENCY.observe(time.perf_counter() - started)
+        else:
+            status, body = await self.answer(scope, receive, BATCH_MAX_BODY, self.batch)
         start: HTTPResponseStartEvent = {
             "type": "http.response.start",
             "status": status,
@@ -98,7 +114,39 @@ class DebitFastPath:
         }
         await send(end)
 
-    async def debit(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
+    async def debit(self, raw: bytes) -> tuple[int, bytes]:
+        try:
+            req = _decoder.decode(raw)
+        except msgspec.ValidationError as exc:
+            return _count(400), _validation_error(str(exc), DEBIT_PATH)
+        except msgspec.DecodeError as exc:
+            return _count(400), _error(400, str(exc))
+        result = await self.app.state.services.credits.debit(req)
+        DEBITS.labels("replay" if result.replayed else "ok").inc()
+        return 200, _encode(result)
+
+    async def batch(self, raw: bytes) -> tuple[int, bytes]:
+        try:
+            items = _batch_decoder.decode(raw).debits
+        except msgspec.ValidationError as exc:
+            return 400, _validation_error(str(exc), BATCH_PATH)
+        except msgspec.DecodeError as exc:
+            return 400, _error(400, str(exc))
+        result = await self.app.state.services.batch.debit(items)
+        for item in result.results:
+            replayed = item.result is not None and item.result.replayed
+            reason = (item.error or {}).get("reason")
+            DEBITS.labels(debit_outcome(item.status, replayed, reason)).inc()
+        return 200, _encode(result)
+
+    async def answer(
+        self,
+        scope: Scope,
+        receive: Receive,
+        max_body: int,
+        handle: Callable[[bytes], Awaitable[tuple[int, bytes]]],
+    ) -> tuple[int, bytes]:
+        """The key check, the body, the handler; every error as the JSON Litestar would send."""
         services = self.app.state.services
         try:
             header = ""
@@ -107,16 +155,7 @@ class DebitFastPath:
                     header = value.decode("latin-1")
                     break
             await authorize(services.authenticator, header, "debit")
-            raw = await self._body(receive)
-            try:
-                req = _decoder.decode(raw)
-            except msgspec.ValidationError as exc:
-                return _count(400), _validation_error(str(exc))
-            except msgspec.DecodeError as exc:
-                return _count(400), _error(400, str(exc))
-            result = await services.credits.debit(req)
-            DEBITS.labels("replay" if result.replayed else "ok").inc()
-            return 200, _encode(result)
+            return await handle(await self._body(receive, max_body))
         except HTTPException as exc:  # 401, 403 from the key check
             return _count(exc.status_code), _error(exc.status_code, exc.detail)
         except TooLarge:
@@ -145,14 +184,14 @@ class DebitFastPath:
             log.exception("debit failed")
             return _count(500), _error(500, "Internal Server Error")
 
-    async def _body(self, receive: Receive) -> bytes:
+    async def _body(self, receive: Receive, max_body: int) -> bytes:
         chunks: list[bytes] = []
         size = 0
         while True:
             message = cast(HTTPRequestEvent, await receive())
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body:
+            if size > max_body:
                 raise TooLarge
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -168,14 +207,14 @@ def _error(status: int, detail: str) -> bytes:
     return _encode({"status_code": status, "detail": detail})
 
 
-def _validation_error(message: str) -> bytes:
+def _validation_error(message: str, path: str) -> bytes:
     """The body Litestar gives a validation failure: the message, and the field it is about."""
     text, _, where = message.partition(" - at `$.")
     key = where.rstrip("`").split(".")[0].split("[")[0] if where else "data"
     return _encode(
         {
             "status_code": 400,
-            "detail": f"Validation failed for POST {DEBIT_PATH}",
+            "detail": f"Validation failed for POST {path}",
             "extra": [{"message": text, "key": key, "source": "body"}],
         }
     )

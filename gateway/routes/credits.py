@@ -8,6 +8,7 @@ from litestar import Controller, get, post, put
 from litestar.datastructures import State
 from litestar.params import JSONBody, QueryParameter
 
+from gateway.fastpath import BATCH_MAX_BODY
 from gateway.money import fmt
 from gateway.routes.common import AnyRequest, UserIdPath, UserIdQuery, actor, errors, services
 from gateway.schemas import (
@@ -30,8 +31,6 @@ from gateway.schemas import (
     UsageReport,
 )
 from persistence.history import GroupBy
-
-BATCH_MAX_BODY = 1024 * 1024  # room for 1000 items; other routes keep the app's limit
 
 
 class CreditsController(Controller):
