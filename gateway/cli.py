@@ -157,6 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     keys_sub.add_parser("list", help="names, scopes and dates (never the keys)")
     revoke = keys_sub.add_parser("revoke", help="revoke a key by name")
     revoke.add_argument("name")
+    top = sub.add_parser("top", help="live view of a gateway: debits/s, flush lag, backlog")
+    top.add_argument("--url", default="http://127.0.0.1:8000")
+    top.add_argument(
+        "--key",
+        default=os.environ.get("METERING_API_KEY") or os.environ.get("METERING_ADMIN_KEY"),
+        help="an admin key",
+    )
+    top.add_argument("--interval", type=float, default=1.0)
+    top.add_argument("--once", action="store_true", help="print one view and exit")
     args = parser.parse_args(argv)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -169,6 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "flush":
         print(json.dumps(asyncio.run(_flush(settings))))
         return 0
+    if args.command == "top":
+        from gateway.top import run
+
+        try:
+            return run(args.url, args.key or "", args.interval, args.once)
+        except KeyboardInterrupt:
+            return 0
     if args.command == "keys":
         code, out = asyncio.run(_keys(settings, args))
         print(out)

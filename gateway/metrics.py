@@ -97,6 +97,23 @@ def render(extra: RedisState | None) -> bytes:
     return body
 
 
+def debit_counts() -> dict[str, float]:
+    """Debits by outcome so far, over all workers of this gateway."""
+    if _multiprocess():
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        registry = REGISTRY
+    counts: dict[str, float] = {}
+    for family in registry.collect():
+        if family.name == "metering_debits":
+            for sample in family.samples:
+                if sample.name == "metering_debits_total":
+                    outcome = sample.labels["outcome"]
+                    counts[outcome] = counts.get(outcome, 0.0) + sample.value
+    return counts
+
+
 def _multiprocess() -> bool:
     """True when this process records into PROMETHEUS_MULTIPROC_DIR (decided at import)."""
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR")) and "Mmap" in getattr(

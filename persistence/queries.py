@@ -128,6 +128,12 @@ ORDER BY u.user_id
 LIMIT $2
 """
 
+# The users who spent most in their current period (as flushed), for ops views.
+TOP_SPENDERS = """
+SELECT user_id, tier, period_spent, credits_remaining FROM user_credits
+WHERE period_spent > 0 ORDER BY period_spent DESC, user_id LIMIT $1
+"""
+
 LEDGER_SUM = """
 SELECT COALESCE(sum(amount), 0) AS total, count(*) AS n
 FROM credit_transactions WHERE user_id = $1

@@ -95,3 +95,15 @@ class UserBooks:
 async def users_with_ledger(conn: Executor, after_user: str, limit: int) -> list[UserBooks]:
     rows = await conn.fetch(queries.USERS_WITH_LEDGER, after_user, limit)
     return [UserBooks(**dict(r)) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class Spender:
+    user_id: str
+    tier: str
+    period_spent: Decimal
+    credits_remaining: Decimal
+
+
+async def top_spenders(conn: Executor, limit: int) -> list[Spender]:
+    return [Spender(**dict(r)) for r in await conn.fetch(queries.TOP_SPENDERS, limit)]

@@ -10,6 +10,7 @@ from gateway.routes.coupons import CouponsController
 from gateway.routes.credits import CreditsController
 from gateway.routes.health import HealthController
 from gateway.routes.metrics import MetricsController
+from gateway.routes.ops import OpsController
 from gateway.routes.pricing import PricingController
 from gateway.routes.reservations import ReservationsController
 
@@ -21,5 +22,6 @@ ROUTES = [
     KeysController,
     AuditController,
     MetricsController,
+    OpsController,
     HealthController,
 ]

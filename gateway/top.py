@@ -1,0 +1,65 @@
+"""`metering top`: a live terminal view of a gateway (debits/s by outcome, 402s/s, flush lag,
+backlog per shard, top spenders), polling GET /api/v1/ops/counters."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+
+def poll(client: httpx.Client) -> dict[str, Any]:
+    r = client.get("/api/v1/ops/counters")
+    r.raise_for_status()
+    data: dict[str, Any] = r.json()
+    return data
+
+
+def render(prev: dict[str, Any], cur: dict[str, Any]) -> Group:
+    seconds = max(cur["at"] - prev["at"], 1e-9)
+    rates = Table(title="debits per second (this gateway)")
+    rates.add_column("outcome")
+    rates.add_column("per second", justify="right")
+    rates.add_column("total", justify="right")
+    for outcome in sorted(cur["debits"]):
+        total = cur["debits"][outcome]
+        rate = (total - prev["debits"].get(outcome, 0.0)) / seconds
+        rates.add_row(outcome, f"{rate:,.1f}", f"{total:,.0f}")
+    flusher = cur["flusher"]
+    flush = Table(
+        title=f"flusher: {flusher['status']}, lag {flusher['oldest_event_age_seconds']} s,"
+        f" backlog {flusher['backlog']}"
+    )
+    flush.add_column("shard")
+    flush.add_column("unflushed", justify="right")
+    for shard, n in enumerate(flusher["backlog_per_shard"]):
+        if n:
+            flush.add_row(str(shard), str(n))
+    spenders = Table(title="top spenders this period (flushed)")
+    for column in ("user_id", "tier", "period_spent", "credits_remaining"):
+        spenders.add_column(column)
+    for row in cur["top_spenders"]:
+        spenders.add_row(row["user_id"], row["tier"], row["period_spent"], row["credits_remaining"])
+    return Group(rates, flush, spenders)
+
+
+def run(url: str, key: str, interval: float, once: bool) -> int:
+    console = Console()
+    with httpx.Client(
+        base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=5
+    ) as client:
+        prev = poll(client)
+        time.sleep(interval)
+        cur = poll(client)
+        if once:
+            console.print(render(prev, cur))
+            return 0
+        with Live(render(prev, cur), console=console, refresh_per_second=4) as live:
+            while True:
+                time.sleep(interval)
+                prev, cur = cur, poll(client)
+                live.update(render(prev, cur))
