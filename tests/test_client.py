@@ -1,0 +1,72 @@
+"""gateway.client against the real app: typed results, retries with the same request_id,
+reserve() as an async context manager that commits or releases."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import httpx
+import pytest
+
+from gateway.client import InsufficientCreditsError, MeteringAPIError, MeteringClient
+from tests.conftest import ADMIN_KEY, Client
+
+
+class LosesFirstAnswer(httpx.AsyncBaseTransport):
+    """Delivers each request, but the first answer is lost (as a timeout would)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        response = await self.inner.handle_async_request(request)
+        if self.calls == 1:
+            await response.aread()
+            raise httpx.ReadTimeout("answer lost", request=request)
+        return response
+
+
+def sdk(client: Client, transport: httpx.AsyncBaseTransport | None = None) -> MeteringClient:
+    return MeteringClient(
+        "http://gateway", ADMIN_KEY, transport=transport or httpx.ASGITransport(app=client.app)
+    )
+
+
+async def test_debit_balance_and_typed_errors(client: Client) -> None:
+    async with sdk(client) as m:
+        done = await m.debit("sdk-user", "1.25", model="gpt-4o")
+        assert done.charged == "1.250000" and done.credits_remaining == "3.750000"
+        assert (await m.balance("sdk-user")).credits_remaining == "3.750000"
+        with pytest.raises(InsufficientCreditsError) as short:
+            await m.debit("sdk-user", "10")
+        assert short.value.reason == "insufficient_credits"
+        assert short.value.credits_remaining == Decimal("3.75")
+        with pytest.raises(MeteringAPIError) as bad:
+            await m.debit("sdk-user", "-1")
+        assert bad.value.status == 400
+
+
+async def test_a_lost_answer_is_retried_with_the_same_request_id(client: Client) -> None:
+    flaky = LosesFirstAnswer(httpx.ASGITransport(app=client.app))
+    async with sdk(client, flaky) as m:
+        done = await m.debit("retry-user", "2", request_id="call-1")
+    assert flaky.calls == 2 and done.replayed is True  # applied once, answered on the retry
+    bal = await client.get("/api/v1/credits/balance", params={"user_id": "retry-user"})
+    assert bal.json()["credits_remaining"] == "3.000000"
+
+
+async def test_reserve_commits_or_releases(client: Client) -> None:
+    async with sdk(client) as m:
+        async with m.reserve("hold-user", "2") as hold:
+            assert hold.reservation is not None and hold.reservation.held == "2.000000"
+            done = await hold.commit("0.5")
+        assert done.charged == "0.500000" and done.released == "1.500000"
+        with pytest.raises(RuntimeError):
+            async with m.reserve("hold-user", "1"):
+                raise RuntimeError("the model call failed")
+        async with m.reserve("hold-user", "1"):
+            pass  # never committed: released on exit
+        bal = await m.balance("hold-user")
+    assert bal.credits_remaining == "4.500000" and bal.credits_held == "0.000000"
