@@ -9,12 +9,8 @@
 -- {'backlog'} when the shard's unflushed events reached BACKLOG_MAX (nothing changed).
 -- Returns {'ok'|'replay', txn, delta, available}, {'conflict'}, {'nsf', available},
 --         {'cap', available, spent, cap}, {'overflow', available} or {'miss'} (hydrate first).
-local seen = idem_check(KEYS[2], ARGV[7])
-if seen then return seen end
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'miss'} end
-if redis.call('XLEN', KEYS[3]) >= BACKLOG_MAX then return {'backlog'} end
-auto_renew(KEYS[1], KEYS[3])
-local held = purge_holds(KEYS[1], KEYS[4])
+local stop, held = open_user(KEYS[1], KEYS[2], ARGV[7], KEYS[3], KEYS[4])
+if stop then return stop end
 local st = redis.call('HMGET', KEYS[1], 'bal', 'spent', 'cap')
 local bal, spent = tonumber(st[1]), tonumber(st[2])
 local delta = tonumber(ARGV[6])

@@ -76,3 +76,17 @@ local function purge_holds(key, holds)
   redis.call('HSET', key, 'held', int(held))
   return held
 end
+
+-- The opening every balance-changing script shares, in this order: a request id seen before is
+-- answered from its record (a replay, or a conflict when the body differs); a user missing from
+-- Redis is 'miss' (hydrate first); a full backlog is 'backlog' (nothing changed); then the period
+-- renews if it has ended and expired holds are returned. Returns (answer, nil) to stop with that
+-- answer, or (nil, held) to go on.
+local function open_user(user, idem, fp, stream, holds)
+  local seen = idem_check(idem, fp)
+  if seen then return seen, nil end
+  if redis.call('EXISTS', user) == 0 then return {'miss'}, nil end
+  if redis.call('XLEN', stream) >= BACKLOG_MAX then return {'backlog'}, nil end
+  auto_renew(user, stream)
+  return nil, purge_holds(user, holds)
+end

@@ -9,12 +9,8 @@
 -- {'backlog'} when the shard's unflushed events reached BACKLOG_MAX (nothing changed).
 -- Returns {'ok'|'replay', reservation id, amount, available}, {'conflict'}, {'nsf', available},
 --         {'cap', available, spent, cap} or {'miss'}.
-local seen = idem_check(KEYS[2], ARGV[7])
-if seen then return seen end
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'miss'} end
-if redis.call('XLEN', KEYS[5]) >= BACKLOG_MAX then return {'backlog'} end
-auto_renew(KEYS[1], KEYS[5])
-local held = purge_holds(KEYS[1], KEYS[3])
+local stop, held = open_user(KEYS[1], KEYS[2], ARGV[7], KEYS[5], KEYS[3])
+if stop then return stop end
 local st = redis.call('HMGET', KEYS[1], 'bal', 'spent', 'cap')
 local bal, spent = tonumber(st[1]), tonumber(st[2])
 local amount = tonumber(ARGV[6])
