@@ -20,7 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.auth import Authenticator, scope_guard
 from gateway.clock import Clock, system_clock
-from gateway.errors import InsufficientCredits, MeteringError
+from gateway.errors import POSTGRES_DOWN, REDIS_DOWN, InsufficientCredits, MeteringError
 from gateway.fastpath import DebitFastPath
 from gateway.flusher import Flusher, FlushLoop
 from gateway.health import check_eviction
@@ -57,17 +57,13 @@ def metering_error(_: Request[Any, Any, Any], exc: MeteringError) -> Response[di
 def redis_down(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     log.error("redis error: %s", type(exc).__name__)
     REDIS_ERRORS.inc()
-    return _error(
-        503,
-        "Redis is unreachable or did not answer in time. If the call reached Redis it may "
-        "have been applied: retry with the same request_id (retries are idempotent)",
-    )
+    return _error(503, REDIS_DOWN)
 
 
 def postgres_down(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     log.error("postgres error: %s", type(exc).__name__)
     POSTGRES_ERRORS.inc()
-    return _error(503, "PostgreSQL is unreachable; retry later")
+    return _error(503, POSTGRES_DOWN)
 
 
 def create_app(settings: Settings | None = None, *, clock: Clock = system_clock) -> DebitFastPath:

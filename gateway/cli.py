@@ -23,18 +23,14 @@ from gateway.logs import serve_log_config
 from gateway.reconcile import reconcile
 from gateway.settings import Settings, settings_from_env
 from persistence import api_keys, db, ledger, users
-from persistence.migrate import migrate
+from persistence.migrate import prepare
 
 
 async def _migrate(settings: Settings) -> list[str]:
-    created = await db.ensure_database(settings.database_url)
+    created, applied = await prepare(settings.database_url)
     if created:
         print(f"created database {db.split_database(settings.database_url)[0]}", file=sys.stderr)
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        return await migrate(conn)
-    finally:
-        await conn.close()
+    return applied
 
 
 async def _flush(settings: Settings) -> dict[str, Any]:

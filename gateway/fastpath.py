@@ -31,7 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.auth import authorize
-from gateway.errors import InsufficientCredits, MeteringError
+from gateway.errors import POSTGRES_DOWN, REDIS_DOWN, InsufficientCredits, MeteringError
 from gateway.metrics import DEBITS, LATENCY, POSTGRES_ERRORS, REDIS_ERRORS, debit_outcome
 from gateway.money import fmt
 from gateway.schemas import DebitRequest
@@ -43,10 +43,6 @@ log = logging.getLogger("metering.fastpath")
 DEBIT_PATH = "/api/v1/credits/debit"
 BATCH_PATH = "/api/v1/credits/debit/batch"
 BATCH_MAX_BODY = 1024 * 1024  # room for 1000 items; other routes keep the app's limit
-REDIS_DOWN = (
-    "Redis is unreachable or did not answer in time. If the call reached Redis it may have "
-    "been applied: retry with the same request_id (retries are idempotent)"
-)
 _encode = msgspec.json.Encoder().encode
 _decoder = msgspec.json.Decoder(DebitRequest)
 
@@ -179,7 +175,7 @@ class DebitFastPath:
         except DB_ERRORS as exc:
             log.error("postgres error: %s", type(exc).__name__)
             POSTGRES_ERRORS.inc()
-            return _count(503), _error(503, "PostgreSQL is unreachable; retry later")
+            return _count(503), _error(503, POSTGRES_DOWN)
         except Exception:
             log.exception("debit failed")
             return _count(500), _error(500, "Internal Server Error")

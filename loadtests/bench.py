@@ -36,7 +36,7 @@ from gateway.money import MICRO
 from gateway.scripts import Scripts
 from loadtests.servers import PrivatePostgres, PrivateRedis, ServerProcess
 from persistence import db
-from persistence.migrate import migrate
+from persistence.migrate import prepare
 
 ROOT = Path(__file__).resolve().parent
 LUA = ROOT / "wrk" / "debit.lua"
@@ -143,10 +143,9 @@ def run_scenario(
 
 
 async def prepare_database(url: str, users: int) -> None:
-    await db.ensure_database(url)
+    await prepare(url)
     conn = await asyncpg.connect(url)
     try:
-        await migrate(conn)
         await conn.execute(
             "INSERT INTO user_credits (user_id, credits_remaining, credits_allocated, tier) "
             "SELECT 'bench-' || i, $1, $1, 'enterprise' FROM generate_series(0, $2 - 1) i "

@@ -6,7 +6,7 @@ from importlib import resources
 
 import asyncpg
 
-from persistence import queries
+from persistence import db, queries
 from persistence.db import Executor
 
 
@@ -39,3 +39,14 @@ async def pending(conn: Executor) -> list[str]:
     except asyncpg.UndefinedTableError:
         done = set()
     return [v for v, _ in migration_files() if v not in done]
+
+
+async def prepare(url: str) -> tuple[bool, list[str]]:
+    """Create the database named in url if missing, then apply pending migrations.
+    Returns (created, applied)."""
+    created = await db.ensure_database(url)
+    conn = await asyncpg.connect(url)
+    try:
+        return created, await migrate(conn)
+    finally:
+        await conn.close()

@@ -25,7 +25,7 @@ from gateway.clock import Clock
 from gateway.keys import Keys
 from gateway.settings import Settings
 from persistence import db
-from persistence.migrate import migrate
+from persistence.migrate import prepare
 from tests.books import assert_books_balance
 
 PG_SERVER = os.environ.get("METERING_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
@@ -53,12 +53,7 @@ class FakeClock:
 @pytest.fixture(scope="session")
 async def database_url() -> AsyncIterator[str]:
     url = f"{PG_SERVER}/metering_test_{uuid.uuid4().hex[:10]}"
-    await db.ensure_database(url)
-    conn = await asyncpg.connect(url)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
+    await prepare(url)
     yield url
     await db.drop_database(url)
 

@@ -16,7 +16,6 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
-import asyncpg
 import httpx
 from redis.asyncio import Redis
 
@@ -24,6 +23,7 @@ from gateway.flusher import Flusher
 from gateway.keys import Keys
 from gateway.reconcile import reconcile
 from persistence import db
+from persistence.migrate import prepare
 
 
 @dataclass(slots=True)
@@ -172,14 +172,4 @@ def hydrate_users(url: str, key: str, users: list[str]) -> None:
 
 
 def migrate_database(url: str) -> None:
-    async def run() -> None:
-        await db.ensure_database(url)
-        conn = await asyncpg.connect(url)
-        try:
-            from persistence.migrate import migrate
-
-            await migrate(conn)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
+    asyncio.run(prepare(url))
