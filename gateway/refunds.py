@@ -8,11 +8,11 @@ per-debit running total in Redis, so concurrent refunds cannot exceed the charge
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 from gateway.clock import period_start
 from gateway.errors import Conflict, IdempotencyConflict, NotFound, Unavailable, Unprocessable
 from gateway.flusher import Flusher
+from gateway.ids import new_id
 from gateway.keys import shard_of
 from gateway.money import MAX_MICRO, fmt, parse_amount, to_micro
 from gateway.schemas import RefundRequest, RefundResult, fingerprint
@@ -37,7 +37,7 @@ class RefundService:
         user, keys = req.user_id, self.credits.keys
         now = self.credits.clock()
         same_period = debit.created_at >= period_start(now, self.credits.period)
-        txn = str(uuid.uuid4())
+        txn = new_id()
         args: Args = [
             micro,
             fingerprint("refund", debit_id, micro),

@@ -4,12 +4,12 @@ expiry by whichever Lua call next touches the user, so holds never leak."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import msgspec
 
 from gateway.errors import Conflict, IdempotencyConflict, NotFound
+from gateway.ids import new_id
 from gateway.money import fmt, parse_amount
 from gateway.schemas import (
     CommitRequest,
@@ -87,7 +87,7 @@ class ReservationService:
         if req.metadata is not None:
             extra += ["meta", msgspec.json.encode(req.metadata)]
         keys = [key, self.keys.user(user), self.keys.holds(user), self.keys.user_stream(user)]
-        args: Args = [micro, str(uuid.uuid4()), reservation_id, *extra]
+        args: Args = [micro, new_id(), reservation_id, *extra]
         res = await self.credits.call(self.scripts.commit, user, keys, args)
         status = res[0]
         if status in ("ok", "replay"):

@@ -29,6 +29,7 @@ def source(name: str, max_backlog: int = 500_000) -> str:
 
 NAMES = (
     "apply",
+    "apply_many",
     "balance",
     "hydrate",
     "set_tier",
@@ -42,6 +43,7 @@ NAMES = (
 
 class Scripts:
     apply: AsyncScript
+    apply_many: AsyncScript
     balance: AsyncScript
     hydrate: AsyncScript
     set_tier: AsyncScript

@@ -4,7 +4,6 @@ hydrated from PostgreSQL (created there first if unknown) and the call is retrie
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,6 +16,7 @@ from redis.commands.core import AsyncScript
 from gateway.clock import Clock, Period, epoch_ms, period_start
 from gateway.coalesce import Coalescer
 from gateway.errors import IdempotencyConflict, InsufficientCredits, Unavailable, Unprocessable
+from gateway.ids import new_id
 from gateway.keys import Keys
 from gateway.metrics import HYDRATIONS
 from gateway.money import MAX_MICRO, fmt, parse_amount, to_decimal, to_micro
@@ -186,7 +186,7 @@ class CreditService:
             self.keys.user_stream(user_id),
             self.keys.holds(user_id),
         ]
-        args: Args = [delta, fp, str(uuid.uuid4()), self.idempotency_ttl, request_id, event, *extra]
+        args: Args = [delta, fp, new_id(), self.idempotency_ttl, request_id, event, *extra]
         return ApplyCall(user_id, request_id, delta, keys, args)
 
     async def balance(self, user_id: str) -> Balance:
@@ -210,7 +210,7 @@ class CreditService:
             known = ", ".join(self.tiers.tiers)
             raise Unprocessable(f"unknown tier {tier_name!r}; known tiers: {known}")
         keys = [self.keys.user(user_id), self.keys.user_stream(user_id), self.keys.holds(user_id)]
-        txn = str(uuid.uuid4())
+        txn = new_id()
         cap = "" if tier.monthly_cap is None else str(tier.monthly_cap)
         args: Args = [
             tier.name,
@@ -244,7 +244,7 @@ class CreditService:
             self.keys.user_stream(user_id),
             self.keys.holds(user_id),
         ]
-        txn = str(uuid.uuid4())
+        txn = new_id()
         fp = fingerprint("reset")
         now = self.clock().isoformat()
         args: Args = ["1", request_id, fp, self.idempotency_ttl, txn, now, actor]
@@ -266,7 +266,7 @@ class CreditService:
             epoch_ms(now),
             int(start.timestamp()),
             start.isoformat(),
-            str(uuid.uuid4()),
+            new_id(),
         ]
 
     async def call(

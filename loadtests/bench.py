@@ -69,6 +69,46 @@ class Report:
     memory: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    env: dict[str, str]  # for loadtests/wrk/debit.lua
+    path: str = ""  # after the debit path
+    baselines: bool = False  # the baselines run it too
+    expect_402: bool = False
+    warm: bool = False
+
+
+SCENARIOS = [
+    Scenario("1000 users", {"USERS": str(USERS), "PREFIX": "bench"}, baselines=True),
+    Scenario("one hot user", {"USERS": "1", "PREFIX": "bench"}, baselines=True),
+    Scenario(
+        "batch (100 per request)",
+        {"USERS": str(USERS), "PREFIX": "bench", "BATCH": "100"},
+        path="/batch",
+    ),
+    Scenario(
+        "batch (1000 per request)",
+        {"USERS": str(USERS), "PREFIX": "bench", "BATCH": "1000"},
+        path="/batch",
+    ),
+    Scenario(
+        "insufficient-credit storm",
+        {"USERS": str(USERS), "PREFIX": "broke"},
+        expect_402=True,
+        warm=True,
+    ),
+    Scenario(
+        "retries of one request_id",
+        {"USERS": "1", "PREFIX": "bench", "RETRY_POOL": "100"},
+    ),
+]
+
+
+def wanted(name: str, only: list[str] | None) -> bool:
+    return not only or any(word in name for word in only)
+
+
 def wrk(url: str, duration: int, connections: int, env: dict[str, str]) -> dict[str, object]:
     out = subprocess.run(
         [
@@ -265,6 +305,13 @@ def main() -> int:
         help="events for the flusher drain measurement (1000000 for the target)",
     )
     parser.add_argument("--skip-baselines", action="store_true")
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="WORDS",
+        help="run only the scenarios whose name contains WORDS (repeatable), e.g. --only batch",
+    )
+    parser.add_argument("--skip-flusher", action="store_true", help="no drain measurement")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is needed: apt-get install wrk (make bench installs it)", file=sys.stderr)
@@ -323,57 +370,34 @@ def main() -> int:
             flush=True,
         )
         for target, cmd, env, path, health in targets:
+            if not any(
+                wanted(sc.name, args.only) and (sc.baselines or target == "gateway")
+                for sc in SCENARIOS
+            ):
+                continue
             server = ServerProcess(cmd, env, health=health)
             server.start()
             url = f"{server.url}{path}"
             key = {"KEY": ADMIN} if target == "gateway" else {}
             try:
-                wrk(
-                    url, 2, args.connections, {**key, "USERS": str(USERS), "PREFIX": "bench"}
-                )  # warm-up
-                report.results.append(
-                    run_scenario(
-                        target,
-                        "1000 users",
-                        url,
-                        args,
-                        {**key, "USERS": str(USERS), "PREFIX": "bench"},
-                    )
-                )
-                report.results.append(
-                    run_scenario(
-                        target, "one hot user", url, args, {**key, "USERS": "1", "PREFIX": "bench"}
-                    )
-                )
-                if target == "gateway":
+                wrk(url, 2, args.connections, {**key, "USERS": str(USERS), "PREFIX": "bench"})
+                for scenario in SCENARIOS:
+                    if (target != "gateway" and not scenario.baselines) or not wanted(
+                        scenario.name, args.only
+                    ):
+                        continue
+                    env = {**key, **scenario.env}
+                    if scenario.warm:  # hydrate its users first (the storm's broke users)
+                        wrk(url + scenario.path, 1, args.connections, env)
                     report.results.append(
                         run_scenario(
                             target,
-                            "batch (100 per request)",
-                            f"{url}/batch",
+                            scenario.name,
+                            url + scenario.path,
                             args,
-                            {**key, "USERS": str(USERS), "PREFIX": "bench", "BATCH": "100"},
-                            per_request=100,
-                        )
-                    )
-                    wrk(url, 1, args.connections, {**key, "USERS": str(USERS), "PREFIX": "broke"})
-                    report.results.append(
-                        run_scenario(
-                            target,
-                            "insufficient-credit storm",
-                            url,
-                            args,
-                            {**key, "USERS": str(USERS), "PREFIX": "broke"},
-                            expect_402=True,
-                        )
-                    )
-                    report.results.append(
-                        run_scenario(
-                            target,
-                            "retries of one request_id",
-                            url,
-                            args,
-                            {**key, "USERS": "1", "PREFIX": "bench", "RETRY_POOL": "100"},
+                            env,
+                            per_request=int(env.get("BATCH", "1")),
+                            expect_402=scenario.expect_402,
                         )
                     )
             finally:
@@ -387,8 +411,9 @@ def main() -> int:
                         gw / by[(base, scenario)], 2
                     )
         print("ratios:", json.dumps(report.ratios, indent=2), flush=True)
-        report.flusher = asyncio.run(flusher_drain(rd.url, gateway_db, args.flush_events))
-        print("flusher and memory:", json.dumps(report.flusher, indent=2), flush=True)
+        if not args.skip_flusher:
+            report.flusher = asyncio.run(flusher_drain(rd.url, gateway_db, args.flush_events))
+            print("flusher and memory:", json.dumps(report.flusher, indent=2), flush=True)
     finally:
         rd.close()
         pg.close()

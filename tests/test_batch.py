@@ -1,4 +1,5 @@
-"""Batch debits: per-item answers in order, one Redis round trip for a warm batch of 1000."""
+"""Batch debits: per-item answers in order, one Redis round trip for a warm batch of 1000,
+one command per shard."""
 
 from __future__ import annotations
 
@@ -70,6 +71,7 @@ async def test_a_warm_batch_of_1000_is_one_round_trip(
 
     async def count_execute(self: Pipeline, *a: Any, **kw: Any) -> Any:
         trips["pipeline"] += 1
+        trips["commands"] += len(self.command_stack)
         return await real_execute(self, *a, **kw)
 
     async def count_command(self: Any, *a: Any, **kw: Any) -> Any:
@@ -83,7 +85,9 @@ async def test_a_warm_batch_of_1000_is_one_round_trip(
     monkeypatch.undo()
     assert r.status_code == 200
     assert r.json()["succeeded"] == 1000
-    assert trips == {"pipeline": 1}  # one round trip, nothing else
+    # one round trip, nothing else, carrying one apply_many command per shard that has users
+    shards = {keys.user_stream(u) for u in users}
+    assert trips == {"pipeline": 1, "commands": len(shards)}
     bal = await client.get("/api/v1/credits/balance", params={"user_id": "w0"})
     assert bal.json()["credits_remaining"] == "4.980000"  # 20 debits of 0.001
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections import Counter
@@ -125,3 +126,70 @@ def test_cap_and_renewal_in_the_script(r: Any, k: Keys) -> None:
     assert apply(r, k, "c", -1, "f", period=PERIOD)[3] == "7"  # an older clock never renews
     types = [f["t"] for _, f in r.xrange(k.user_stream("c"))]
     assert types == ["usage", "usage", "usage", "monthly_reset", "usage", "usage", "usage"]
+
+
+def test_apply_many_answers_and_writes_exactly_what_apply_does_one_by_one(r: Any) -> None:
+    """The same items through apply.lua one call each and through one apply_many.lua call, on
+    two key prefixes: the same answers, user states, idempotency records and ledger events."""
+    # user, delta, request id, body fingerprint, extra event fields
+    items: list[tuple[str, int, str, str, list[str]]] = [
+        ("u1", -4, "a", "fp", ["model", "m"]),
+        ("u1", -4, "a", "fp", ["model", "m"]),  # replay
+        ("u1", -5, "a", "other", []),  # conflict
+        ("u1", -7, "b", "fp", []),  # nsf
+        ("ü 2", -2, "c", "fp", []),
+        ("ü 2", -2, "d", "fp", []),  # cap (3)
+        (
+            "old",
+            -1,
+            "e",
+            "fp",
+            ["tin", "5", "tout", "7", "meta", '{"k":"\u00e9"}'],
+        ),  # renews first: an older period
+        ("old", -1, "f", "fp", []),  # renewed once only
+        ("nobody", -1, "g", "fp", []),  # miss
+        ("u1", MAX_MICRO, "h", "fp", []),  # overflow
+        ("u1", 3, "i", "fp", []),  # a grant
+        ("u1", -9, "j", "fp", []),
+    ]
+    one, many = Keys(f"ts{uuid.uuid4().hex[:8]}", 1), Keys(f"ts{uuid.uuid4().hex[:8]}", 1)
+    for k in (one, many):
+        hydrate(r, k, "u1", 10)
+        hydrate(r, k, "ü 2", 5, cap="3")
+        r.register_script(source("hydrate"))(
+            keys=[k.user("old")],
+            args=[4, 6, "trial", "", PERIOD_ISO, 0, PERIOD - 86_400, 0, 0],
+        )
+    now = 1_762_000_000_000
+    single = r.register_script(source("apply"))
+    header = (now, PERIOD, PERIOD_ISO)
+    answers_one = [
+        list(
+            single(
+                keys=[one.user(u), one.request(u, rid), one.user_stream(u), one.holds(u)],
+                args=[u, *header, f"renew-{rid}", d, fp, f"tx-{rid}", 60, rid, "usage", *extra],
+            )
+        )
+        for u, d, rid, fp, extra in items
+    ]
+    keys, batch = [many.stream(0)], []
+    for u, d, rid, fp, extra in items:
+        keys += [many.user(u), many.request(u, rid), many.holds(u)]
+        batch.append([u, f"renew-{rid}", str(d), fp, f"tx-{rid}", rid, extra])
+    args = ["", now, PERIOD, PERIOD_ISO, "", 60, "usage", json.dumps(batch)]
+    answers_many = [list(a) for a in r.register_script(source("apply_many"))(keys=keys, args=args)]
+
+    assert answers_many == answers_one
+    assert [a[0] for a in answers_one] == [
+        *("ok", "replay", "conflict", "nsf", "ok", "cap", "ok", "ok", "miss", "overflow"),
+        *("ok", "ok"),
+    ]
+    for u in ("u1", "ü 2", "old", "nobody"):
+        assert r.hgetall(many.user(u)) == r.hgetall(one.user(u))
+    for u, _, rid, _, _ in items:
+        assert r.get(many.request(u, rid)) == r.get(one.request(u, rid))
+    events = [[f for _, f in r.xrange(k.stream(0))] for k in (one, many)]
+    assert events[1] == events[0]
+    assert [e["t"] for e in events[0]] == [
+        *("usage", "usage", "monthly_reset", "usage", "usage", "usage", "usage"),
+    ]

@@ -3,6 +3,9 @@
 -- Every mutating script starts with the same ARGV header, filled by the service:
 --   ARGV[1] user_id  ARGV[2] now (ms)  ARGV[3] current period start (epoch s)
 --   ARGV[4] current period start (ISO 8601)  ARGV[5] transaction id for a renewal, if one happens
+-- The helpers read it through H, which a script applying many changes (apply_many.lua) points at
+-- each item's user and renewal id in turn.
+local H = {uid = ARGV[1], now = ARGV[2], pstart = ARGV[3], piso = ARGV[4], rtxn = ARGV[5]}
 
 local function int(n) return string.format('%d', n) end
 
@@ -21,8 +24,8 @@ local function refuse_spend(bal, spent, held, cap, amount)
 end
 
 local function emit(stream, t, txn, rid, delta, bal, ver, spent, extra)
-  local ev = {'t', t, 'u', ARGV[1], 'tx', txn, 'rid', rid, 'amt', int(delta), 'bal', int(bal),
-              'ver', tostring(ver), 'ts', ARGV[2], 'spent', int(spent)}
+  local ev = {'t', t, 'u', H.uid, 'tx', txn, 'rid', rid, 'amt', int(delta), 'bal', int(bal),
+              'ver', tostring(ver), 'ts', H.now, 'spent', int(spent)}
   for i = 1, #extra do ev[#ev + 1] = extra[i] end
   redis.call('XADD', stream, '*', unpack(ev))
 end
@@ -32,11 +35,11 @@ end
 -- calls at the boundary renew once. Returns the balance change, or nil when nothing happened.
 local function renew(key, stream, force, rid, txn, reset_iso, extra)
   local st = redis.call('HMGET', key, 'bal', 'alloc', 'pstart', 'roll', 'spent')
-  if not force and tonumber(st[3]) >= tonumber(ARGV[3]) then return nil end
+  if not force and tonumber(st[3]) >= tonumber(H.pstart) then return nil end
   local bal, alloc = tonumber(st[1]), tonumber(st[2])
   local after = alloc
   if st[4] == '1' then after = math.min(bal + alloc, MAX) end
-  redis.call('HSET', key, 'bal', int(after), 'spent', '0', 'pstart', ARGV[3], 'reset', reset_iso)
+  redis.call('HSET', key, 'bal', int(after), 'spent', '0', 'pstart', H.pstart, 'reset', reset_iso)
   local ver = redis.call('HINCRBY', key, 'ver', 1)
   local fields = {'reset', reset_iso}
   for _, v in ipairs(extra or {}) do fields[#fields + 1] = v end
@@ -45,7 +48,7 @@ local function renew(key, stream, force, rid, txn, reset_iso, extra)
 end
 
 local function auto_renew(key, stream)
-  return renew(key, stream, false, 'sys:reset:' .. ARGV[3], ARGV[5], ARGV[4])
+  return renew(key, stream, false, 'sys:reset:' .. H.pstart, H.rtxn, H.piso)
 end
 
 -- Idempotency records: 'fingerprint|txn|delta|balance'. A retry with the same body replays the
@@ -67,12 +70,12 @@ end
 local function purge_holds(key, holds)
   local held = tonumber(redis.call('HGET', key, 'held') or '0')
   if held == 0 then return 0 end
-  local gone = redis.call('ZRANGEBYSCORE', holds, '-inf', ARGV[2])
+  local gone = redis.call('ZRANGEBYSCORE', holds, '-inf', H.now)
   if #gone == 0 then return held end
   for _, member in ipairs(gone) do
     held = held - tonumber(string.match(member, '|(%d+)$'))
   end
-  redis.call('ZREMRANGEBYSCORE', holds, '-inf', ARGV[2])
+  redis.call('ZREMRANGEBYSCORE', holds, '-inf', H.now)
   redis.call('HSET', key, 'held', int(held))
   return held
 end
@@ -89,4 +92,28 @@ local function open_user(user, idem, fp, stream, holds)
   if redis.call('XLEN', stream) >= BACKLOG_MAX then return {'backlog'}, nil end
   auto_renew(user, stream)
   return nil, purge_holds(user, holds)
+end
+
+-- Apply one signed credit change (debit < 0, grant > 0) to a user, at most once per request id:
+-- the opening (open_user), cap and balance checks, the update, the ledger event, the record.
+-- Balances returned are what the user can spend: the balance less its holds. Returns
+-- {'ok'|'replay', txn, delta, available}, {'conflict'}, {'nsf', available},
+-- {'cap', available, spent, cap}, {'overflow', available}, {'miss'} or {'backlog'}.
+local function apply_change(user, idem, stream, holds, delta, fp, txn, ttl, rid, event, extra)
+  local stop, held = open_user(user, idem, fp, stream, holds)
+  if stop then return stop end
+  local st = redis.call('HMGET', user, 'bal', 'spent', 'cap')
+  local bal, spent = tonumber(st[1]), tonumber(st[2])
+  if delta < 0 then
+    local refused = refuse_spend(bal, spent, held, st[3], -delta)
+    if refused then return refused end
+  end
+  local after = bal + delta
+  if after > MAX then return {'overflow', avail(bal, held)} end
+  if delta < 0 then spent = spent - delta end
+  redis.call('HSET', user, 'bal', int(after), 'spent', int(spent))
+  local ver = redis.call('HINCRBY', user, 'ver', 1)
+  emit(stream, event, txn, rid, delta, after, ver, spent, extra)
+  idem_save(idem, fp, txn, delta, avail(after, held), ttl)
+  return {'ok', txn, int(delta), avail(after, held)}
 end
