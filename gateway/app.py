@@ -2,32 +2,27 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.cron import CronTrigger
 from litestar import Litestar, Request, Response
 from litestar.openapi import OpenAPIConfig
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
-from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.auth import Authenticator, scope_guard
+from gateway.background import Background, redis_client
 from gateway.clock import Clock, system_clock
 from gateway.errors import POSTGRES_DOWN, REDIS_DOWN, InsufficientCredits, MeteringError
 from gateway.fastpath import DebitFastPath
-from gateway.flusher import Flusher, FlushLoop
+from gateway.flusher import Flusher
 from gateway.health import check_eviction
 from gateway.keys import Keys
 from gateway.metrics import POSTGRES_ERRORS, REDIS_ERRORS
 from gateway.money import fmt
-from gateway.renewal import renew_idle
 from gateway.routes import ROUTES
 from gateway.service import CreditService
 from gateway.services import Services
@@ -73,18 +68,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        # A blocking pool: a burst waits (up to redis_timeout) for a free connection instead of
-        # failing at once, and the number of connections to Redis stays bounded.
-        redis = Redis(
-            connection_pool=BlockingConnectionPool.from_url(
-                settings.redis_url,
-                decode_responses=True,
-                socket_timeout=settings.redis_timeout,
-                socket_connect_timeout=settings.redis_timeout,
-                max_connections=64,
-                timeout=settings.redis_timeout,
-            )
-        )
+        redis = redis_client(settings)
         await check_eviction(redis, settings.eviction_check)
         pool = await open_pool(settings.database_url)
         service = CreditService(
@@ -101,35 +85,12 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
         flusher = Flusher(redis, pool, keys, settings.flush_batch)
         auth = Authenticator(pool, settings.admin_key, settings.auth_cache_ttl)
         app.state.services = Services.build(settings, service, flusher, auth)
-        loop = FlushLoop(flusher, settings.flush_interval)
-        with contextlib.suppress(RedisError, OSError):  # Redis down at start-up: no marker yet
-            await loop.start()
-        scheduler = AsyncIOScheduler()
-        if settings.flush_interval > 0:
-            scheduler.add_job(
-                loop.tick,
-                "interval",
-                seconds=settings.flush_interval,
-                max_instances=1,
-                coalesce=True,
-                id="flush",
-            )
-        if settings.renew_cron != "off":
-            scheduler.add_job(
-                _renew_job,
-                CronTrigger.from_crontab(settings.renew_cron, timezone="UTC"),
-                args=[service],
-                max_instances=1,
-                coalesce=True,
-                id="renew",
-            )
-        scheduler.start()
+        background = Background(settings, flusher, service)
+        await background.start()
         try:
             yield
         finally:
-            scheduler.shutdown(wait=False)
-            if settings.flush_interval > 0:
-                await loop.tick()  # hand over what is pending before stopping
+            await background.stop()
             await redis.aclose()
             await pool.close()
 
@@ -150,10 +111,3 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
         logging_config=None,  # `metering serve` configures logging (gateway/logs.py)
     )
     return DebitFastPath(app, settings.max_body_bytes)
-
-
-async def _renew_job(service: CreditService) -> None:
-    try:
-        await renew_idle(service)
-    except Exception:
-        log.exception("renewing idle users failed; retried at the next run")

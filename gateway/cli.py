@@ -7,16 +7,19 @@ import asyncio
 import getpass
 import json
 import logging
+import logging.config
 import os
+import subprocess
 import sys
 import tempfile
 from dataclasses import asdict
 from typing import Any
 
 import asyncpg
-from redis.asyncio import Redis
 
 from gateway.auth import SCOPES, generate_key, hash_key
+from gateway.background import run_forever
+from gateway.connect import connect_redis
 from gateway.flusher import Flusher
 from gateway.keys import Keys
 from gateway.logs import serve_log_config
@@ -34,7 +37,7 @@ async def _migrate(settings: Settings) -> list[str]:
 
 
 async def _flush(settings: Settings) -> dict[str, Any]:
-    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = connect_redis(settings.redis_url, settings.redis_timeout)
     pool = await db.open_pool(settings.database_url, max_size=2)
     try:
         flusher = Flusher(
@@ -54,7 +57,7 @@ async def _flush(settings: Settings) -> dict[str, Any]:
 
 async def _inspect(settings: Settings, user_id: str, raw: bool) -> dict[str, Any]:
     keys = Keys(settings.key_prefix, settings.shards)
-    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = connect_redis(settings.redis_url, settings.redis_timeout)
     conn = await asyncpg.connect(settings.database_url)
     try:
         state = await redis.hgetall(keys.user(user_id))
@@ -88,7 +91,7 @@ async def _inspect(settings: Settings, user_id: str, raw: bool) -> dict[str, Any
 
 
 async def _reconcile(settings: Settings, flush: bool) -> tuple[bool, dict[str, Any]]:
-    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = connect_redis(settings.redis_url, settings.redis_timeout)
     pool = await db.open_pool(settings.database_url, max_size=2)
     keys = Keys(settings.key_prefix, settings.shards)
     try:
@@ -130,6 +133,17 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument(
+        "--flusher",
+        choices=("process", "inline"),
+        default="process",
+        help="run the flusher and the renewal cron in a process of their own (default), or "
+        "inside each worker",
+    )
+    flusher = sub.add_parser(
+        "flusher", help="run the flusher and the renewal cron until stopped (serve starts one)"
+    )
+    flusher.add_argument("--parent", type=int, help=argparse.SUPPRESS)
     sub.add_parser("migrate", help="create the database if missing and apply migrations")
     sub.add_parser("flush", help="flush pending events from Redis to PostgreSQL now")
     inspect = sub.add_parser("inspect", help="a user's Redis state and Postgres row side by side")
@@ -171,6 +185,11 @@ def main(argv: list[str] | None = None) -> int:
         applied = asyncio.run(_migrate(settings))
         print(f"applied: {', '.join(applied) or 'nothing, up to date'}")
         return 0
+    if args.command == "flusher":
+        log_format = os.environ.get("METERING_LOG_FORMAT", "json")
+        logging.config.dictConfig(serve_log_config(fmt=log_format))
+        asyncio.run(run_forever(settings, parent=args.parent))
+        return 0
     if args.command == "flush":
         print(json.dumps(asyncio.run(_flush(settings))))
         return 0
@@ -200,23 +219,43 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     asyncio.run(_migrate(settings))
-    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        # the workers' counters go to files here, so /metrics on any worker sums them all
+    separate = args.flusher == "process" and (
+        settings.flush_interval > 0 or settings.renew_cron != "off"
+    )
+    if (args.workers > 1 or separate) and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # the workers' (and the flusher's) counters go to files here, so /metrics on any worker
+        # sums them all
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="metering-metrics-")
     if not settings.admin_key:
         logging.getLogger("metering").warning(
             "METERING_ADMIN_KEY is not set: only stored API keys will be accepted"
         )
-    uvicorn.run(
-        "gateway.app:create_app",
-        log_config=serve_log_config(fmt=os.environ.get("METERING_LOG_FORMAT", "json")),
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level="info",
-        access_log=False,
-    )
+    background: subprocess.Popen[bytes] | None = None
+    if separate:
+        background = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
+            [sys.executable, "-m", "gateway.cli", "flusher", "--parent", str(os.getpid())]
+        )
+        # the workers only answer requests
+        os.environ["METERING_FLUSH_INTERVAL"] = "0"
+        os.environ["METERING_RENEW_CRON"] = "off"
+    try:
+        uvicorn.run(
+            "gateway.app:create_app",
+            log_config=serve_log_config(fmt=os.environ.get("METERING_LOG_FORMAT", "json")),
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level="info",
+            access_log=False,
+        )
+    finally:
+        if background is not None:  # it flushes what is pending, then exits
+            background.terminate()
+            try:
+                background.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                background.kill()
     return 0
 
 

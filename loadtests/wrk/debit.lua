@@ -1,13 +1,17 @@
 -- wrk script: POST debits with a unique request_id each (or a small pool when RETRY_POOL > 0).
 -- Environment: USERS (how many user ids, default 1000), PREFIX (user id prefix), AMOUNT,
 -- RETRY_POOL (0 = every request new), BATCH (items per request on the batch endpoint, 0 = single),
--- KEY (bearer key, empty for the baselines).
+-- KEY (bearer key, empty for the baselines), RATE and CONNS (when RATE > 0, each of the CONNS
+-- connections waits CONNS/RATE seconds between its requests, in whole milliseconds on average:
+-- a paced load of about RATE requests/s less the time the answers take).
 local users = tonumber(os.getenv("USERS") or "1000")
 local prefix = os.getenv("PREFIX") or "bench"
 local amount = os.getenv("AMOUNT") or "0.000100"
 local pool = tonumber(os.getenv("RETRY_POOL") or "0")
 local batch = tonumber(os.getenv("BATCH") or "0")
 local key = os.getenv("KEY") or ""
+local rate = tonumber(os.getenv("RATE") or "0")
+local gap = (rate > 0) and (tonumber(os.getenv("CONNS") or "1") * 1000 / rate) or 0
 local counter = 0
 local thread_id = 0
 local threads = {}
@@ -42,6 +46,14 @@ function request()
     return wrk.format(nil, nil, nil, '{"debits":[' .. table.concat(items, ",") .. ']}')
   end
   return wrk.format(nil, nil, nil, item())
+end
+
+if gap > 0 then
+  function delay()  -- wrk waits this many whole milliseconds; the fractions are drawn at random
+    local whole = math.floor(gap)
+    if math.random() < gap - whole then return whole + 1 end
+    return whole
+  end
 end
 
 function response(status, headers, body)
