@@ -75,5 +75,7 @@ class Coalescer:
     async def _pipeline(self, batch: list[Call]) -> list[Any]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for script, keys, args, _ in batch:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
+                # as a plain command: redis-py refuses pipe.evalsha() on a cluster, but routes
+                # EVALSHA by its keys (all of one slot) like any other command
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
             return list(await pipe.execute(raise_on_error=False))

@@ -4,6 +4,7 @@ at any time: each renewal is keyed by period in Redis, so repeats change nothing
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from gateway.clock import period_start
@@ -19,23 +20,25 @@ async def renew_idle(service: CreditService, batch: int = 500) -> int:
     after, renewed = "", 0
     while rows := await users_to_renew(service.pool, began, after, batch):
         keys = service.keys
-        async with service.redis.pipeline(transaction=False) as pipe:
-            for row in rows:
-                user = keys.user(row.user_id)
-                await service.scripts.hydrate(
-                    keys=[user], args=service.hydrate_args(row), client=pipe
-                )
-                await service.scripts.reset(
-                    keys=[
+        calls = []  # queued in order in one tick: the coalescer sends them as one pipeline
+        for row in rows:
+            user = keys.user(row.user_id)
+            calls.append(
+                service.coalescer.run(service.scripts.hydrate, [user], service.hydrate_args(row))
+            )
+            calls.append(
+                service.coalescer.run(
+                    service.scripts.reset,
+                    [
                         user,
                         keys.request(row.user_id, "sys:renew"),
                         keys.user_stream(row.user_id),
                         keys.holds(row.user_id),
                     ],
-                    args=[*service.header(row.user_id), "0", "", "", 0, "", "", ""],
-                    client=pipe,
+                    [*service.header(row.user_id), "0", "", "", 0, "", "", ""],
                 )
-            results = await pipe.execute()
+            )
+        results = await asyncio.gather(*calls)
         renewed += sum(1 for r in results[1::2] if r[0] == "ok")
         after = rows[-1].user_id
     if renewed:

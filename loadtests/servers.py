@@ -27,6 +27,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_cluster_port() -> int:
+    """A spare port whose cluster bus port (10000 above it) is spare too."""
+    for _ in range(100):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no spare port pair for a cluster node")
+
+
 def _wait(check: object, what: str, seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -40,8 +55,8 @@ def _wait(check: object, what: str, seconds: float = 30) -> None:
 
 
 class PrivateRedis:
-    def __init__(self, *extra: str, aof: bool = False) -> None:
-        self.port = free_port()
+    def __init__(self, *extra: str, aof: bool = False, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="metering-redis-")
         self.extra = list(extra)
         self.aof = aof
@@ -95,6 +110,73 @@ def private_redis(*extra: str) -> Iterator[str]:
         yield server.url
     finally:
         server.close()
+
+
+class PrivateCluster:
+    """A Redis Cluster of its own: masters (no replicas) on spare ports, joined with
+    ``redis-cli --cluster create``, slots spread evenly."""
+
+    def __init__(self, masters: int = 3) -> None:
+        self.nodes = [
+            PrivateRedis(
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "3000",
+                port=free_cluster_port(),
+            )
+            for _ in range(masters)
+        ]
+
+    @property
+    def url(self) -> str:
+        """The gateway's URL for it (any node will do as the seed)."""
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+
+        def ready() -> bool:
+            for node in self.nodes:
+                client = redis.Redis(port=node.port)
+                try:
+                    if client.cluster("info")["cluster_state"] != "ok":
+                        return False
+                finally:
+                    client.close()
+            return True
+
+        _wait(ready, "redis cluster")
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+
+@contextmanager
+def private_cluster(masters: int = 3) -> Iterator[PrivateCluster]:
+    cluster = PrivateCluster(masters)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
 
 
 def _pg_bin(name: str) -> str:

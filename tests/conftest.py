@@ -22,8 +22,10 @@ from redis.asyncio import Redis
 
 from gateway.app import create_app
 from gateway.clock import Clock
+from gateway.connect import connect_redis
 from gateway.keys import Keys
 from gateway.settings import Settings
+from loadtests.servers import PrivateCluster, private_cluster
 from persistence import db
 from persistence.migrate import prepare
 from tests.books import assert_books_balance
@@ -31,6 +33,7 @@ from tests.books import assert_books_balance
 PG_SERVER = os.environ.get("METERING_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 REDIS_URL = os.environ.get("METERING_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 ADMIN_KEY = "test-admin-key"
+BACKENDS = ["single", "cluster"]  # for tests that run on one Redis and on a Redis Cluster
 
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
@@ -80,9 +83,30 @@ def prefix() -> Iterator[str]:
     client.close()
 
 
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[PrivateCluster]:
+    """A Redis Cluster of 3 masters of the test session's own, started when a test needs it."""
+    with private_cluster(3) as running:
+        yield running
+
+
 @pytest.fixture
-async def redis(prefix: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(REDIS_URL, decode_responses=True)
+def redis_backend(request: pytest.FixtureRequest) -> str:
+    """'single' (the shared Redis, db 9) unless a test is parametrized with 'cluster':
+    ``@pytest.mark.parametrize("redis_backend", BACKENDS, indirect=True)``."""
+    return str(getattr(request, "param", "single"))
+
+
+@pytest.fixture
+def redis_url(redis_backend: str, request: pytest.FixtureRequest) -> str:
+    if redis_backend == "cluster":
+        return str(request.getfixturevalue("cluster").url)
+    return REDIS_URL
+
+
+@pytest.fixture
+async def redis(prefix: str, redis_url: str) -> AsyncIterator[Redis]:
+    client = connect_redis(redis_url, 5.0)
     yield client
     await client.aclose()
 
@@ -93,9 +117,9 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def settings(database_url: str, prefix: str) -> Settings:
+def settings(database_url: str, prefix: str, redis_url: str) -> Settings:
     return Settings(
-        redis_url=REDIS_URL,
+        redis_url=redis_url,
         database_url=database_url,
         admin_key=ADMIN_KEY,
         flush_interval=0,

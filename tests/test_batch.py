@@ -10,11 +10,15 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 
 from gateway.keys import Keys
 from gateway.settings import Settings
 from loadtests.servers import private_redis
-from tests.conftest import Client, FakeClock, gateway
+from tests.conftest import BACKENDS, Client, FakeClock, gateway
+
+# on one Redis and on a Redis Cluster of 3 masters
+pytestmark = pytest.mark.parametrize("redis_backend", BACKENDS, indirect=True)
 
 BATCH = "/api/v1/credits/debit/batch"
 
@@ -62,30 +66,32 @@ async def test_items_are_answered_in_order_with_their_own_status(
 async def test_a_warm_batch_of_1000_is_one_round_trip(
     client: Client, monkeypatch: pytest.MonkeyPatch, redis: Redis, keys: Keys
 ) -> None:
+    """One pipeline, nothing else, carrying one apply_many command per shard that has users (on
+    a cluster, the pipeline goes to each node holding such shards, in parallel)."""
     users = [f"w{i}" for i in range(50)]
     for u in users:  # warm: every user already in Redis
         await client.get("/api/v1/credits/balance", params={"user_id": u})
     service_redis = client.app.state.services.redis
     trips: Counter[str] = Counter()
-    real_execute, real_command = Pipeline.execute, type(service_redis).execute_command
+    pipeline = ClusterPipeline if isinstance(service_redis, RedisCluster) else Pipeline
+    real_execute, real_command = pipeline.execute, type(service_redis).execute_command
 
-    async def count_execute(self: Pipeline, *a: Any, **kw: Any) -> Any:
+    async def count_execute(self: Any, *a: Any, **kw: Any) -> Any:
         trips["pipeline"] += 1
-        trips["commands"] += len(self.command_stack)
+        trips["commands"] += len(self)
         return await real_execute(self, *a, **kw)
 
     async def count_command(self: Any, *a: Any, **kw: Any) -> Any:
         trips[str(a[0])] += 1
         return await real_command(self, *a, **kw)
 
-    monkeypatch.setattr(Pipeline, "execute", count_execute)
+    monkeypatch.setattr(pipeline, "execute", count_execute)
     monkeypatch.setattr(type(service_redis), "execute_command", count_command)
     items = [item(users[i % 50], "0.001", f"r{i}") for i in range(1000)]
     r = await client.post(BATCH, json={"debits": items})
     monkeypatch.undo()
     assert r.status_code == 200
     assert r.json()["succeeded"] == 1000
-    # one round trip, nothing else, carrying one apply_many command per shard that has users
     shards = {keys.user_stream(u) for u in users}
     assert trips == {"pipeline": 1, "commands": len(shards)}
     bal = await client.get("/api/v1/credits/balance", params={"user_id": "w0"})

@@ -6,11 +6,15 @@ import asyncio
 from collections import Counter
 
 import asyncpg
+import pytest
 from redis.asyncio import Redis
 
 from gateway.keys import Keys
 from tests.books import assert_books_balance
-from tests.conftest import Client
+from tests.conftest import BACKENDS, Client
+
+# on one Redis and on a Redis Cluster of 3 masters
+pytestmark = pytest.mark.parametrize("redis_backend", BACKENDS, indirect=True)
 
 
 async def _debit(client: Client, user: str, amount: str, rid: str) -> tuple[int, dict[str, str]]:

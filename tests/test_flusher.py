@@ -11,12 +11,16 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway import flusher as flusher_module
+from gateway.connect import connect_redis
 from gateway.flusher import Flusher, parse_event
 from gateway.keys import Keys
 from persistence import db
 from persistence.ledger import apply_events
 from tests.books import assert_books_balance
-from tests.conftest import REDIS_URL, Client
+from tests.conftest import BACKENDS, Client
+
+# on one Redis and on a Redis Cluster of 3 masters
+pytestmark = pytest.mark.parametrize("redis_backend", BACKENDS, indirect=True)
 
 
 async def spend(client: Client, users: int, per_user: int, amount: str = "0.01") -> int:
@@ -102,12 +106,17 @@ async def test_replaying_an_old_batch_changes_nothing(
 
 
 async def test_two_flushers_at_once_apply_each_event_once(
-    client: Client, pool: asyncpg.Pool, redis: Redis, keys: Keys, database_url: str
+    client: Client,
+    pool: asyncpg.Pool,
+    redis: Redis,
+    keys: Keys,
+    database_url: str,
+    redis_url: str,
 ) -> None:
     n = await spend(client, users=40, per_user=25)
     flushers: list[Flusher] = []
     pools = [await db.open_pool(database_url, max_size=2) for _ in range(3)]
-    clients = [Redis.from_url(REDIS_URL, decode_responses=True) for _ in range(3)]
+    clients = [connect_redis(redis_url, 5.0) for _ in range(3)]
     try:
         flushers = [Flusher(r, p, keys, batch=37) for r, p in zip(clients, pools, strict=True)]
         stats = await asyncio.gather(*(f.flush() for f in flushers))

@@ -19,7 +19,10 @@ from gateway.keys import Keys
 from gateway.renewal import renew_idle
 from gateway.settings import Settings
 from tests.books import assert_books_balance
-from tests.conftest import Client, FakeClock, gateway
+from tests.conftest import BACKENDS, Client, FakeClock, gateway
+
+# on one Redis and on a Redis Cluster of 3 masters
+pytestmark = pytest.mark.parametrize("redis_backend", BACKENDS, indirect=True)
 
 DEC_1 = datetime(2026, 12, 1, tzinfo=UTC)
 TIERS = """

@@ -8,12 +8,16 @@ import subprocess
 import sys
 
 import asyncpg
+import pytest
 from redis.asyncio import Redis
 
 from gateway.keys import Keys
 from gateway.reconcile import reconcile
 from gateway.settings import Settings
-from tests.conftest import Client
+from tests.conftest import BACKENDS, Client
+
+# on one Redis and on a Redis Cluster of 3 masters
+pytestmark = pytest.mark.parametrize("redis_backend", BACKENDS, indirect=True)
 
 
 def run_reconcile(settings: Settings) -> subprocess.CompletedProcess[str]:

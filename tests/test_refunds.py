@@ -13,7 +13,10 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.keys import Keys
-from tests.conftest import Client, FakeClock
+from tests.conftest import BACKENDS, Client, FakeClock
+
+# on one Redis and on a Redis Cluster of 3 masters
+pytestmark = pytest.mark.parametrize("redis_backend", BACKENDS, indirect=True)
 
 REFUND = "/api/v1/credits/refund"
 

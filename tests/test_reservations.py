@@ -12,7 +12,10 @@ from redis.asyncio import Redis
 
 from gateway.keys import Keys
 from tests.books import assert_books_balance
-from tests.conftest import Client, FakeClock
+from tests.conftest import BACKENDS, Client, FakeClock
+
+# on one Redis and on a Redis Cluster of 3 masters
+pytestmark = pytest.mark.parametrize("redis_backend", BACKENDS, indirect=True)
 
 RES = "/api/v1/credits/reservations"
 
