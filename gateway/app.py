@@ -14,11 +14,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.auth import Authenticator, scope_guard
-from gateway.background import Background, redis_client
+from gateway.background import Background, make_flusher, redis_client
 from gateway.clock import Clock, system_clock
 from gateway.errors import POSTGRES_DOWN, REDIS_DOWN, InsufficientCredits, MeteringError
 from gateway.fastpath import DebitFastPath
-from gateway.flusher import Flusher
 from gateway.health import check_eviction
 from gateway.keys import Keys
 from gateway.metrics import POSTGRES_ERRORS, REDIS_ERRORS
@@ -82,7 +81,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
             settings.pricing_cache_ttl,
             settings.max_backlog,
         )
-        flusher = Flusher(redis, pool, keys, settings.flush_batch)
+        flusher = make_flusher(settings, redis, pool, tiers)
         auth = Authenticator(pool, settings.admin_key, settings.auth_cache_ttl)
         app.state.services = Services.build(settings, service, flusher, auth)
         background = Background(settings, flusher, service)

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 
+import asyncpg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from redis.asyncio import Redis
@@ -28,7 +29,8 @@ from gateway.keys import Keys
 from gateway.renewal import renew_idle
 from gateway.service import CreditService
 from gateway.settings import Settings
-from gateway.tiers import load_tiers
+from gateway.tiers import TierTable, load_tiers
+from gateway.webhooks import WebhookSender
 from persistence.db import open_pool
 
 log = logging.getLogger("metering.background")
@@ -38,14 +40,34 @@ def redis_client(settings: Settings) -> Redis:
     return connect_redis(settings.redis_url, settings.redis_timeout)
 
 
+def make_flusher(settings: Settings, redis: Redis, pool: asyncpg.Pool, tiers: TierTable) -> Flusher:
+    """The flusher, queueing low-balance webhooks when a webhook URL is set."""
+    return Flusher(
+        redis,
+        pool,
+        Keys(settings.key_prefix, settings.shards),
+        settings.flush_batch,
+        alerts=tiers.alert_rules() if settings.webhook_url else None,
+    )
+
+
 class Background:
-    """The flush loop and the renewal cron; nothing runs for a zero interval or cron "off"."""
+    """The flush loop, the renewal cron and the webhook sender; nothing runs for a zero flush
+    interval, cron "off" or no webhook URL."""
 
     def __init__(self, settings: Settings, flusher: Flusher, service: CreditService) -> None:
         self.settings = settings
         self.loop = FlushLoop(flusher, settings.flush_interval)
         self.service = service
         self.scheduler = AsyncIOScheduler()
+        self.webhooks: WebhookSender | None = None
+        if settings.webhook_url and settings.webhook_secret and settings.flush_interval > 0:
+            self.webhooks = WebhookSender(
+                service.pool,
+                settings.webhook_url,
+                settings.webhook_secret,
+                settings.webhook_max_attempts,
+            )
 
     @property
     def active(self) -> bool:
@@ -72,12 +94,32 @@ class Background:
                 coalesce=True,
                 id="renew",
             )
+        if self.webhooks is not None:
+            self.scheduler.add_job(
+                _send_job,
+                "interval",
+                seconds=1.0,
+                args=[self.webhooks],
+                max_instances=1,
+                coalesce=True,
+                id="webhooks",
+            )
         self.scheduler.start()
 
     async def stop(self) -> None:
         self.scheduler.shutdown(wait=False)
         if self.settings.flush_interval > 0:
             await self.loop.tick()  # hand over what is pending before stopping
+        if self.webhooks is not None:
+            await self.webhooks.aclose()
+
+
+async def _send_job(sender: WebhookSender) -> None:
+    try:
+        while (await sender.send_due()).delivered == 100:  # a full batch: more may be due
+            pass
+    except Exception:  # PostgreSQL down, say: the outbox keeps them
+        log.exception("sending webhooks failed; tried again in a second")
 
 
 async def _renew_job(service: CreditService) -> None:
@@ -94,11 +136,10 @@ async def run_forever(
     or until the parent process (the `metering serve` that started it) is gone."""
     redis = redis_client(settings)
     pool = await open_pool(settings.database_url, max_size=8)
-    keys = Keys(settings.key_prefix, settings.shards)
     service = CreditService(
         redis,
         pool,
-        keys,
+        Keys(settings.key_prefix, settings.shards),
         load_tiers(settings.tiers_file),
         clock,
         settings.idempotency_ttl,
@@ -106,7 +147,7 @@ async def run_forever(
         settings.pricing_cache_ttl,
         settings.max_backlog,
     )
-    background = Background(settings, Flusher(redis, pool, keys, settings.flush_batch), service)
+    background = Background(settings, make_flusher(settings, redis, pool, service.tiers), service)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)

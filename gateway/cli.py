@@ -18,13 +18,13 @@ from typing import Any
 import asyncpg
 
 from gateway.auth import SCOPES, generate_key, hash_key
-from gateway.background import run_forever
+from gateway.background import make_flusher, run_forever
 from gateway.connect import connect_redis
-from gateway.flusher import Flusher
 from gateway.keys import Keys
 from gateway.logs import serve_log_config
 from gateway.reconcile import reconcile
 from gateway.settings import Settings, settings_from_env
+from gateway.tiers import load_tiers
 from persistence import api_keys, db, ledger, users
 from persistence.migrate import prepare
 
@@ -40,9 +40,7 @@ async def _flush(settings: Settings) -> dict[str, Any]:
     redis = connect_redis(settings.redis_url, settings.redis_timeout)
     pool = await db.open_pool(settings.database_url, max_size=2)
     try:
-        flusher = Flusher(
-            redis, pool, Keys(settings.key_prefix, settings.shards), settings.flush_batch
-        )
+        flusher = make_flusher(settings, redis, pool, load_tiers(settings.tiers_file))
         stats = await flusher.flush()
         return {
             "events": stats.events,
@@ -96,7 +94,7 @@ async def _reconcile(settings: Settings, flush: bool) -> tuple[bool, dict[str, A
     keys = Keys(settings.key_prefix, settings.shards)
     try:
         if flush:
-            await Flusher(redis, pool, keys, settings.flush_batch).flush()
+            await make_flusher(settings, redis, pool, load_tiers(settings.tiers_file)).flush()
         report = await reconcile(redis, pool, keys)
         summary = {"users": report.users, "backlog": report.backlog, "drift": report.drift}
         return report.ok, summary

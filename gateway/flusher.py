@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 
 from gateway.keys import Keys
 from gateway.metrics import FLUSH_BATCHES, FLUSH_FAILURES, FLUSHED_EVENTS, REDIS_DATA_LOSSES
-from persistence.ledger import Event, apply_events, try_flush_lock
+from persistence.ledger import AlertRules, Event, apply_events, try_flush_lock
 
 log = logging.getLogger("metering.flusher")
 
@@ -65,8 +65,15 @@ class FlushStats:
 
 class Flusher:
     def __init__(
-        self, redis: Redis, pool: asyncpg.Pool, keys: Keys, batch: int, concurrency: int = 4
+        self,
+        redis: Redis,
+        pool: asyncpg.Pool,
+        keys: Keys,
+        batch: int,
+        concurrency: int = 4,
+        alerts: AlertRules | None = None,  # low-balance webhooks to queue (None: none)
     ) -> None:
+        self.alerts = alerts
         self.redis = redis
         self.pool = pool
         self.keys = keys
@@ -106,7 +113,7 @@ class Flusher:
                 if not await try_flush_lock(conn, stream):
                     stats.skipped_shards.append(shard)
                     return stats
-                result = await apply_events(conn, events)
+                result = await apply_events(conn, events, self.alerts)
             stats.events += len(events)
             stats.inserted += result.inserted
             await self.acknowledge(stream, [eid for eid, _ in entries])

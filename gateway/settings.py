@@ -33,6 +33,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     eviction_check: Literal["refuse", "warn"] = "refuse"  # Redis must not evict unflushed state
     period: Period = "month"  # allocation period: month (calendar), week (ISO) or day
     renew_cron: str = "*/10 * * * *"  # crontab for renewing idle users; "" disables
+    webhook_url: str | None = None  # low-balance alerts are POSTed here (none when unset)
+    webhook_secret: str | None = None  # HMAC-SHA256 key signing each webhook
+    webhook_max_attempts: int = 12  # tries per webhook (backoff 2 s doubling, at most 1 h)
 
 
 _ENV = {
@@ -54,6 +57,9 @@ _ENV = {
     "eviction_check": "METERING_EVICTION_CHECK",
     "period": "METERING_PERIOD",
     "renew_cron": "METERING_RENEW_CRON",
+    "webhook_url": "METERING_WEBHOOK_URL",
+    "webhook_secret": "METERING_WEBHOOK_SECRET",
+    "webhook_max_attempts": "METERING_WEBHOOK_MAX_ATTEMPTS",
 }
 
 
@@ -63,6 +69,12 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: object)
     raw: dict[str, object] = {f: env[v] for f, v in _ENV.items() if env.get(v, "") != ""}
     raw.update(overrides)
     try:
-        return msgspec.convert(raw, Settings, strict=False)
+        settings = msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise SystemExit(f"invalid configuration: {exc}") from None
+    if settings.webhook_url and not settings.webhook_secret:
+        raise SystemExit(
+            "invalid configuration: METERING_WEBHOOK_URL needs METERING_WEBHOOK_SECRET "
+            "(webhooks are signed with it)"
+        )
+    return settings

@@ -24,6 +24,8 @@ class Tier:
     allocation: int  # micro-credits
     monthly_cap: int | None  # micro-credits, None when uncapped
     rollover: bool = False  # unused credits carry into the next period instead of expiring
+    alerts: tuple[int, ...] = (80, 95)  # low-balance webhooks at these % of the allocation spent
+    alert_depleted: bool = True  # and one when the period's spending has used up the balance
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +39,15 @@ class TierTable:
     @property
     def default_tier(self) -> Tier:
         return self.tiers[self.default]
+
+    def alert_rules(self) -> tuple[list[str], list[str], list[Decimal]]:
+        """(tier, kind, fraction of the allocation) per low-balance alert, as three columns."""
+        rules = [
+            (t.name, f"used_{pct}", Decimal(pct) / 100)
+            for t in self.tiers.values()
+            for pct in t.alerts
+        ] + [(t.name, "depleted", Decimal(1)) for t in self.tiers.values() if t.alert_depleted]
+        return [r[0] for r in rules], [r[1] for r in rules], [r[2] for r in rules]
 
 
 def _micro(value: Any, where: str, *, allow_zero: bool) -> int:
@@ -69,7 +80,24 @@ def parse_tiers(text: str) -> TierTable:
         rollover = spec.get("rollover", False)
         if not isinstance(rollover, bool):
             raise TierConfigError(f"tiers.{name}.rollover must be true or false")
-        tiers[name] = Tier(name=name, allocation=alloc, monthly_cap=cap, rollover=rollover)
+        alerts = spec.get("alerts", [80, 95])
+        if not isinstance(alerts, list) or not all(
+            isinstance(a, int) and not isinstance(a, bool) and 1 <= a <= 100 for a in alerts
+        ):
+            raise TierConfigError(
+                f"tiers.{name}.alerts must be a list of whole percentages from 1 to 100"
+            )
+        depleted = spec.get("alert_depleted", True)
+        if not isinstance(depleted, bool):
+            raise TierConfigError(f"tiers.{name}.alert_depleted must be true or false")
+        tiers[name] = Tier(
+            name=name,
+            allocation=alloc,
+            monthly_cap=cap,
+            rollover=rollover,
+            alerts=tuple(sorted(set(alerts))),
+            alert_depleted=depleted,
+        )
     default = data.get("default_tier", "trial")
     if default not in tiers:
         raise TierConfigError(f"default_tier {default!r} is not one of the tiers")

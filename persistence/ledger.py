@@ -39,6 +39,9 @@ class Event:
 
 log = logging.getLogger("metering.ledger")
 
+# Low-balance alert rules as columns: tiers, kinds, fractions of the allocation spent.
+AlertRules = tuple[list[str], list[str], list[Decimal]]
+
 # Ledger request_id of a request whose id was reused after the idempotency window.
 REUSED_PREFIX = "sys:reused:"
 
@@ -57,11 +60,15 @@ class BatchResult:
     users: int  # user rows whose balance moved forward
 
 
-async def apply_events(conn: Executor, events: list[Event]) -> BatchResult:
-    """Write events to the ledger and move each user's row to its newest state.
+async def apply_events(
+    conn: Executor, events: list[Event], alerts: AlertRules | None = None
+) -> BatchResult:
+    """Write events to the ledger and move each user's row to its newest state; with alert
+    rules, queue the low-balance webhooks whose thresholds the moved users have crossed.
 
     Run inside a transaction. Replaying events already applied changes nothing: ledger rows are
-    keyed by transaction id, and a user's row only moves to a higher Redis version.
+    keyed by transaction id, a user's row only moves to a higher Redis version, and an alert is
+    queued once per user, period and kind.
     """
     inserted = await _insert(conn, events)
     if inserted < len(events):
@@ -93,6 +100,8 @@ async def apply_events(conn: Executor, events: list[Event]) -> BatchResult:
         [latest[u].spent or 0 for u in users],
         [_iso(resets[u].reset) if u in resets else None for u in users],
     )
+    if alerts is not None and alerts[0]:
+        await conn.execute(queries.WEBHOOK_QUEUE_ALERTS, users, *alerts)
     return BatchResult(inserted=inserted, users=int(status.split()[-1]))
 
 

@@ -280,6 +280,58 @@ DATABASE_EXISTS = "SELECT 1 FROM pg_database WHERE datname = $1"
 
 PING = "SELECT 1"
 
+# Low-balance alerts for the users a flush just moved ($1): each (tier, kind, fraction) rule
+# ($2, $3, $4) whose threshold the user's period has crossed queues one webhook; a fraction of
+# the allocation spent this period, or 'depleted' (spent this period and nothing left). The
+# unique (user_id, period_start, kind) makes it one per crossing per period, replays included.
+WEBHOOK_QUEUE_ALERTS = """
+INSERT INTO webhook_outbox (user_id, period_start, kind, payload)
+SELECT u.user_id, u.last_reset, a.kind,
+       jsonb_build_object(
+           'type', 'credits.low_balance', 'kind', a.kind, 'user_id', u.user_id, 'tier', u.tier,
+           'threshold', a.fraction::text, 'credits_remaining', u.credits_remaining::text,
+           'credits_allocated', u.credits_allocated::text,
+           'period_spent', u.period_spent::text, 'period_start', u.last_reset)
+FROM user_credits u
+JOIN unnest($2::varchar[], $3::varchar[], $4::numeric[]) AS a(tier, kind, fraction)
+  ON a.tier = u.tier
+WHERE u.user_id = ANY($1::varchar[])
+  AND CASE WHEN a.kind = 'depleted'
+           THEN u.period_spent > 0 AND u.credits_remaining <= 0
+           ELSE u.credits_allocated > 0 AND u.period_spent >= u.credits_allocated * a.fraction
+      END
+ON CONFLICT (user_id, period_start, kind) DO NOTHING
+"""
+
+# Claim up to $1 due webhooks: leased for $2 seconds (another sender skips them meanwhile; a
+# sender that dies mid-send leaves them to be sent again when the lease ends).
+WEBHOOK_CLAIM = """
+UPDATE webhook_outbox AS o
+SET next_attempt_at = now() + make_interval(secs => $2), attempts = o.attempts + 1
+FROM (
+    SELECT id FROM webhook_outbox
+    WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= now()
+    ORDER BY id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+) AS due
+WHERE o.id = due.id
+RETURNING o.id, o.event_id, o.payload::text AS payload, o.attempts
+"""
+
+WEBHOOK_DELIVERED = (
+    "UPDATE webhook_outbox SET delivered_at = now(), last_error = NULL WHERE id = $1"
+)
+
+# A failed try: again after $2 seconds, or given up ($3 true) after the last try.
+WEBHOOK_RETRY = """
+UPDATE webhook_outbox
+SET next_attempt_at = now() + make_interval(secs => $2), last_error = $4,
+    failed_at = CASE WHEN $3 THEN now() END
+WHERE id = $1
+"""
+
+
 ALL: dict[str, str] = {
     name: value
     for name, value in dict(globals()).items()

@@ -75,8 +75,8 @@ async def test_failure_before_commit_loses_nothing(
     n = await spend(client, users=3, per_user=10)
     flusher: Flusher = client.app.state.services.flusher
 
-    async def apply_then_fail(conn: asyncpg.Connection, events: list[Any]) -> Any:
-        await apply_events(conn, events)
+    async def apply_then_fail(conn: asyncpg.Connection, events: list[Any], alerts: Any) -> Any:
+        await apply_events(conn, events, alerts)
         raise asyncpg.PostgresConnectionError("connection lost before COMMIT")
 
     monkeypatch.setattr(flusher_module, "apply_events", apply_then_fail)
