@@ -78,6 +78,7 @@ class Scenario:
     expect_402: bool = False
     warm: bool = False
     paced: float = 0.0  # > 0: paced at this fraction of the target's peak on "1000 users"
+    connections: int | None = None  # instead of --connections
 
 
 SCENARIOS = [
@@ -94,10 +95,11 @@ SCENARIOS = [
         {"USERS": str(USERS), "PREFIX": "bench", "BATCH": "100"},
         path="/batch",
     ),
-    Scenario(
-        "batch (1000 per request)",
+    Scenario(  # 8 connections: 8,000 debits in flight (64 would be 64,000)
+        "batch (1000 per request, 8 connections)",
         {"USERS": str(USERS), "PREFIX": "bench", "BATCH": "1000"},
         path="/batch",
+        connections=8,
     ),
     Scenario(
         "insufficient-credit storm",
@@ -175,8 +177,9 @@ def run_scenario(
     env: dict[str, str],
     per_request: int = 1,
     expect_402: bool = False,
+    connections: int | None = None,
 ) -> Result:
-    w = wrk(url, args.duration, args.connections, env)
+    w = wrk(url, args.duration, connections or args.connections, env)
     statuses: dict[str, int] = w["statuses"]  # type: ignore[assignment]
     ok = sum(n for code, n in statuses.items() if code.startswith("2"))
     unexpected = sum(
@@ -432,6 +435,7 @@ def main() -> int:
                             env,
                             per_request=int(env.get("BATCH", "1")),
                             expect_402=scenario.expect_402,
+                            connections=scenario.connections,
                         )
                     )
             finally:

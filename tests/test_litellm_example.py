@@ -1,0 +1,115 @@
+"""examples/litellm_metering.py against a running gateway (`metering serve`), with LiteLLM's mock
+responses (no provider is called): reserve, commit the priced usage, release on failure, and a
+402 before any call when the user is out of credits; the SDK wrapper and the proxy callback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from decimal import Decimal
+from types import SimpleNamespace
+
+import httpx
+import pytest
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no fetch from the internet
+litellm = pytest.importorskip("litellm")
+
+from examples.litellm_metering import MeteringProxyHandler, metered_completion  # noqa: E402
+from gateway.client import InsufficientCreditsError, MeteringClient  # noqa: E402
+from tests.conftest import ADMIN_KEY  # noqa: E402
+from tests.processes import Running, gateway_process  # noqa: E402
+
+MODEL = "gpt-4o-mini"
+ASK = [{"role": "user", "content": "hi"}]  # LiteLLM's mock answers 10 prompt + 20 output tokens
+
+
+@pytest.fixture(scope="module")
+def gw() -> Iterator[Running]:
+    with gateway_process() as running:
+        r = httpx.put(  # 1,000 and 2,000 credits per million tokens: 0.05 per mocked call
+            f"{running.url}/api/v1/pricing/{MODEL}",
+            json={"input_per_million": "1000", "output_per_million": "2000"},
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        )
+        assert r.status_code == 200, r.text
+        yield running
+
+
+async def remaining(m: MeteringClient, user: str) -> Decimal:
+    b = await m.balance(user)
+    assert b.credits_held == "0.000000"  # every hold settled
+    return Decimal(b.credits_remaining)
+
+
+async def test_a_call_is_charged_its_priced_usage(gw: Running) -> None:
+    async with MeteringClient(gw.url, ADMIN_KEY) as m:
+        reply = await metered_completion(
+            m, "llm-a", "0.50", model=MODEL, messages=ASK, mock_response="Hello there"
+        )
+        assert reply.choices[0].message.content == "Hello there"
+        assert await remaining(m, "llm-a") == Decimal("4.95")
+
+
+async def test_a_failed_call_releases_its_hold(gw: Running) -> None:
+    async with MeteringClient(gw.url, ADMIN_KEY) as m:
+        with pytest.raises(litellm.exceptions.InternalServerError):
+            await metered_completion(
+                m, "llm-b", "0.50", model=MODEL, messages=ASK, mock_response=Exception("boom")
+            )
+        assert await remaining(m, "llm-b") == Decimal("5")
+
+
+async def test_out_of_credits_refuses_before_the_call(gw: Running) -> None:
+    async with MeteringClient(gw.url, ADMIN_KEY) as m:
+        with pytest.raises(InsufficientCreditsError):
+            await metered_completion(
+                m, "llm-c", "10", model=MODEL, messages=ASK, mock_response="never sent"
+            )
+        assert await remaining(m, "llm-c") == Decimal("5")
+
+
+async def settled(handler: MeteringProxyHandler) -> None:
+    for _ in range(100):  # LiteLLM runs its success and failure callbacks in the background
+        if not handler.holds:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"holds left: {handler.holds}")
+
+
+async def test_the_proxy_callback_reserves_commits_and_releases(gw: Running) -> None:
+    async with MeteringClient(gw.url, ADMIN_KEY) as m:
+        handler = MeteringProxyHandler(m, "0.50")
+        litellm.callbacks = [handler]
+        try:
+            key = SimpleNamespace(user_id="llm-proxy")  # as the proxy's UserAPIKeyAuth
+            data = await handler.async_pre_call_hook(key, None, {"model": MODEL}, "completion")
+            assert (await m.balance("llm-proxy")).credits_held == "0.500000"
+            await litellm.acompletion(
+                model=MODEL,
+                messages=ASK,
+                mock_response="ok",
+                litellm_call_id=data["litellm_call_id"],
+            )
+            await settled(handler)
+            assert await remaining(m, "llm-proxy") == Decimal("4.95")
+
+            data = await handler.async_pre_call_hook(key, None, {"model": MODEL}, "completion")
+            with pytest.raises(litellm.exceptions.InternalServerError):
+                await litellm.acompletion(
+                    model=MODEL,
+                    messages=ASK,
+                    mock_response=Exception("provider down"),
+                    litellm_call_id=data["litellm_call_id"],
+                )
+            await settled(handler)
+            assert await remaining(m, "llm-proxy") == Decimal("4.95")  # released, not charged
+
+            broke = SimpleNamespace(user_id="llm-proxy")
+            with pytest.raises(InsufficientCreditsError):
+                await MeteringProxyHandler(m, "100").async_pre_call_hook(
+                    broke, None, {"model": MODEL}, "completion"
+                )
+        finally:
+            litellm.callbacks = []
