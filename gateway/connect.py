@@ -8,7 +8,7 @@ hash slot only (gateway/keys.py), so scripts, pipelines and the flusher work the
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
@@ -29,22 +29,12 @@ def connect_redis(url: str, timeout: float, max_connections: int = 64) -> Redis:
     stays bounded. For a cluster, a RedisCluster (a pool per node), typed as Redis: it offers
     every command the gateway uses, which the cluster tests run."""
     seed = cluster_url(url)
+    common: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "max_connections": max_connections,
+    }
     if seed is not None:
-        cluster = RedisCluster.from_url(
-            seed,
-            decode_responses=True,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            max_connections=max_connections,
-        )
-        return cast(Redis, cluster)
-    return Redis(
-        connection_pool=BlockingConnectionPool.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            max_connections=max_connections,
-            timeout=timeout,
-        )
-    )
+        return cast(Redis, RedisCluster.from_url(seed, **common))
+    return Redis(connection_pool=BlockingConnectionPool.from_url(url, timeout=timeout, **common))

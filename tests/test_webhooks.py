@@ -63,6 +63,15 @@ async def debit(c: Client, user: str, amount: str, rid: str) -> None:
     assert r.status_code == 200, r.text
 
 
+async def spend_past_80(
+    settings: Settings, clock: FakeClock, receiver: Receiver, user: str
+) -> None:
+    """Queue one alert (used_80) for user: 4.1 of the trial's 5.00 spent, flushed."""
+    async with gateway(settings, clock, webhook_url=receiver.url, webhook_secret=SECRET) as c:
+        await debit(c, user, "4.1", "a")
+        await c.app.state.services.flusher.flush()
+
+
 async def queued(pool: asyncpg.Pool, user: str) -> list[str]:
     rows = await pool.fetch("SELECT kind FROM webhook_outbox WHERE user_id = $1 ORDER BY id", user)
     return [r["kind"] for r in rows]
@@ -115,9 +124,7 @@ async def test_each_threshold_crossed_sends_one_signed_webhook(
 async def test_failed_deliveries_are_retried_with_the_same_id_then_given_up(
     settings: Settings, clock: FakeClock, pool: asyncpg.Pool, receiver: Receiver
 ) -> None:
-    async with gateway(settings, clock, webhook_url=receiver.url, webhook_secret=SECRET) as c:
-        await debit(c, "r1", "4.1", "a")
-        await c.app.state.services.flusher.flush()
+    await spend_past_80(settings, clock, receiver, "r1")
     receiver.fail_first = 2
     sender = WebhookSender(pool, receiver.url, SECRET, max_attempts=5, backoff=0)
     try:
@@ -145,9 +152,7 @@ async def test_failed_deliveries_are_retried_with_the_same_id_then_given_up(
 async def test_a_retry_waits_for_its_backoff(
     settings: Settings, clock: FakeClock, pool: asyncpg.Pool, receiver: Receiver
 ) -> None:
-    async with gateway(settings, clock, webhook_url=receiver.url, webhook_secret=SECRET) as c:
-        await debit(c, "slow", "4.1", "a")
-        await c.app.state.services.flusher.flush()
+    await spend_past_80(settings, clock, receiver, "slow")
     receiver.fail_first = 1
     sender = WebhookSender(pool, receiver.url, SECRET, backoff=3600)
     try:
@@ -199,8 +204,8 @@ async def test_the_background_flushes_and_sends_on_its_own(
         settings, clock, webhook_url=receiver.url, webhook_secret=SECRET, flush_interval=0.1
     ) as c:
         await debit(c, "auto", "5", "a")
-        for _ in range(100):
-            if receiver.got:
+        for _ in range(200):  # flushed and sent within a few ticks
+            if len(receiver.got) >= 3:
                 break
             await asyncio.sleep(0.05)
     assert [(a["user_id"], a["kind"]) for a in receiver.alerts()] == [
