@@ -1,5 +1,5 @@
-"""Background work: the write-behind flusher every flush_interval and the renewal of idle users
-on a cron, on one APScheduler.
+"""Background work: the write-behind flusher every flush_interval, the renewal of idle users on
+a cron and the low-balance webhook sender, on one APScheduler.
 
 It runs inside the app (tests; `metering serve --flusher inline`) or, by default under
 `metering serve`, in a process of its own (`metering flusher`, started and stopped by serve),
@@ -40,6 +40,12 @@ def redis_client(settings: Settings) -> Redis:
     return connect_redis(settings.redis_url, settings.redis_timeout)
 
 
+def has_work(settings: Settings) -> bool:
+    """Whether these settings give the background anything to do (the webhook sender runs
+    with the flusher)."""
+    return settings.flush_interval > 0 or settings.renew_cron != "off"
+
+
 def make_flusher(settings: Settings, redis: Redis, pool: asyncpg.Pool, tiers: TierTable) -> Flusher:
     """The flusher, queueing low-balance webhooks when a webhook URL is set."""
     return Flusher(
@@ -68,10 +74,6 @@ class Background:
                 settings.webhook_secret,
                 settings.webhook_max_attempts,
             )
-
-    @property
-    def active(self) -> bool:
-        return self.settings.flush_interval > 0 or self.settings.renew_cron != "off"
 
     async def start(self) -> None:
         with contextlib.suppress(RedisError, OSError):  # Redis down at start-up: no marker yet

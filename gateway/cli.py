@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 
 from gateway.auth import SCOPES, generate_key, hash_key
-from gateway.background import make_flusher, run_forever
+from gateway.background import has_work, make_flusher, run_forever
 from gateway.connect import connect_redis
 from gateway.keys import Keys
 from gateway.logs import serve_log_config
@@ -217,9 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     asyncio.run(_migrate(settings))
-    separate = args.flusher == "process" and (
-        settings.flush_interval > 0 or settings.renew_cron != "off"
-    )
+    separate = args.flusher == "process" and has_work(settings)
     if (args.workers > 1 or separate) and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # the workers' (and the flusher's) counters go to files here, so /metrics on any worker
         # sums them all

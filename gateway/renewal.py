@@ -14,8 +14,10 @@ from persistence.users import users_to_renew
 log = logging.getLogger("metering.renewal")
 
 
-async def renew_idle(service: CreditService, batch: int = 500) -> int:
-    """Renew every user whose period ended; one Redis round trip per batch. Returns how many."""
+async def renew_idle(service: CreditService, batch: int = 250) -> int:
+    """Renew every user whose period ended; one Redis round trip per batch (two calls a user,
+    within the coalescer's 512 a pipeline, so a user's hydrate and reset go together, in order).
+    Returns how many."""
     began = period_start(service.clock(), service.period)
     after, renewed = "", 0
     while rows := await users_to_renew(service.pool, began, after, batch):
