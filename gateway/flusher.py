@@ -1,8 +1,9 @@
 """Write-behind: move ledger events from the Redis shard streams into PostgreSQL.
 
 Per shard: read the oldest events (XRANGE), apply them in one PostgreSQL transaction that holds
-the shard's advisory lock, commit, then delete them from the stream (XDEL). Exactly-once effect:
-- a crash after the commit and before XDEL leaves the events in the stream; the next flush
+the shard's advisory lock, commit, then delete them from the stream (XTRIM MINID).
+Exactly-once effect:
+- a crash after the commit and before XTRIM leaves the events in the stream; the next flush
   applies them again, which changes nothing (ledger rows are keyed by transaction id, and a
   user's row only moves to a higher Redis version);
 - a failure before the commit rolls everything back and leaves the events in the stream;
@@ -14,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -23,37 +23,9 @@ from redis.asyncio import Redis
 
 from gateway.keys import Keys
 from gateway.metrics import FLUSH_BATCHES, FLUSH_FAILURES, FLUSHED_EVENTS, REDIS_DATA_LOSSES
-from persistence.ledger import AlertRules, Event, apply_events, try_flush_lock
+from persistence.ledger import AlertRules, apply_events, try_flush_lock
 
 log = logging.getLogger("metering.flusher")
-
-
-def parse_event(fields: Mapping[str, str]) -> Event:
-    def opt_int(name: str) -> int | None:
-        v = fields.get(name)
-        return None if v in (None, "") else int(v)
-
-    return Event(
-        txn=fields["tx"],
-        type=fields["t"],
-        user_id=fields["u"],
-        request_id=fields["rid"],
-        amount=int(fields["amt"]),
-        balance_after=int(fields["bal"]),
-        version=int(fields["ver"]),
-        ts_ms=int(fields["ts"]),
-        model=fields.get("model"),
-        input_tokens=opt_int("tin"),
-        output_tokens=opt_int("tout"),
-        metadata=fields.get("meta"),
-        tier=fields.get("tier"),
-        allocation=opt_int("alloc"),
-        cap=opt_int("cap"),
-        spent=opt_int("spent"),
-        reset=fields.get("reset"),
-        refund_of=fields.get("ref"),
-        actor=fields.get("actor") or None,
-    )
 
 
 @dataclass(slots=True)
@@ -108,7 +80,7 @@ class Flusher:
             )
             if not entries:
                 return stats
-            events = [parse_event(f) for _, f in entries]
+            events = [f for _, f in entries]
             async with self.pool.acquire() as conn, conn.transaction():
                 if not await try_flush_lock(conn, stream):
                     stats.skipped_shards.append(shard)
@@ -116,13 +88,17 @@ class Flusher:
                 result = await apply_events(conn, events, self.alerts)
             stats.events += len(events)
             stats.inserted += result.inserted
-            await self.acknowledge(stream, [eid for eid, _ in entries])
+            await self.acknowledge(stream, entries[-1][0])
             if len(entries) < self.batch:
                 return stats
 
-    async def acknowledge(self, stream: str, ids: list[str]) -> None:
-        """Remove committed events from the stream (a separate step, so tests can fail it)."""
-        await self.redis.xdel(stream, *ids)
+    async def acknowledge(self, stream: str, last: str) -> None:
+        """Remove committed events from the stream, up to and including entry id `last` (a
+        separate step, so tests can fail it). A batch is always the oldest entries and new ones
+        get higher ids, so trimming below the id after `last` removes exactly the batch; a
+        flusher that trims late, after another flushed more, removes nothing new."""
+        ms, seq = last.split("-")
+        await self.redis.xtrim(stream, minid=f"{ms}-{int(seq) + 1}", approximate=False)
 
     async def backlog(self) -> int:
         """Events not yet flushed, over all shards."""

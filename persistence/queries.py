@@ -38,25 +38,84 @@ LIMIT 1
 
 USER_GET = f"SELECT {USER_COLUMNS} FROM user_credits WHERE user_id = $1"
 
-# One statement per flush batch: every event of the batch, at most once (the primary key is the
-# event's transaction id; (user_id, request_id) is unique too).
-# Amounts arrive as integer micro-credits and times as epoch milliseconds (cheaper to send than
-# numeric and timestamptz values); the conversion here is exact. Returns how many were new.
-LEDGER_INSERT_BATCH = """
-WITH ins AS (
-    INSERT INTO credit_transactions (id, user_id, transaction_type, amount, balance_after,
-                                     request_id, model, input_tokens, output_tokens, metadata,
-                                     redis_version, created_at, refund_of)
-    SELECT id, user_id, type, amt::numeric / 1000000, bal::numeric / 1000000, rid, model, tin,
-           tout, meta, ver, timestamptz 'epoch' + ms * interval '1 millisecond', ref
-    FROM unnest($1::uuid[], $2::varchar[], $3::varchar[], $4::bigint[], $5::bigint[],
-                $6::varchar[], $7::varchar[], $8::bigint[], $9::bigint[], $10::jsonb[],
-                $11::bigint[], $12::bigint[], $13::uuid[])
-         AS e(id, user_id, type, amt, bal, rid, model, tin, tout, meta, ver, ms, ref)
+# A flush batch arrives as one JSON array of stream entries, each an object of the fields the Lua
+# scripts write (amounts in micro-credits, times in epoch milliseconds, '' for "none"):
+# PostgreSQL parses it in one pass, which costs far less than encoding a dozen arrays per batch
+# in Python. The conversions here are exact.
+_EVENTS = """
+json_to_recordset($1::json) AS e(
+    tx uuid, t varchar, u varchar, rid varchar, amt bigint, bal bigint, ver bigint, ts bigint,
+    spent text, model text, tin text, tout text, meta text, tier text, alloc text, cap text,
+    reset text, ref text)
+"""
+_LEDGER_ROW = """
+INSERT INTO credit_transactions (id, user_id, transaction_type, amount, balance_after,
+                                 request_id, model, input_tokens, output_tokens, metadata,
+                                 redis_version, created_at, refund_of)
+SELECT tx, u, t, amt::numeric / 1000000, bal::numeric / 1000000, {request_id},
+       NULLIF(model, ''), NULLIF(tin, '')::bigint, NULLIF(tout, '')::bigint,
+       NULLIF(meta, '')::jsonb, ver, timestamptz 'epoch' + ts * interval '1 millisecond',
+       NULLIF(ref, '')::uuid
+"""
+
+# One statement per flush batch. Every event goes into the ledger at most once (the primary key
+# is the event's transaction id; (user_id, request_id) is unique too), and each user's row moves
+# to the user's newest state in the batch: the version guard makes replays and stale batches
+# no-ops. Tier, allocation and cap change only with a tier event in the batch; the period start
+# only with a renewal. Returns the new ledger rows, the rows moved and the batch's users.
+LEDGER_APPLY_BATCH = f"""
+WITH e AS MATERIALIZED (SELECT * FROM {_EVENTS}),
+ins AS (
+    {_LEDGER_ROW.format(request_id="rid")}
+    FROM e
     ON CONFLICT DO NOTHING
     RETURNING 1
+),
+latest AS (
+    SELECT DISTINCT ON (u) u, bal, ver, COALESCE(NULLIF(spent, '')::bigint, 0) AS spent
+    FROM e ORDER BY u, ver DESC
+),
+tiers AS (
+    SELECT DISTINCT ON (u) u, tier, NULLIF(alloc, '')::bigint AS alloc,
+           NULLIF(cap, '')::bigint AS cap
+    FROM e WHERE tier <> '' ORDER BY u, ver DESC
+),
+resets AS (
+    SELECT DISTINCT ON (u) u, reset::timestamptz AS reset
+    FROM e WHERE reset <> '' ORDER BY u, ver DESC
+),
+moved AS (
+    UPDATE user_credits AS uc
+    SET credits_remaining = l.bal::numeric / 1000000,
+        redis_version = l.ver,
+        tier = COALESCE(t.tier, uc.tier),
+        credits_allocated = COALESCE(t.alloc::numeric / 1000000, uc.credits_allocated),
+        monthly_cap = CASE WHEN t.tier IS NULL THEN uc.monthly_cap
+                           ELSE t.cap::numeric / 1000000 END,
+        period_spent = l.spent::numeric / 1000000,
+        last_reset = COALESCE(r.reset, uc.last_reset),
+        updated_at = now()
+    FROM latest AS l LEFT JOIN tiers AS t USING (u) LEFT JOIN resets AS r USING (u)
+    WHERE uc.user_id = l.u AND uc.redis_version < l.ver
+    RETURNING 1
 )
-SELECT count(*) FROM ins
+SELECT (SELECT count(*) FROM ins) AS inserted, (SELECT count(*) FROM moved) AS moved,
+       (SELECT array_agg(u) FROM latest) AS users
+"""
+
+# After LEDGER_APPLY_BATCH inserted fewer rows than the batch ($1, the same JSON): the events
+# whose transaction id the ledger does not hold reused a request id after Redis forgot it
+# (idempotency TTL); Redis charged them as new requests, so they go in under a derived request
+# id. The others were replays. Returns what was inserted.
+LEDGER_INSERT_REUSED = f"""
+WITH ins AS (
+    {_LEDGER_ROW.format(request_id="$2 || tx::text")}
+    FROM {_EVENTS}
+    WHERE NOT EXISTS (SELECT 1 FROM credit_transactions c WHERE c.id = e.tx)
+    ON CONFLICT DO NOTHING
+    RETURNING user_id, request_id, id
+)
+SELECT user_id, request_id, id FROM ins
 """
 
 # A debit and what its flushed refunds returned so far (refunds are positive amounts).
@@ -66,27 +125,6 @@ SELECT d.user_id, d.transaction_type, d.amount, d.created_at,
            AS refunded
 FROM credit_transactions d
 WHERE d.id = $1
-"""
-
-# Which of these transaction ids the ledger already holds (to tell a replay from a reused id).
-LEDGER_KNOWN_IDS = "SELECT id FROM credit_transactions WHERE id = ANY($1::uuid[])"
-
-# Each user's newest state in the batch; the version guard makes replays and stale batches no-ops.
-# tier/alloc/cap are NULL for users whose batch holds no tier change.
-USERS_APPLY_BATCH = """
-UPDATE user_credits AS u
-SET credits_remaining = s.bal::numeric / 1000000,
-    redis_version = s.ver,
-    tier = COALESCE(s.tier, u.tier),
-    credits_allocated = COALESCE(s.alloc::numeric / 1000000, u.credits_allocated),
-    monthly_cap = CASE WHEN s.tier IS NULL THEN u.monthly_cap ELSE s.cap::numeric / 1000000 END,
-    period_spent = s.spent::numeric / 1000000,
-    last_reset = COALESCE(s.reset, u.last_reset),
-    updated_at = now()
-FROM unnest($1::varchar[], $2::bigint[], $3::bigint[], $4::varchar[], $5::bigint[],
-            $6::bigint[], $7::bigint[], $8::timestamptz[])
-     AS s(user_id, bal, ver, tier, alloc, cap, spent, reset)
-WHERE u.user_id = s.user_id AND u.redis_version < s.ver
 """
 
 # Users whose period began before $1 (idle since), in user_id order after $2, $3 at a time.

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from gateway import flusher as flusher_module
 from gateway.connect import connect_redis
-from gateway.flusher import Flusher, parse_event
+from gateway.flusher import Flusher
 from gateway.keys import Keys
 from persistence import db
 from persistence.ledger import apply_events
@@ -53,7 +53,7 @@ async def test_crash_after_commit_before_ack_does_not_double_count(
     flusher: Flusher = client.app.state.services.flusher
 
     async def crash(*_: Any) -> None:
-        raise ConnectionError("gateway died between the Postgres commit and XDEL")
+        raise ConnectionError("gateway died between the Postgres commit and XTRIM")
 
     monkeypatch.setattr(flusher, "acknowledge", crash)
     with pytest.raises(ConnectionError):
@@ -90,11 +90,34 @@ async def test_failure_before_commit_loses_nothing(
     await assert_books_balance(pool, redis, keys)
 
 
+async def test_acknowledging_a_batch_keeps_events_that_arrived_after_it(
+    client: Client, pool: asyncpg.Pool, redis: Redis, keys: Keys
+) -> None:
+    """The trim after a commit removes the batch read and nothing newer: debits that landed
+    between the read and the trim stay for the next flush."""
+    await spend(client, users=1, per_user=5)
+    stream = keys.user_stream("f0")
+    batch = await redis.xrange(stream, count=3)
+    async with pool.acquire() as conn, conn.transaction():
+        await apply_events(conn, [f for _, f in batch])
+    await client.post(
+        "/api/v1/credits/debit", json={"user_id": "f0", "amount": "1", "request_id": "late"}
+    )
+    flusher: Flusher = client.app.state.services.flusher
+    await flusher.acknowledge(stream, batch[-1][0])
+    left = [f["rid"] for _, f in await redis.xrange(stream)]
+    assert len(left) == 3 and left[-1] == "late"
+    assert set(left) == {f"r0-{i}" for i in range(5)} - {f["rid"] for _, f in batch} | {"late"}
+    await flusher.flush()
+    assert await usage_rows(pool) == 6
+    await assert_books_balance(pool, redis, keys)
+
+
 async def test_replaying_an_old_batch_changes_nothing(
     client: Client, pool: asyncpg.Pool, redis: Redis, keys: Keys
 ) -> None:
     await spend(client, users=2, per_user=5)
-    old = [parse_event(f) for s in keys.all_streams() for _, f in await redis.xrange(s)]
+    old = [f for s in keys.all_streams() for _, f in await redis.xrange(s)]
     await client.post(
         "/api/v1/credits/debit", json={"user_id": "f0", "amount": "1", "request_id": "later"}
     )

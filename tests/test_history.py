@@ -52,6 +52,31 @@ async def test_transactions_newest_first_in_pages(client: Client, clock: FakeClo
     assert seen[0]["balance_after"] == "4.930000"
 
 
+async def test_text_fields_reach_the_ledger_unchanged(client: Client) -> None:
+    """Events travel to PostgreSQL as JSON: quotes, backslashes, non-ASCII and nesting survive."""
+    rid = 'r "quoted" \\ back\\slash {}[],:'
+    odd = f"naïve {rid} \u2603 🚀 \n line\ttab"
+    metadata = {"note": odd, "nested": {"list": [1, "two", None]}, "empty": ""}
+    r = await client.post(
+        "/api/v1/credits/debit",
+        json={
+            "user_id": "ünï",
+            "amount": "0.01",
+            "request_id": rid,
+            "model": 'ft:gpt-4o:org/"x"',
+            "input_tokens": 0,
+            "metadata": metadata,
+        },
+    )
+    assert r.status_code == 200, r.text
+    await client.app.state.services.flusher.flush()
+    page = (await client.get("/api/v1/credits/ünï/transactions")).json()
+    usage = page["transactions"][0]
+    assert usage["request_id"] == rid and usage["metadata"] == metadata
+    assert usage["model"] == 'ft:gpt-4o:org/"x"' and usage["input_tokens"] == 0
+    assert usage["output_tokens"] is None
+
+
 async def test_usage_grouped_by_model_service_and_day(client: Client, clock: FakeClock) -> None:
     await spend(client, "u", 3, model="a", input_tokens=10, metadata={"service": "chat"})
     clock.advance(days=1)

@@ -172,7 +172,7 @@ async def main():
     redis = Redis.from_url(sys.argv[2], decode_responses=True)
     pool = await db.open_pool(sys.argv[1], max_size=2)
     flusher = Flusher(redis, pool, Keys("m", int(sys.argv[3])), 5000)
-    async def die(*_):  # after the PostgreSQL commit, before XDEL
+    async def die(*_):  # after the PostgreSQL commit, before XTRIM
         os.kill(os.getpid(), signal.SIGKILL)
     flusher.acknowledge = die
     await flusher.flush()
@@ -200,7 +200,7 @@ def test_flusher_killed_between_commit_and_acknowledge() -> None:
         assert unacknowledged > 0  # committed to PostgreSQL, still in Redis
         books = stack.books(debits)  # the next flush re-reads them: no double count
         record(
-            "flusher SIGKILLed between PostgreSQL commit and Redis XDEL",
+            "flusher SIGKILLed between PostgreSQL commit and Redis XTRIM",
             books,
             events_committed_not_acknowledged=unacknowledged,
         )
