@@ -22,7 +22,6 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import redis as redis_sync
 from redis.asyncio import Redis
 
 from gateway.flusher import Flusher
+from gateway.ids import new_id
 from gateway.keys import Keys
 from gateway.money import MICRO
 from gateway.scripts import Scripts
@@ -288,10 +288,10 @@ async def flusher_drain(redis_url: str, database_url: str, events: int) -> dict[
                         now_ms,
                         0,
                         "2026-11-01T00:00:00+00:00",
-                        str(uuid.uuid4()),
+                        new_id(),
                         -100,
                         "fp",
-                        str(uuid.uuid4()),
+                        new_id(),
                         3600,
                         f"d{i}",
                         "usage",

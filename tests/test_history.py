@@ -71,7 +71,7 @@ async def test_text_fields_reach_the_ledger_unchanged(client: Client) -> None:
     assert r.status_code == 200, r.text
     await client.app.state.services.flusher.flush()
     page = (await client.get("/api/v1/credits/ünï/transactions")).json()
-    usage = page["transactions"][0]
+    [usage] = [t for t in page["transactions"] if t["type"] == "usage"]
     assert usage["request_id"] == rid and usage["metadata"] == metadata
     assert usage["model"] == 'ft:gpt-4o:org/"x"' and usage["input_tokens"] == 0
     assert usage["output_tokens"] is None

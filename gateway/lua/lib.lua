@@ -83,15 +83,22 @@ end
 -- The opening every balance-changing script shares, in this order: a request id seen before is
 -- answered from its record (a replay, or a conflict when the body differs); a user missing from
 -- Redis is 'miss' (hydrate first); a full backlog is 'backlog' (nothing changed); then the period
--- renews if it has ended and expired holds are returned. Returns (answer, nil) to stop with that
--- answer, or (nil, held) to go on.
+-- renews if it has ended and expired holds are returned. Returns (answer) to stop with that
+-- answer, or (nil, held, state) to go on, state being the user's {pstart, held, bal, spent, cap,
+-- ver} after any renewal. One HMGET reads all of it: the renewal and the holds are looked at
+-- again only when they have something to do.
 local function open_user(user, idem, fp, stream, holds)
   local seen = idem_check(idem, fp)
-  if seen then return seen, nil end
-  if redis.call('EXISTS', user) == 0 then return {'miss'}, nil end
-  if redis.call('XLEN', stream) >= BACKLOG_MAX then return {'backlog'}, nil end
-  auto_renew(user, stream)
-  return nil, purge_holds(user, holds)
+  if seen then return seen end
+  local st = redis.call('HMGET', user, 'pstart', 'held', 'bal', 'spent', 'cap', 'ver')
+  if not st[3] then return {'miss'} end
+  if redis.call('XLEN', stream) >= BACKLOG_MAX then return {'backlog'} end
+  if tonumber(st[1]) < tonumber(H.pstart) and auto_renew(user, stream) then
+    st = redis.call('HMGET', user, 'pstart', 'held', 'bal', 'spent', 'cap', 'ver')
+  end
+  local held = 0
+  if st[2] and st[2] ~= '0' then held = purge_holds(user, holds) end
+  return nil, held, st
 end
 
 -- Apply one signed credit change (debit < 0, grant > 0) to a user, at most once per request id:
@@ -100,19 +107,18 @@ end
 -- {'ok'|'replay', txn, delta, available}, {'conflict'}, {'nsf', available},
 -- {'cap', available, spent, cap}, {'overflow', available}, {'miss'} or {'backlog'}.
 local function apply_change(user, idem, stream, holds, delta, fp, txn, ttl, rid, event, extra)
-  local stop, held = open_user(user, idem, fp, stream, holds)
+  local stop, held, st = open_user(user, idem, fp, stream, holds)
   if stop then return stop end
-  local st = redis.call('HMGET', user, 'bal', 'spent', 'cap')
-  local bal, spent = tonumber(st[1]), tonumber(st[2])
+  local bal, spent = tonumber(st[3]), tonumber(st[4])
   if delta < 0 then
-    local refused = refuse_spend(bal, spent, held, st[3], -delta)
+    local refused = refuse_spend(bal, spent, held, st[5], -delta)
     if refused then return refused end
   end
   local after = bal + delta
   if after > MAX then return {'overflow', avail(bal, held)} end
   if delta < 0 then spent = spent - delta end
-  redis.call('HSET', user, 'bal', int(after), 'spent', int(spent))
-  local ver = redis.call('HINCRBY', user, 'ver', 1)
+  local ver = int(tonumber(st[6]) + 1)
+  redis.call('HSET', user, 'bal', int(after), 'spent', int(spent), 'ver', ver)
   emit(stream, event, txn, rid, delta, after, ver, spent, extra)
   idem_save(idem, fp, txn, delta, avail(after, held), ttl)
   return {'ok', txn, int(delta), avail(after, held)}
