@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 
 from gateway.keys import Keys
 from gateway.metrics import FLUSH_BATCHES, FLUSH_FAILURES, FLUSHED_EVENTS, REDIS_DATA_LOSSES
+from persistence.events import line_of
 from persistence.ledger import AlertRules, apply_events, try_flush_lock
 
 log = logging.getLogger("metering.flusher")
@@ -53,17 +54,22 @@ class Flusher:
         self.concurrency = concurrency
 
     async def flush(self) -> FlushStats:
-        """Drain every shard stream once (until empty or locked elsewhere), a few shards at a
-        time on separate connections so PostgreSQL works on them in parallel."""
+        """Drain every shard stream that holds events once (until empty or locked elsewhere).
+        A backlog of several batches is drained a few shards at a time on separate connections,
+        so PostgreSQL works on them in parallel; a smaller one a shard at a time, which keeps a
+        flush from taking several cores at once from the requests being served (tail latency:
+        docs/performance.md)."""
         stats = FlushStats()
-        gate = asyncio.Semaphore(self.concurrency)
+        sizes = await self.backlog_per_shard()
+        parallel = min(self.concurrency, max(1, sum(sizes) // self.batch))
+        gate = asyncio.Semaphore(parallel)
 
         async def one(shard: int) -> None:
             async with gate:
                 await self.flush_shard(shard, stats)
 
         results = await asyncio.gather(
-            *(one(s) for s in range(self.keys.shards)), return_exceptions=True
+            *(one(s) for s, size in enumerate(sizes) if size), return_exceptions=True
         )
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
@@ -80,7 +86,7 @@ class Flusher:
             )
             if not entries:
                 return stats
-            events = [f for _, f in entries]
+            events = [line_of(f) for _, f in entries]
             async with self.pool.acquire() as conn, conn.transaction():
                 if not await try_flush_lock(conn, stream):
                     stats.skipped_shards.append(shard)
@@ -102,11 +108,14 @@ class Flusher:
 
     async def backlog(self) -> int:
         """Events not yet flushed, over all shards."""
+        return sum(await self.backlog_per_shard())
+
+    async def backlog_per_shard(self) -> list[int]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for stream in self.keys.all_streams():
                 pipe.xlen(stream)
             counts: list[Any] = await pipe.execute()
-            return sum(int(c) for c in counts)
+            return [int(c) for c in counts]
 
 
 class FlushLoop:

@@ -68,8 +68,10 @@ def parse_tiers(text: str) -> TierTable:
         raise TierConfigError("the tiers file needs a [tiers.NAME] table per tier")
     tiers: dict[str, Tier] = {}
     for name, spec in raw.items():
-        if not (1 <= len(name) <= 50):
-            raise TierConfigError(f"tier name {name!r} must be 1 to 50 characters")
+        if not (1 <= len(name) <= 50) or not name.isprintable():
+            raise TierConfigError(
+                f"tier name {name!r} must be 1 to 50 characters, none of them control characters"
+            )
         alloc = _micro(spec.get("allocation", "0"), f"tiers.{name}.allocation", allow_zero=True)
         cap_raw = spec.get("monthly_cap")
         cap = (

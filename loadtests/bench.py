@@ -21,7 +21,9 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -56,6 +58,8 @@ class Result:
     statuses: dict[str, int]
     errors: int
     unexpected: int = 0  # answers other than 2xx and the intended 402s
+    flush_lag_max_s: float | None = None  # gateway: oldest unflushed event's age, at worst
+    backlog_max: int | None = None  # gateway: unflushed events, at most
 
 
 @dataclass
@@ -169,6 +173,35 @@ def wrk(url: str, duration: int, connections: int, env: dict[str, str]) -> dict[
     }
 
 
+class LagWatch:
+    """Polls the gateway's /health/ready while a scenario runs: the age of the oldest unflushed
+    event (the flush lag) and the backlog, at their worst."""
+
+    def __init__(self, ready_url: str, every: float = 0.25) -> None:
+        self.url, self.every = ready_url, every
+        self.lag, self.backlog = 0.0, 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.every):
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as answer:
+                    flusher = json.load(answer).get("flusher") or {}
+            except (OSError, ValueError):
+                continue  # 503 while behind, or busy: the next poll tells
+            self.lag = max(self.lag, float(flusher.get("oldest_event_age_seconds", 0)))
+            self.backlog = max(self.backlog, int(flusher.get("backlog", 0)))
+
+    def __enter__(self) -> LagWatch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
 def run_scenario(
     target: str,
     name: str,
@@ -178,8 +211,14 @@ def run_scenario(
     per_request: int = 1,
     expect_402: bool = False,
     connections: int | None = None,
+    ready_url: str | None = None,
 ) -> Result:
-    w = wrk(url, args.duration, connections or args.connections, env)
+    watch = LagWatch(ready_url) if ready_url else None
+    if watch:
+        with watch:
+            w = wrk(url, args.duration, connections or args.connections, env)
+    else:
+        w = wrk(url, args.duration, connections or args.connections, env)
     statuses: dict[str, int] = w["statuses"]  # type: ignore[assignment]
     ok = sum(n for code, n in statuses.items() if code.startswith("2"))
     unexpected = sum(
@@ -198,10 +237,13 @@ def run_scenario(
         statuses,
         int(w["errors"]),  # type: ignore[arg-type, call-overload]
         unexpected,
+        round(watch.lag, 3) if watch else None,
+        watch.backlog if watch else None,
     )
+    lag = f"  flush lag max {watch.lag:.2f} s, backlog max {watch.backlog:,}" if watch else ""
     print(
         f"  {target:<10} {name:<28} {result.debits_per_s:>10,.0f} debits/s  p50 "
-        f"{result.p50_ms:6.2f} ms  p99 {result.p99_ms:7.2f} ms  {statuses}",
+        f"{result.p50_ms:6.2f} ms  p99 {result.p99_ms:7.2f} ms  {statuses}{lag}",
         flush=True,
     )
     return result
@@ -436,6 +478,7 @@ def main() -> int:
                             per_request=int(env.get("BATCH", "1")),
                             expect_402=scenario.expect_402,
                             connections=scenario.connections,
+                            ready_url=f"{server.url}/health/ready" if target == "gateway" else None,
                         )
                     )
             finally:

@@ -9,18 +9,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-import msgspec
-
 from persistence import queries
 from persistence.db import Executor
-
-# One ledger event as the Lua scripts write it to a shard stream: field name to value, amounts
-# in micro-credits, '' or absent for "none". Fields: t type, u user_id, tx transaction id,
-# rid request_id, amt, bal balance after, ver Redis version, ts epoch ms, spent (in the period
-# after the event); as the event has them: model, tin/tout tokens, meta (JSON), tier, alloc, cap,
-# reset (ISO start of a period it renewed), ref (the debit a refund returns), actor (the API key
-# name behind an admin action, audited).
-Event = Mapping[str, str]
+from persistence.events import SEP, fields
 
 log = logging.getLogger("metering.ledger")
 
@@ -30,7 +21,8 @@ AlertRules = tuple[list[str], list[str], list[Decimal]]
 # Ledger request_id of a request whose id was reused after the idempotency window.
 REUSED_PREFIX = "sys:reused:"
 
-_encode = msgspec.json.Encoder().encode
+LINES = "\x1e"  # between the event lines of a batch (see queries._EVENTS)
+_USAGE = "usage" + SEP
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,22 +32,27 @@ class BatchResult:
 
 
 async def apply_events(
-    conn: Executor, events: Sequence[Event], alerts: AlertRules | None = None
+    conn: Executor, events: Sequence[str], alerts: AlertRules | None = None
 ) -> BatchResult:
-    """Write events to the ledger and move each user's row to its newest state; with alert
-    rules, queue the low-balance webhooks whose thresholds the moved users have crossed.
+    """Write events (lines, persistence/events.py) to the ledger and move each user's row to
+    its newest state; with alert rules, queue the low-balance webhooks whose thresholds the
+    moved users have crossed.
 
     Run inside a transaction. Replaying events already applied changes nothing: ledger rows are
     keyed by transaction id, a user's row only moves to a higher Redis version, and an alert is
     queued once per user, period and kind.
     """
-    batch = _encode(events).decode()
+    if not events:
+        return BatchResult(inserted=0, users=0)
+    batch = LINES.join(events)
     row = await conn.fetchrow(queries.LEDGER_APPLY_BATCH, batch)
     assert row is not None
     inserted, users = int(row["inserted"]), row["users"] or []
     if inserted < len(events):
         inserted += await _insert_reused(conn, events, batch)
-    audited = [e for e in events if e.get("actor")]
+    # admin actions are audited; usage events never have an actor, so only the others are read
+    others = [fields(e) for e in events if not e.startswith(_USAGE)]
+    audited = [f for f in others if f["actor"]]
     if audited:
         await _audit(conn, audited)
     if alerts is not None and alerts[0]:
@@ -63,19 +60,19 @@ async def apply_events(
     return BatchResult(inserted=inserted, users=int(row["moved"]))
 
 
-async def _insert_reused(conn: Executor, events: Sequence[Event], batch: str) -> int:
+async def _insert_reused(conn: Executor, events: Sequence[str], batch: str) -> int:
     """Events the ledger refused are replays (their transaction id is there: nothing to do) or,
     rarely, a request id reused after Redis forgot it (idempotency TTL): Redis charged it as a new
     request, so the ledger records it too, under a derived id, and the books still balance."""
     rows = await conn.fetch(queries.LEDGER_INSERT_REUSED, batch, REUSED_PREFIX)
     if rows:
-        by_txn = {e["tx"]: e for e in events}
+        request_ids = {f["tx"]: f["rid"] for f in map(fields, events)}
         for r in rows:
             log.warning(
                 "request_id reused after the idempotency window; recorded as a new transaction",
                 extra={
                     "user_id": r["user_id"],
-                    "request_id": by_txn[str(r["id"])]["rid"],
+                    "request_id": request_ids[str(r["id"])],
                     "transaction_id": str(r["id"]),
                 },
             )
@@ -96,7 +93,7 @@ def _dec(micro: str) -> Decimal:
     return Decimal(int(micro)).scaleb(-6)
 
 
-async def _audit(conn: Executor, events: list[Event]) -> None:
+async def _audit(conn: Executor, events: list[dict[str, str]]) -> None:
     await conn.execute(
         queries.AUDIT_INSERT_BATCH,
         [e["tx"] for e in events],
@@ -104,18 +101,18 @@ async def _audit(conn: Executor, events: list[Event]) -> None:
         [e["actor"] for e in events],
         [AUDIT_ACTIONS.get(e["t"], e["t"]) for e in events],
         [e["u"] for e in events],
-        [e.get("ref") or e.get("tier") or None for e in events],
+        [e["ref"] or e["tier"] or None for e in events],
         [_dec(e["amt"]) for e in events],
         [e["rid"] for e in events],
         [_audit_details(e) for e in events],
     )
 
 
-def _audit_details(e: Event) -> str:
+def _audit_details(e: Mapping[str, str]) -> str:
     details: dict[str, object] = {"type": e["t"], "balance_after": str(_dec(e["bal"]))}
-    if e.get("tier"):
+    if e["tier"]:
         details.update(tier=e["tier"], allocation=str(_dec(e["alloc"])))
-    if e.get("meta"):
+    if e["meta"]:
         details["metadata"] = json.loads(e["meta"])
     return json.dumps(details)
 

@@ -6,6 +6,7 @@ import asyncpg
 from redis.asyncio import Redis
 
 from gateway.keys import Keys
+from persistence.events import line_of
 from persistence.ledger import apply_events
 from tests.conftest import Client
 
@@ -38,7 +39,7 @@ async def test_admin_actions_are_audited_with_the_actor(
         assert r.status_code == 200, r.text
     assert (await client.delete("/api/v1/admin/keys/ops-alice", headers=alice)).status_code == 204
     # snapshot the events, flush, then replay them: the audit rows are written once
-    events = [f for s in keys.all_streams() for _, f in await redis.xrange(s)]
+    events = [line_of(f) for s in keys.all_streams() for _, f in await redis.xrange(s)]
     await client.app.state.services.flusher.flush()
     async with pool.acquire() as conn, conn.transaction():
         await apply_events(conn, events)

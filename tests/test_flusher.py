@@ -15,6 +15,7 @@ from gateway.connect import connect_redis
 from gateway.flusher import Flusher
 from gateway.keys import Keys
 from persistence import db
+from persistence.events import fields, line_of
 from persistence.ledger import apply_events
 from tests.books import assert_books_balance
 from tests.conftest import BACKENDS, Client
@@ -99,25 +100,57 @@ async def test_acknowledging_a_batch_keeps_events_that_arrived_after_it(
     stream = keys.user_stream("f0")
     batch = await redis.xrange(stream, count=3)
     async with pool.acquire() as conn, conn.transaction():
-        await apply_events(conn, [f for _, f in batch])
+        await apply_events(conn, [line_of(f) for _, f in batch])
     await client.post(
         "/api/v1/credits/debit", json={"user_id": "f0", "amount": "1", "request_id": "late"}
     )
     flusher: Flusher = client.app.state.services.flusher
     await flusher.acknowledge(stream, batch[-1][0])
-    left = [f["rid"] for _, f in await redis.xrange(stream)]
+    left = [fields(line_of(f))["rid"] for _, f in await redis.xrange(stream)]
     assert len(left) == 3 and left[-1] == "late"
-    assert set(left) == {f"r0-{i}" for i in range(5)} - {f["rid"] for _, f in batch} | {"late"}
+    first = {fields(line_of(f))["rid"] for _, f in batch}
+    assert set(left) == {f"r0-{i}" for i in range(5)} - first | {"late"}
     await flusher.flush()
     assert await usage_rows(pool) == 6
     await assert_books_balance(pool, redis, keys)
+
+
+async def test_events_in_the_format_before_lines_are_flushed(
+    client: Client, pool: asyncpg.Pool, redis: Redis, keys: Keys
+) -> None:
+    """An upgrade finds events the previous version wrote as a field per name: they flush like
+    the others."""
+    await spend(client, users=1, per_user=3)
+    stream = keys.user_stream("f0")
+    entries = await redis.xrange(stream)
+    await redis.delete(stream)
+    for _, entry in entries:  # the same events, as the old scripts wrote them
+        await redis.xadd(stream, {k: v for k, v in fields(line_of(entry)).items() if v})
+    assert "e" not in (await redis.xrange(stream))[0][1]
+    stats = await client.app.state.services.flusher.flush()
+    assert stats.inserted == 3 and await usage_rows(pool) == 3
+    await assert_books_balance(pool, redis, keys)
+
+
+async def test_a_malformed_event_fails_its_batch_and_changes_nothing(
+    client: Client, pool: asyncpg.Pool, redis: Redis, keys: Keys
+) -> None:
+    await spend(client, users=1, per_user=2)
+    good = [line_of(f) for _, f in await redis.xrange(keys.user_stream("f0"))]
+    short = good[0].rsplit("\x1f", 1)[0]  # a value missing
+    with pytest.raises(asyncpg.NotNullViolationError):
+        async with pool.acquire() as conn, conn.transaction():
+            await apply_events(conn, [good[1], short])
+    assert await usage_rows(pool) == 0
+    with pytest.raises(ValueError, match="19 values, not 20"):
+        fields(short)
 
 
 async def test_replaying_an_old_batch_changes_nothing(
     client: Client, pool: asyncpg.Pool, redis: Redis, keys: Keys
 ) -> None:
     await spend(client, users=2, per_user=5)
-    old = [f for s in keys.all_streams() for _, f in await redis.xrange(s)]
+    old = [line_of(f) for s in keys.all_streams() for _, f in await redis.xrange(s)]
     await client.post(
         "/api/v1/credits/debit", json={"user_id": "f0", "amount": "1", "request_id": "later"}
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import uuid
 from collections import Counter
@@ -16,6 +17,7 @@ import redis as redis_sync
 from gateway.keys import Keys
 from gateway.money import MAX_MICRO
 from gateway.scripts import source
+from persistence.events import FIELDS, fields, line_of
 from tests.conftest import REDIS_URL
 
 
@@ -72,7 +74,7 @@ def test_miss_then_hydrate_then_debit(r: Any, k: Keys) -> None:
     assert apply(r, k, "u", -5, "a", fp="other") == ["conflict"]
     assert apply(r, k, "u", -7, "b") == ["nsf", "6"]
     assert apply(r, k, "u", -6, "c") == ["ok", "tx-c", "-6", "0"]
-    events = [f for _, f in r.xrange(k.user_stream("u"))]
+    events = [fields(line_of(f)) for _, f in r.xrange(k.user_stream("u"))]
     assert [(e["amt"], e["bal"], e["ver"]) for e in events] == [("-4", "6", "1"), ("-6", "0", "2")]
 
 
@@ -124,7 +126,7 @@ def test_cap_and_renewal_in_the_script(r: Any, k: Keys) -> None:
     assert apply(r, k, "c", -1, "d", period=PERIOD + 1) == ["ok", "tx-d", "-1", "9"]
     assert apply(r, k, "c", -1, "e", period=PERIOD + 1)[3] == "8"  # renewed once only
     assert apply(r, k, "c", -1, "f", period=PERIOD)[3] == "7"  # an older clock never renews
-    types = [f["t"] for _, f in r.xrange(k.user_stream("c"))]
+    types = [fields(line_of(f))["t"] for _, f in r.xrange(k.user_stream("c"))]
     assert types == ["usage", "usage", "usage", "monthly_reset", "usage", "usage", "usage"]
 
 
@@ -188,8 +190,20 @@ def test_apply_many_answers_and_writes_exactly_what_apply_does_one_by_one(r: Any
         assert r.hgetall(many.user(u)) == r.hgetall(one.user(u))
     for u, _, rid, _, _ in items:
         assert r.get(many.request(u, rid)) == r.get(one.request(u, rid))
-    events = [[f for _, f in r.xrange(k.stream(0))] for k in (one, many)]
+    events = [[fields(line_of(f)) for _, f in r.xrange(k.stream(0))] for k in (one, many)]
     assert events[1] == events[0]
     assert [e["t"] for e in events[0]] == [
         *("usage", "usage", "monthly_reset", "usage", "usage", "usage", "usage"),
     ]
+
+
+def test_event_positions_in_lua_match_the_python_field_list() -> None:
+    """emit() in lib.lua places optional values by position; persistence/events.py reads them
+    by the same positions."""
+    lib = source("lib")
+    table = re.search(r"local EVENT_POS = \{(.*?)\}", lib, re.DOTALL)
+    assert table is not None
+    positions = {name: int(pos) for name, pos in re.findall(r"(\w+) = (\d+)", table.group(1))}
+    assert positions == {name: FIELDS.index(name) + 1 for name in FIELDS[9:]}
+    blanks = re.search(r"local ev = \{.*?\}", lib, re.DOTALL)
+    assert blanks is not None and blanks.group(0).count("''") == len(FIELDS) - 9

@@ -34,6 +34,7 @@ def test_defaults_are_the_original_systems() -> None:
         ('[tiers.a]\nallocation = "1.0000001"', "6 decimal places"),
         ('[tiers.a]\nallocation = "-1"', "greater than 0"),
         ('default_tier = "a"', "tiers"),
+        ('[tiers."a\\u001fb"]\nallocation = "1"', "control characters"),
     ],
 )
 def test_bad_tier_files_are_refused_with_a_reason(text: str, says: str) -> None:

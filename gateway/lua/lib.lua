@@ -23,11 +23,17 @@ local function refuse_spend(bal, spent, held, cap, amount)
   return nil
 end
 
+-- The ledger event: one stream field, e, holding the values in the order of FIELDS in
+-- persistence/events.py, joined by the unit separator (0x1F), '' for none. extra holds name/value
+-- pairs of the optional fields (model, tin, tout, meta, tier, alloc, cap, reset, ref, actor,
+-- resv).
+local EVENT_POS = {model = 10, tin = 11, tout = 12, meta = 13, tier = 14, alloc = 15, cap = 16,
+                   reset = 17, ref = 18, actor = 19, resv = 20}
 local function emit(stream, t, txn, rid, delta, bal, ver, spent, extra)
-  local ev = {'t', t, 'u', H.uid, 'tx', txn, 'rid', rid, 'amt', int(delta), 'bal', int(bal),
-              'ver', tostring(ver), 'ts', H.now, 'spent', int(spent)}
-  for i = 1, #extra do ev[#ev + 1] = extra[i] end
-  redis.call('XADD', stream, '*', unpack(ev))
+  local ev = {t, H.uid, txn, rid, int(delta), int(bal), tostring(ver), H.now, int(spent),
+              '', '', '', '', '', '', '', '', '', '', ''}
+  for i = 1, #extra, 2 do ev[EVENT_POS[extra[i]]] = extra[i + 1] end
+  redis.call('XADD', stream, '*', 'e', table.concat(ev, '\31'))
 end
 
 -- Renew the period (new allocation; unused credits expire, or roll over when roll = 1) when the
