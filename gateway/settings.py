@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Literal
 
 import msgspec
+from apscheduler.triggers.cron import CronTrigger
 
 from gateway.clock import Period
 
@@ -32,7 +33,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     flush_behind_seconds: float = 30.0  # health says the flusher is behind past this lag
     eviction_check: Literal["refuse", "warn"] = "refuse"  # Redis must not evict unflushed state
     period: Period = "month"  # allocation period: month (calendar), week (ISO) or day
-    renew_cron: str = "*/10 * * * *"  # crontab for renewing idle users; "" disables
+    renew_cron: str = "*/10 * * * *"  # crontab (UTC) for renewing idle users; "off" disables
     webhook_url: str | None = None  # low-balance alerts are POSTed here (none when unset)
     webhook_secret: str | None = None  # HMAC-SHA256 key signing each webhook
     webhook_max_attempts: int = 12  # tries per webhook (backoff 2 s doubling, at most 1 h)
@@ -72,6 +73,14 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: object)
         settings = msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise SystemExit(f"invalid configuration: {exc}") from None
+    if settings.renew_cron != "off":
+        try:
+            CronTrigger.from_crontab(settings.renew_cron, timezone="UTC")
+        except ValueError as exc:
+            raise SystemExit(
+                f"invalid configuration: METERING_RENEW_CRON {settings.renew_cron!r} is not a "
+                f"crontab (minute hour day month weekday) or 'off': {exc}"
+            ) from None
     if settings.webhook_url and not settings.webhook_secret:
         raise SystemExit(
             "invalid configuration: METERING_WEBHOOK_URL needs METERING_WEBHOOK_SECRET "
