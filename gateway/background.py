@@ -1,5 +1,5 @@
-"""Background work: the write-behind flusher every flush_interval, the renewal of idle users on
-a cron and the low-balance webhook sender, on one APScheduler.
+"""Background work: the write-behind flusher every flush_interval (a task of its own), the
+renewal of idle users on a cron and the low-balance webhook sender (on APScheduler).
 
 It runs inside the app (tests; `metering serve --flusher inline`) or, by default under
 `metering serve`, in a process of its own (`metering flusher`, started and stopped by serve),
@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 
 import asyncpg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -66,6 +67,8 @@ class Background:
         self.loop = FlushLoop(flusher, settings.flush_interval)
         self.service = service
         self.scheduler = AsyncIOScheduler()
+        self._stop = asyncio.Event()
+        self._flushing: asyncio.Task[None] | None = None
         self.webhooks: WebhookSender | None = None
         if settings.webhook_url and settings.webhook_secret and settings.flush_interval > 0:
             self.webhooks = WebhookSender(
@@ -79,14 +82,7 @@ class Background:
         with contextlib.suppress(RedisError, OSError):  # Redis down at start-up: no marker yet
             await self.loop.start()
         if self.settings.flush_interval > 0:
-            self.scheduler.add_job(
-                self.loop.tick,
-                "interval",
-                seconds=self.settings.flush_interval,
-                max_instances=1,
-                coalesce=True,
-                id="flush",
-            )
+            self._flushing = asyncio.create_task(self._flush_forever())
         if self.settings.renew_cron != "off":
             self.scheduler.add_job(
                 _renew_job,
@@ -108,9 +104,24 @@ class Background:
             )
         self.scheduler.start()
 
+    async def _flush_forever(self) -> None:
+        """A flush every interval, from the start of one to the start of the next; a flush that
+        took longer than the interval is followed at once by the next. (An interval job would
+        skip the run that fell due meanwhile, leaving the events waiting one interval more: the
+        flush lag reached 2.4-2.9 s at a 1 s interval under batch load.)"""
+        interval = self.settings.flush_interval
+        while not self._stop.is_set():
+            started = time.monotonic()
+            await self.loop.tick()
+            rest = interval - (time.monotonic() - started)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), max(rest, 0.0))
+
     async def stop(self) -> None:
         self.scheduler.shutdown(wait=False)
-        if self.settings.flush_interval > 0:
+        if self._flushing is not None:
+            self._stop.set()
+            await self._flushing  # the flush under way ends first
             await self.loop.tick()  # hand over what is pending before stopping
         if self.webhooks is not None:
             await self.webhooks.aclose()
