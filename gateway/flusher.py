@@ -7,7 +7,10 @@ Exactly-once effect:
   applies them again, which changes nothing (ledger rows are keyed by transaction id, and a
   user's row only moves to a higher Redis version);
 - a failure before the commit rolls everything back and leaves the events in the stream;
-- two flushers on one shard: one holds the lock, the other skips the shard this round.
+- two flushers on one shard: one holds the lock, the other skips the shard this round;
+- an event PostgreSQL refuses (a malformed line, a user PostgreSQL does not have) would fail its
+  batch on every try and stop the shard: the batch is then applied one event at a time and each
+  refused event moves to the shard's dead-letter stream with the reason, and the rest flows on.
 """
 
 from __future__ import annotations
@@ -22,17 +25,28 @@ import asyncpg
 from redis.asyncio import Redis
 
 from gateway.keys import Keys
-from gateway.metrics import FLUSH_BATCHES, FLUSH_FAILURES, FLUSHED_EVENTS, REDIS_DATA_LOSSES
-from persistence.events import line_of
-from persistence.ledger import AlertRules, apply_events, try_flush_lock
+from gateway.metrics import (
+    DEAD_LETTERS,
+    FLUSH_BATCHES,
+    FLUSH_FAILURES,
+    FLUSHED_EVENTS,
+    REDIS_DATA_LOSSES,
+)
+from persistence.events import FIELD, line_of
+from persistence.ledger import AlertRules, BatchResult, apply_events, try_flush_lock
 
 log = logging.getLogger("metering.flusher")
+
+# What an event's content makes PostgreSQL (or the ledger code) refuse, the same on every try;
+# anything else (PostgreSQL or Redis unreachable) fails the flush, to be tried again.
+REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, ValueError)
 
 
 @dataclass(slots=True)
 class FlushStats:
     events: int = 0  # events read and committed (replays included)
     inserted: int = 0  # ledger rows newly written
+    dead: int = 0  # events PostgreSQL refused, moved to the dead-letter streams
     skipped_shards: list[int] = field(default_factory=list)  # locked by another flusher
 
 
@@ -87,16 +101,68 @@ class Flusher:
             if not entries:
                 return stats
             events = [line_of(f) for _, f in entries]
-            async with self.pool.acquire() as conn, conn.transaction():
-                if not await try_flush_lock(conn, stream):
-                    stats.skipped_shards.append(shard)
-                    return stats
-                result = await apply_events(conn, events, self.alerts)
+            try:
+                result = await self._apply(stream, events)
+            except REFUSED as exc:
+                log.error(
+                    "PostgreSQL refused a batch of %d events of shard %d (%s); applying them one "
+                    "at a time to set the refused ones aside",
+                    len(events),
+                    shard,
+                    type(exc).__name__,
+                )
+                result = await self._isolate(shard, entries, events, stats)
+            if result is None:
+                stats.skipped_shards.append(shard)
+                return stats
             stats.events += len(events)
             stats.inserted += result.inserted
             await self.acknowledge(stream, entries[-1][0])
             if len(entries) < self.batch:
                 return stats
+
+    async def _apply(self, stream: str, events: list[str]) -> BatchResult | None:
+        """One PostgreSQL transaction under the shard's lock; None when another flusher holds it."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await try_flush_lock(conn, stream):
+                return None
+            return await apply_events(conn, events, self.alerts)
+
+    async def _isolate(
+        self,
+        shard: int,
+        entries: list[tuple[str, dict[str, str]]],
+        events: list[str],
+        stats: FlushStats,
+    ) -> BatchResult | None:
+        """Apply a refused batch one event at a time, in order; each event PostgreSQL refuses
+        goes to the shard's dead-letter stream (its line, its entry id, the reason). A crash
+        here applies the batch again later: applied events are replays, and a refused one may
+        be set aside twice (same entry id)."""
+        stream, inserted, users = self.keys.stream(shard), 0, 0
+        for (entry_id, _), line in zip(entries, events, strict=True):
+            try:
+                result = await self._apply(stream, [line])
+            except REFUSED as exc:
+                reason = f"{type(exc).__name__}: {exc}"[:1000]
+                await self.redis.xadd(
+                    self.keys.dead(shard), {FIELD: line, "id": entry_id, "error": reason}
+                )
+                DEAD_LETTERS.inc()
+                stats.dead += 1
+                log.error(
+                    "event %s of shard %d refused by PostgreSQL, moved to %s: %s",
+                    entry_id,
+                    shard,
+                    self.keys.dead(shard),
+                    reason,
+                )
+                continue
+            if result is None:
+                return None  # another flusher took the shard meanwhile; it carries on
+            inserted += result.inserted
+            users += result.users
+        return BatchResult(inserted=inserted, users=users)
 
     async def acknowledge(self, stream: str, last: str) -> None:
         """Remove committed events from the stream, up to and including entry id `last` (a
@@ -109,6 +175,14 @@ class Flusher:
     async def backlog(self) -> int:
         """Events not yet flushed, over all shards."""
         return sum(await self.backlog_per_shard())
+
+    async def dead_letters(self) -> int:
+        """Events PostgreSQL refused, over all shards, waiting for an operator."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard in range(self.keys.shards):
+                pipe.xlen(self.keys.dead(shard))
+            counts: list[Any] = await pipe.execute()
+            return sum(int(c) for c in counts)
 
     async def backlog_per_shard(self) -> list[int]:
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -55,20 +55,26 @@ async def flusher_status(s: Services) -> dict[str, Any]:
 
 async def flusher_state(s: Services) -> tuple[dict[str, Any], list[int]]:
     """The flusher status, and the unflushed events of each shard."""
+    keys = s.credits.keys
     async with s.redis.pipeline(transaction=False) as pipe:
-        for stream in s.credits.keys.all_streams():
+        for stream in keys.all_streams():
             pipe.xlen(stream)
             pipe.xrange(stream, count=1)
+        for shard in range(keys.shards):
+            pipe.xlen(keys.dead(shard))
         answers = await pipe.execute()
-    per_shard = [int(n) for n in answers[0::2]]
+    streams, dead = answers[: 2 * keys.shards], answers[2 * keys.shards :]
+    per_shard = [int(n) for n in streams[0::2]]
     backlog = sum(per_shard)
-    oldest = [int(str(first[0][0]).split("-")[0]) for first in answers[1::2] if first]
+    oldest = [int(str(first[0][0]).split("-")[0]) for first in streams[1::2] if first]
     age = max(0.0, time.time() - min(oldest) / 1000) if oldest else 0.0
     behind = age > s.settings.flush_behind_seconds or backlog > s.settings.max_backlog // 2
     status = {
         "status": "behind" if behind else "ok",
         "backlog": backlog,
         "oldest_event_age_seconds": round(age, 3),
+        # events PostgreSQL refused, set aside for an operator (docs/operations.md)
+        "dead_letters": sum(int(n) for n in dead),
     }
     return status, per_shard
 

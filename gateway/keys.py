@@ -83,6 +83,10 @@ class Keys:
     def stream(self, shard: int) -> str:
         return f"{self.prefix}:{{s{shard}}}:events"
 
+    def dead(self, shard: int) -> str:
+        """The shard's events PostgreSQL refused, kept for an operator (docs/operations.md)."""
+        return f"{self.prefix}:{{s{shard}}}:dead"
+
     def user_stream(self, user_id: str) -> str:
         return self.stream(shard_of(user_id, self.shards))
 

@@ -35,6 +35,9 @@ FLUSH_FAILURES = Counter("metering_flush_failures", "Flush rounds that failed")
 REDIS_ERRORS = Counter("metering_redis_errors", "Requests failed by a Redis error")
 POSTGRES_ERRORS = Counter("metering_postgres_errors", "Requests failed by a PostgreSQL error")
 REDIS_DATA_LOSSES = Counter("metering_redis_data_losses", "Times Redis was found emptied")
+DEAD_LETTERS = Counter(
+    "metering_dead_letters", "Events PostgreSQL refused, moved to a dead-letter stream"
+)
 
 OUTCOMES = {
     200: "ok",
@@ -75,6 +78,11 @@ class RedisState:
             "metering_flush_lag_seconds",
             "Age of the oldest unflushed event",
             value=self.status["oldest_event_age_seconds"],
+        )
+        yield GaugeMetricFamily(
+            "metering_dead_letters_waiting",
+            "Events PostgreSQL refused, in the dead-letter streams",
+            value=self.status.get("dead_letters", 0),
         )
         yield GaugeMetricFamily(
             "metering_flusher_behind",

@@ -13,9 +13,10 @@ from redis.asyncio import Redis
 from gateway import flusher as flusher_module
 from gateway.connect import connect_redis
 from gateway.flusher import Flusher
-from gateway.keys import Keys
+from gateway.ids import new_id
+from gateway.keys import Keys, shard_of
 from persistence import db
-from persistence.events import fields, line_of
+from persistence.events import SEP, fields, line_of
 from persistence.ledger import apply_events
 from tests.books import assert_books_balance
 from tests.conftest import BACKENDS, Client
@@ -144,6 +145,37 @@ async def test_a_malformed_event_fails_its_batch_and_changes_nothing(
     assert await usage_rows(pool) == 0
     with pytest.raises(ValueError, match="19 values, not 20"):
         fields(short)
+
+
+async def test_an_event_postgresql_refuses_is_set_aside_and_the_rest_flows(
+    client: Client, pool: asyncpg.Pool, redis: Redis, keys: Keys
+) -> None:
+    """One event PostgreSQL refuses (here: a user it does not have, as after restoring an old
+    backup) must not stop its shard: it moves to the dead-letter stream with the reason, every
+    other event of the batch is applied, and the next flush does not try it again."""
+    await spend(client, users=1, per_user=3)
+    stream = keys.user_stream("f0")
+    values = fields(line_of((await redis.xrange(stream, count=1))[0][1]))
+    values.update(u="ghost", tx=new_id(), rid="ghost-1")
+    poison_id = await redis.xadd(stream, {"e": SEP.join(values.values())})
+    for i in range(2):
+        r = await client.post(
+            "/api/v1/credits/debit",
+            json={"user_id": "f0", "amount": "0.01", "request_id": f"after-{i}"},
+        )
+        assert r.status_code == 200
+    flusher: Flusher = client.app.state.services.flusher
+    stats = await flusher.flush()
+    assert (stats.events, stats.inserted, stats.dead) == (6, 5, 1)
+    assert await usage_rows(pool) == 5 and await flusher.backlog() == 0
+    [(_, dead)] = await redis.xrange(keys.dead(shard_of("f0", keys.shards)))
+    assert dead["id"] == poison_id and fields(dead["e"])["u"] == "ghost"
+    assert dead["error"].startswith("ForeignKeyViolationError")
+    ready = (await client.get("/health/ready")).json()
+    assert ready["flusher"]["dead_letters"] == 1
+    assert "metering_dead_letters_waiting 1.0" in (await client.get("/metrics")).text
+    assert (await flusher.flush()).dead == 0  # set aside once, not tried again
+    await assert_books_balance(pool, redis, keys)
 
 
 async def test_replaying_an_old_batch_changes_nothing(

@@ -44,7 +44,12 @@ async def test_backlog_ceiling_refuses_writes_until_flushed(
         assert bal.json()["credits_remaining"] == "4.940000"  # 6 debits, none lost or doubled
         await c.app.state.services.flusher.flush()
         ready = (await c.get("/health/ready")).json()
-        assert ready["flusher"] == {"status": "ok", "backlog": 0, "oldest_event_age_seconds": 0.0}
+        assert ready["flusher"] == {
+            "status": "ok",
+            "backlog": 0,
+            "oldest_event_age_seconds": 0.0,
+            "dead_letters": 0,
+        }
 
 
 async def test_redis_that_may_evict_is_refused_or_warned_about(
