@@ -139,24 +139,16 @@ class Flusher:
         goes to the shard's dead-letter stream (its line, its entry id, the reason). A crash
         here applies the batch again later: applied events are replays, and a refused one may
         be set aside twice (same entry id)."""
-        stream, inserted, users = self.keys.stream(shard), 0, 0
+        stream, dead, inserted, users = self.keys.stream(shard), self.keys.dead(shard), 0, 0
         for (entry_id, _), line in zip(entries, events, strict=True):
             try:
                 result = await self._apply(stream, [line])
             except REFUSED as exc:
                 reason = f"{type(exc).__name__}: {exc}"[:1000]
-                await self.redis.xadd(
-                    self.keys.dead(shard), {FIELD: line, "id": entry_id, "error": reason}
-                )
+                await self.redis.xadd(dead, {FIELD: line, "id": entry_id, "error": reason})
                 DEAD_LETTERS.inc()
                 stats.dead += 1
-                log.error(
-                    "event %s of shard %d refused by PostgreSQL, moved to %s: %s",
-                    entry_id,
-                    shard,
-                    self.keys.dead(shard),
-                    reason,
-                )
+                log.error("event %s refused by PostgreSQL, moved to %s: %s", entry_id, dead, reason)
                 continue
             if result is None:
                 return None  # another flusher took the shard meanwhile; it carries on
@@ -175,14 +167,6 @@ class Flusher:
     async def backlog(self) -> int:
         """Events not yet flushed, over all shards."""
         return sum(await self.backlog_per_shard())
-
-    async def dead_letters(self) -> int:
-        """Events PostgreSQL refused, over all shards, waiting for an operator."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for shard in range(self.keys.shards):
-                pipe.xlen(self.keys.dead(shard))
-            counts: list[Any] = await pipe.execute()
-            return sum(int(c) for c in counts)
 
     async def backlog_per_shard(self) -> list[int]:
         async with self.redis.pipeline(transaction=False) as pipe:

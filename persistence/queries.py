@@ -116,9 +116,9 @@ WITH ins AS (
     FROM {_EVENTS}
     WHERE NOT EXISTS (SELECT 1 FROM credit_transactions c WHERE c.id = e.tx)
     ON CONFLICT DO NOTHING
-    RETURNING user_id, request_id, id
+    RETURNING user_id, id
 )
-SELECT user_id, request_id, id FROM ins
+SELECT user_id, id FROM ins
 """
 
 # A debit and what its flushed refunds returned so far (refunds are positive amounts).
