@@ -1,4 +1,6 @@
-"""Load as an LLM proxy produces it: many users, each request debited once with its own id.
+"""Load as an LLM proxy produces it: many users, each request debited once with its own id, and
+the streaming flow: reserve before the call, commit the priced usage after it (or release the
+hold when the call fails).
 
 Run headless against any gateway (an admin key is needed to top up the test users):
 
@@ -66,6 +68,38 @@ class ProxyUser(FastHttpUser):
             self.client.post(
                 "/api/v1/credits/debit", json=body, headers=self._auth(), name="debit-retry"
             )
+
+    @task(4)
+    def reserve_then_commit(self) -> None:
+        """A streamed completion: hold an estimate, then charge what the call cost; one call in
+        ten fails and its hold is released instead."""
+        held = self.client.post(
+            "/api/v1/credits/reservations/",
+            json={"user_id": self.user_id, "amount": "0.02", "request_id": str(uuid.uuid4())},
+            headers=self._auth(),
+            name="reserve",
+        )
+        if held.status_code != 201 or held.json() is None:
+            return
+        reservation = held.json()["reservation_id"]
+        if random.random() < 0.1:
+            self.client.delete(
+                f"/api/v1/credits/reservations/{reservation}",
+                headers=self._auth(),
+                name="release",
+            )
+            return
+        self.client.post(
+            f"/api/v1/credits/reservations/{reservation}/commit",
+            json={
+                "amount": "0.013750",
+                "model": "gpt-4o",
+                "input_tokens": 900,
+                "output_tokens": 310,
+            },
+            headers=self._auth(),
+            name="commit",
+        )
 
     @task(1)
     def balance(self) -> None:
