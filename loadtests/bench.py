@@ -2,13 +2,13 @@
 
     python -m loadtests.bench [--duration 10] [--connections 64] [--workers 2]
 
-Starts a private Redis (noeviction, no persistence) and a private PostgreSQL, then for each
-target (the gateway with every feature on; the naive one-EVALSHA endpoint; the PostgreSQL-direct
-endpoint) starts it under uvicorn with the same server settings, drives it with wrk from a
-separate process, and prints debits/s, p50/p99 latency and answers per scenario, with the ratios
-gateway/naive and gateway/PostgreSQL-direct. Then it measures the flusher's drain rate and the
-Redis memory per user and per unflushed event. Figures also go to build/bench.json.
-Nothing here asserts a time: it measures and prints.
+Starts a private Redis (noeviction, no persistence) and a private PostgreSQL, then the three
+targets (the gateway with every feature on; the naive one-EVALSHA endpoint; the PostgreSQL-direct
+endpoint) under uvicorn with the same server settings, and runs each scenario on each target in
+turn, driven by wrk from a separate process. Prints debits/s, p50/p99 latency and answers per
+scenario, with the ratios gateway/naive and gateway/PostgreSQL-direct. Then it measures the
+flusher's drain rate and the Redis memory per user and per unflushed event. Figures also go to
+build/bench.json. Nothing here asserts a time: it measures and prints.
 """
 
 from __future__ import annotations
@@ -440,24 +440,30 @@ def main() -> int:
             f"{args.connections} connections, {args.workers} workers",
             flush=True,
         )
-        for target, cmd, env, path, health in targets:
-            if not any(
-                wanted(sc.name, args.only) and (sc.baselines or target == "gateway")
-                for sc in SCENARIOS
-            ):
-                continue
-            server = ServerProcess(cmd, env, health=health)
-            server.start()
-            url = f"{server.url}{path}"
-            key = {"KEY": ADMIN} if target == "gateway" else {}
-            try:
+        # every server up at once, then scenario by scenario each target in turn: a ratio
+        # compares runs seconds apart, not minutes (this machine's speed drifts over minutes)
+        servers: list[tuple[str, ServerProcess, str, dict[str, str]]] = []
+        try:
+            for target, cmd, env, path, health in targets:
+                if not any(
+                    wanted(sc.name, args.only) and (sc.baselines or target == "gateway")
+                    for sc in SCENARIOS
+                ):
+                    continue
+                server = ServerProcess(cmd, env, health=health)
+                server.start()
+                key = {"KEY": ADMIN} if target == "gateway" else {}
+                servers.append((target, server, f"{server.url}{path}", key))
+            for _, _, url, key in servers:
                 wrk(url, 2, args.connections, {**key, "USERS": str(USERS), "PREFIX": "bench"})
-                for scenario in SCENARIOS:
-                    if (target != "gateway" and not scenario.baselines) or not wanted(
-                        scenario.name, args.only
-                    ):
+            for scenario in SCENARIOS:
+                if not wanted(scenario.name, args.only):
+                    continue
+                for target, server, url, key in servers:
+                    if target != "gateway" and not scenario.baselines:
                         continue
                     env = {**key, **scenario.env}
+                    peak = None
                     if scenario.paced:
                         peak = next(
                             (
@@ -486,10 +492,11 @@ def main() -> int:
                         )
                     )
                     last = report.results[-1]
-                    if scenario.paced and peak:
+                    if peak:
                         last.of_peak = round(last.debits_per_s / peak, 2)
                         print(f"    paced at {last.of_peak:.0%} of peak", flush=True)
-            finally:
+        finally:
+            for _, server, _, _ in servers:
                 server.stop()
         by = {(r.target, r.scenario): r.debits_per_s for r in report.results}
         for scenario in ("1000 users", "one hot user"):
