@@ -383,12 +383,18 @@ def main() -> int:
         help="run only the scenarios whose name contains WORDS (repeatable), e.g. --only batch",
     )
     parser.add_argument("--skip-flusher", action="store_true", help="no drain measurement")
+    parser.add_argument(
+        "--no-fsync",
+        action="store_true",
+        help="PostgreSQL without fsync, as the tests run it (by default it keeps fsync on, as in "
+        "production: the PostgreSQL-direct baseline commits every debit, the flusher a batch)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is needed: apt-get install wrk (make bench installs it)", file=sys.stderr)
         return 2
 
-    pg, rd = PrivatePostgres(), PrivateRedis()
+    pg, rd = PrivatePostgres(durable=not args.no_fsync), PrivateRedis()
     pg.start()
     rd.start()
     gateway_db, pg_db = f"{pg.server}/bench_gateway", f"{pg.server}/bench_direct"

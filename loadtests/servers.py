@@ -185,9 +185,12 @@ def _pg_bin(name: str) -> str:
 
 
 class PrivatePostgres:
-    """initdb + pg_ctl on a spare port, trust auth; as the postgres user when run as root."""
+    """initdb + pg_ctl on a spare port, trust auth; as the postgres user when run as root.
+    Without fsync for the tests (fast, nothing to keep); durable=True keeps PostgreSQL's
+    default, as production runs it (the benchmark)."""
 
-    def __init__(self) -> None:
+    def __init__(self, durable: bool = False) -> None:
+        self.durable = durable
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="metering-pg-")
         self.data = os.path.join(self.dir, "data")
@@ -208,7 +211,9 @@ class PrivatePostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} -c fsync=off"
+        opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir}"
+        if not self.durable:
+            opts += " -c fsync=off"
         self._run(
             _pg_bin("pg_ctl"),
             "-D",
