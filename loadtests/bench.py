@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -193,7 +194,7 @@ class LagWatch:
                 with urllib.request.urlopen(self.url, timeout=2) as answer:
                     flusher = json.load(answer).get("flusher") or {}
             except (OSError, ValueError):
-                continue  # 503 while behind, or busy: the next poll tells
+                continue  # not ready (503) or too busy to answer: the next poll tells
             self.lag = max(self.lag, float(flusher.get("oldest_event_age_seconds", 0)))
             self.backlog = max(self.backlog, int(flusher.get("backlog", 0)))
 
@@ -218,10 +219,7 @@ def run_scenario(
     ready_url: str | None = None,
 ) -> Result:
     watch = LagWatch(ready_url) if ready_url else None
-    if watch:
-        with watch:
-            w = wrk(url, args.duration, connections or args.connections, env)
-    else:
+    with watch or contextlib.nullcontext():
         w = wrk(url, args.duration, connections or args.connections, env)
     statuses: dict[str, int] = w["statuses"]  # type: ignore[assignment]
     ok = sum(n for code, n in statuses.items() if code.startswith("2"))
