@@ -9,7 +9,7 @@
 -- {'backlog'} when the shard's unflushed events reached BACKLOG_MAX (nothing changed).
 -- Returns {'ok'|'replay', txn, amount, available}, {'conflict'}, {'exhausted'},
 --         {'exceeds', refundable}, {'overflow', available} or {'miss'}.
-local stop, held = open_user(KEYS[1], KEYS[2], ARGV[7], KEYS[3], KEYS[4])
+local stop, held, st = open_user(KEYS[1], KEYS[2], ARGV[7], KEYS[3], KEYS[4])
 if stop then return stop end
 local done = tonumber(redis.call('GET', KEYS[5]) or ARGV[12])
 local left = tonumber(ARGV[11]) - done
@@ -17,13 +17,12 @@ if left <= 0 then return {'exhausted'} end
 local amount = tonumber(ARGV[6])
 if amount == 0 then amount = left end
 if amount > left then return {'exceeds', int(left)} end
-local st = redis.call('HMGET', KEYS[1], 'bal', 'spent')
-local bal, spent = tonumber(st[1]), tonumber(st[2])
+local bal, spent = tonumber(st[3]), tonumber(st[4])
 if bal + amount > MAX then return {'overflow', avail(bal, held)} end
 bal = bal + amount
 if ARGV[14] == '1' then spent = math.max(spent - amount, 0) end
-redis.call('HSET', KEYS[1], 'bal', int(bal), 'spent', int(spent))
-local ver = redis.call('HINCRBY', KEYS[1], 'ver', 1)
+local ver = int(tonumber(st[6]) + 1)
+redis.call('HSET', KEYS[1], 'bal', int(bal), 'spent', int(spent), 'ver', ver)
 redis.call('SET', KEYS[5], int(done + amount), 'EX', tonumber(ARGV[9]))
 emit(KEYS[3], 'refund', ARGV[8], ARGV[10], amount, bal, ver, spent,
      {'ref', ARGV[13], 'actor', ARGV[15]})

@@ -9,12 +9,11 @@
 -- {'backlog'} when the shard's unflushed events reached BACKLOG_MAX (nothing changed).
 -- Returns {'ok'|'replay', reservation id, amount, available}, {'conflict'}, {'nsf', available},
 --         {'cap', available, spent, cap} or {'miss'}.
-local stop, held = open_user(KEYS[1], KEYS[2], ARGV[7], KEYS[5], KEYS[3])
+local stop, held, st = open_user(KEYS[1], KEYS[2], ARGV[7], KEYS[5], KEYS[3])
 if stop then return stop end
-local st = redis.call('HMGET', KEYS[1], 'bal', 'spent', 'cap')
-local bal, spent = tonumber(st[1]), tonumber(st[2])
+local bal, spent = tonumber(st[3]), tonumber(st[4])
 local amount = tonumber(ARGV[6])
-local refused = refuse_spend(bal, spent, held, st[3], amount)
+local refused = refuse_spend(bal, spent, held, st[5], amount)
 if refused then return refused end
 held = held + amount
 redis.call('HSET', KEYS[1], 'held', int(held))
