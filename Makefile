@@ -5,7 +5,15 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export METERING_ADMIN_KEY ?= dev-admin-key
 
-.PHONY: install services run lint types pytest test bench locust clean
+.PHONY: install services run lint types pytest pytest-dates test bench locust clean
+
+# The tests whose outcome depends on where the clock stands, run again at each starting point of
+# tests/conftest.py START_POINTS (a year back, a year ahead, a month's and a year's last second,
+# the last second of 29 Feb 2028), on one Redis: the suite passes on any date.
+DATED_TESTS := tests/test_reservations.py tests/test_periods.py tests/test_refunds.py \
+	tests/test_coupons.py tests/test_webhooks.py tests/test_history.py tests/test_scripts.py \
+	tests/test_clock.py
+START_POINTS := year-ago year-ahead month-end new-year leap-day
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +39,14 @@ types: install
 pytest: install services
 	$(BIN)/pytest
 
-test: lint types pytest
+pytest-dates: install services
+	@for start in $(START_POINTS); do \
+		echo "== tests with the clock starting at $$start"; \
+		METERING_TEST_START=$$start $(BIN)/pytest -q -k "not cluster" \
+			$(DATED_TESTS) || exit 1; \
+	done
+
+test: lint types pytest pytest-dates
 
 bench: install
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)

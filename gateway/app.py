@@ -15,7 +15,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.auth import Authenticator, scope_guard
 from gateway.background import Background, make_flusher, redis_client
-from gateway.clock import Clock, system_clock
+from gateway.clock import Clock, configured, system_clock
 from gateway.errors import POSTGRES_DOWN, REDIS_DOWN, InsufficientCredits, MeteringError
 from gateway.fastpath import DebitFastPath
 from gateway.health import check_eviction
@@ -69,13 +69,15 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         redis = redis_client(settings)
         await check_eviction(redis, settings.eviction_check)
-        pool = await open_pool(settings.database_url)
+        # connections are made on demand: a gateway started while PostgreSQL is down serves the
+        # users Redis holds, and answers 503 for the rest until it is back
+        pool = await open_pool(settings.database_url, min_size=0)
         service = CreditService(
             redis,
             pool,
             keys,
             tiers,
-            clock,
+            configured(clock, settings.clock_offset),
             settings.idempotency_ttl,
             settings.period,
             settings.pricing_cache_ttl,

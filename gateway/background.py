@@ -23,7 +23,7 @@ from apscheduler.triggers.cron import CronTrigger
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.clock import Clock, system_clock
+from gateway.clock import Clock, configured, system_clock
 from gateway.connect import connect_redis
 from gateway.flusher import Flusher, FlushLoop
 from gateway.keys import Keys
@@ -69,6 +69,7 @@ class Background:
         self.scheduler = AsyncIOScheduler()
         self._stop = asyncio.Event()
         self._flushing: asyncio.Task[None] | None = None
+        self._beating: asyncio.Task[None] | None = None
         self.webhooks: WebhookSender | None = None
         if settings.webhook_url and settings.webhook_secret and settings.flush_interval > 0:
             self.webhooks = WebhookSender(
@@ -82,6 +83,7 @@ class Background:
         with contextlib.suppress(RedisError, OSError):  # Redis down at start-up: no marker yet
             await self.loop.start()
         if self.settings.flush_interval > 0:
+            self._beating = asyncio.create_task(beat_forever(self.loop, self._stop))
             self._flushing = asyncio.create_task(self._flush_forever())
         if self.settings.renew_cron != "off":
             self.scheduler.add_job(
@@ -119,12 +121,24 @@ class Background:
 
     async def stop(self) -> None:
         self.scheduler.shutdown(wait=False)
+        self._stop.set()
+        if self._beating is not None:
+            await self._beating
         if self._flushing is not None:
-            self._stop.set()
             await self._flushing  # the flush under way ends first
             await self.loop.tick()  # hand over what is pending before stopping
         if self.webhooks is not None:
             await self.webhooks.aclose()
+
+
+async def beat_forever(loop: FlushLoop, stop: asyncio.Event) -> None:
+    """Every second, however long a flush takes and whether or not PostgreSQL answers: health
+    tells a flusher that is alive from none at all (gateway/health.py)."""
+    while not stop.is_set():
+        with contextlib.suppress(RedisError, OSError):
+            await loop.beat()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
 
 
 async def _send_job(sender: WebhookSender) -> None:
@@ -148,13 +162,14 @@ async def run_forever(
     """`metering flusher`: the background work with pools of its own, until SIGTERM or SIGINT,
     or until the parent process (the `metering serve` that started it) is gone."""
     redis = redis_client(settings)
-    pool = await open_pool(settings.database_url, max_size=8)
+    # no connection yet: the flusher starts while PostgreSQL is down and flushes once it is back
+    pool = await open_pool(settings.database_url, min_size=0, max_size=8)
     service = CreditService(
         redis,
         pool,
         Keys(settings.key_prefix, settings.shards),
         load_tiers(settings.tiers_file),
-        clock,
+        configured(clock, settings.clock_offset),
         settings.idempotency_ttl,
         settings.period,
         settings.pricing_cache_ttl,

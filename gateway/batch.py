@@ -50,12 +50,13 @@ class BatchService:
             if not pending:
                 break
             answers = await self._run([calls[i][1] for i in pending])
-            retry, cold = [], set()
+            retry: list[int] = []
+            cold: dict[str, int] = {}  # user id -> the scripts' time of its 'miss'
             for i, res in zip(pending, answers, strict=True):
                 req, call = calls[i]
                 if res[0] == "miss":
                     retry.append(i)
-                    cold.add(req.user_id)
+                    cold[req.user_id] = int(res[1])
                 else:
                     out[i] = _item(i, req, res, call)
             await self._hydrate(cold, calls, retry, out)
@@ -69,8 +70,7 @@ class BatchService:
     async def _run(self, calls: list[ApplyCall]) -> list[Any]:
         """Answers of the apply script for each call, in order: one apply_many call per shard."""
         credits = self.credits
-        now, start, iso = credits.header("")[1:4]
-        head: Args = ["", now, start, iso, "", credits.idempotency_ttl, "usage"]
+        head: Args = [*credits.header("")[:3], "", credits.idempotency_ttl, "usage"]
         groups: dict[str, tuple[list[int], list[str], list[list[Any]]]] = {}
         for n, call in enumerate(calls):
             user_key, idem_key, stream, holds = call.keys
@@ -97,7 +97,7 @@ class BatchService:
 
     async def _hydrate(
         self,
-        users: set[str],
+        users: dict[str, int],
         calls: dict[int, tuple[DebitRequest, ApplyCall]],
         retry: list[int],
         out: list[BatchItem | None],
@@ -105,14 +105,14 @@ class BatchService:
         gate = asyncio.Semaphore(HYDRATE_CONCURRENCY)
         failed: dict[str, MeteringError] = {}
 
-        async def one(user: str) -> None:
+        async def one(user: str, now_ms: int) -> None:
             async with gate:
                 try:
-                    await self.credits.hydrate(user)
+                    await self.credits.hydrate(user, now_ms)
                 except MeteringError as exc:
                     failed[user] = exc
 
-        await asyncio.gather(*(one(u) for u in users))
+        await asyncio.gather(*(one(u, t) for u, t in users.items()))
         for i in retry:
             exc = failed.get(calls[i][0].user_id)
             if exc is not None:

@@ -1,4 +1,11 @@
-"""Time is passed in (never read inside the scripts), so tests can move it across periods."""
+"""Time for money comes from one clock: Redis's TIME, read inside each Lua script (lib.lua), so
+every gateway instance judges hold expiry and period boundaries alike, whatever its own clock
+says. The Python side only says how far the scripts' clock is shifted from Redis's (an offset,
+0 in production), so tests and drills can cross months without sleeping; the offset never
+reaches a Redis key's TTL.
+
+A Clock here is that shifted time as seen from this process: the system clock in production,
+a fake one in tests. offset_ms() turns it into the offset the scripts add to Redis's TIME."""
 
 from __future__ import annotations
 
@@ -12,6 +19,39 @@ Period = Literal["month", "week", "day"]
 
 def system_clock() -> datetime:
     return datetime.now(UTC)
+
+
+class OffsetClock:
+    """The system clock shifted by a fixed number of seconds (METERING_CLOCK_OFFSET, for drills
+    and tests with several processes: every instance given the same offset agrees)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.shift = timedelta(seconds=seconds)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.shift
+
+
+def configured(clock: Clock, offset_seconds: float) -> Clock:
+    """The clock a process runs on: the one injected (tests), else the system clock shifted by
+    METERING_CLOCK_OFFSET when one is set."""
+    if clock is system_clock and offset_seconds:
+        return OffsetClock(offset_seconds)
+    return clock
+
+
+def offset_ms(clock: Clock) -> int:
+    """How far the clock is from this machine's: what the scripts add to Redis's TIME (0 for the
+    system clock, so production reads Redis's time as it is)."""
+    if clock is system_clock:
+        return 0
+    if isinstance(clock, OffsetClock):
+        return int(clock.shift.total_seconds() * 1000)
+    return epoch_ms(clock()) - epoch_ms(datetime.now(UTC))
+
+
+def from_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
 
 
 def period_start(now: datetime, period: Period = "month") -> datetime:

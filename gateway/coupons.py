@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import base64
 import secrets
+from datetime import datetime
 
 import msgspec
 
-from gateway.errors import Conflict, IdempotencyConflict, NotFound
+from gateway.errors import Conflict, IdempotencyConflict, NotFound, Unavailable
+from gateway.flusher import Flusher
+from gateway.ids import new_id
+from gateway.keys import shard_of
 from gateway.money import fmt, parse_amount, to_decimal, to_micro
 from gateway.schemas import (
     Coupon,
@@ -41,8 +45,9 @@ def new_code() -> str:
 
 
 class CouponService:
-    def __init__(self, credits: CreditService) -> None:
+    def __init__(self, credits: CreditService, flusher: Flusher) -> None:
         self.credits = credits
+        self.flusher = flusher
 
     async def create(self, req: CouponRequest, actor: str) -> Coupon:
         code = req.code or new_code()
@@ -52,7 +57,7 @@ class CouponService:
             to_decimal(parse_amount(req.credits, field="credits")),
             req.max_uses,
             req.expires_at,
-            self.credits.clock(),
+            await self.credits.now(),
             actor,
         )
         if row is None:
@@ -72,7 +77,7 @@ class CouponService:
         row = await db.get_coupon(self.credits.pool, code)
         if row is None:
             raise NotFound(f"no coupon {code!r}")
-        reason = self._unusable(row)
+        reason = self._unusable(row, await self.credits.now())
         return CouponCheck(
             code=row.code,
             valid=reason is None,
@@ -82,16 +87,20 @@ class CouponService:
             expires_at=row.expires_at.isoformat() if row.expires_at else None,
         )
 
-    def _unusable(self, row: CouponRow) -> str | None:
+    def _unusable(self, row: CouponRow, now: datetime) -> str | None:
         if not row.active:
             return "deactivated"
-        if row.expires_at is not None and row.expires_at <= self.credits.clock():
+        if row.expires_at is not None and row.expires_at <= now:
             return "expired"
         if row.max_uses is not None and row.uses >= row.max_uses:
             return "used_up"
         return None
 
     async def redeem(self, code: str, req: RedeemRequest) -> RedeemResult:
+        """One redemption per user per coupon, ever. PostgreSQL records it (with its grant's
+        transaction id) before the grant; the grant is made under the redemption's row lock and
+        marked made, so a retry at any later time is answered from PostgreSQL, never granted
+        again, however long ago Redis forgot the request id."""
         user, keys = req.user_id, self.credits.keys
         fp = fingerprint("coupon", code)
         seen = await self.credits.redis.get(keys.request(user, req.request_id))
@@ -100,28 +109,65 @@ class CouponService:
                 f"request_id {req.request_id!r} was already used for this user "
                 "with a different body"
             )
-        status, credits = await db.redeem_once(
-            self.credits.pool, code, user, req.request_id, self.credits.clock()
+        found = await db.redeem_once(
+            self.credits.pool, code, user, req.request_id, new_id(), await self.credits.now()
         )
-        if status == "taken":
+        if found.status == "taken":
             raise Conflict(f"user {user!r} has already redeemed coupon {code!r}")
-        if status == "unusable" or credits is None:
+        if found.status == "unusable" or found.credits is None or found.transaction_id is None:
             row = await db.get_coupon(self.credits.pool, code)
             if row is None:
                 raise NotFound(f"no coupon {code!r}")
-            raise Conflict(f"coupon {code!r} cannot be redeemed: {self._unusable(row)}")
-        meta = msgspec.json.encode({"coupon": code})
-        call = self.credits.apply_call(
-            user, req.request_id, to_micro(credits), fp, "bonus", ["meta", meta]
-        )
-        res = applied(
-            await self.credits.call(self.credits.scripts.apply, user, call.keys, call.args), call
-        )
+            reason = self._unusable(row, await self.credits.now())
+            raise Conflict(f"coupon {code!r} cannot be redeemed: {reason}")
+        micro, txn = to_micro(found.credits), found.transaction_id
+        replayed = found.status == "replay"
+        if not found.granted:
+            async with db.settling(self.credits.pool, code, user) as settling:
+                if not settling.granted and not (replayed and await self._made(settling, req, txn)):
+                    replayed = not await self._grant(settling, code, req, micro, fp, txn)
+                await settling.done()
+        available = await self.credits.available(user)
         return RedeemResult(
             code=code,
             user_id=user,
-            transaction_id=res.txn,
-            granted=fmt(res.delta),
-            credits_remaining=fmt(res.balance),
-            replayed=res.status == "replay",
+            transaction_id=txn,
+            granted=fmt(micro),
+            credits_remaining=fmt(available),
+            replayed=replayed or found.status == "replay",
         )
+
+    async def _grant(
+        self, settling: db.Settling, code: str, req: RedeemRequest, micro: int, fp: str, txn: str
+    ) -> bool:
+        """Make the redemption's grant in Redis; True when this call made it (False: Redis
+        already had it under this request id). A request id another request holds undoes the
+        redemption (the use is given back) and answers 409."""
+        meta = msgspec.json.encode({"coupon": code})
+        call = self.credits.apply_call(
+            req.user_id, req.request_id, micro, fp, "bonus", ["meta", meta], txn=txn
+        )
+        try:
+            answer = await self.credits.call(
+                self.credits.scripts.apply, req.user_id, call.keys, call.args
+            )
+            res = applied(answer, call)
+        except IdempotencyConflict:
+            await settling.undo()
+            raise
+        return res.status == "ok"
+
+    async def _made(self, settling: db.Settling, req: RedeemRequest, txn: str) -> bool:
+        """Whether a pending redemption's grant was made (a crash or a lost answer between the
+        grant and its mark). While Redis remembers the request id, the grant call itself replays
+        it (False here: let it); after that, only the ledger knows, once the user's shard is
+        flushed."""
+        user = settling.user_id
+        if await self.credits.redis.exists(self.credits.keys.request(user, req.request_id)):
+            return False
+        shard = shard_of(user, self.credits.keys.shards)
+        if not await self.flusher.settle(shard):
+            raise Unavailable(
+                "this redemption is being settled elsewhere; nothing was granted, retry later"
+            )
+        return await settling.in_ledger(txn)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -36,6 +38,8 @@ from persistence.events import FIELD, line_of
 from persistence.ledger import AlertRules, BatchResult, apply_events, try_flush_lock
 
 log = logging.getLogger("metering.flusher")
+
+ALIVE_SECONDS = 5  # a flusher that has not beaten for this long is taken for dead
 
 # What an event's content makes PostgreSQL (or the ledger code) refuse, the same on every try;
 # anything else (PostgreSQL or Redis unreachable) fails the flush, to be tried again.
@@ -120,6 +124,16 @@ class Flusher:
             await self.acknowledge(stream, entries[-1][0])
             if len(entries) < self.batch:
                 return stats
+
+    async def settle(self, shard: int, tries: int = 50) -> bool:
+        """Flush the shard until one pass drained it without another flusher holding it, so
+        everything written to it before this call is in PostgreSQL. False when it stayed held
+        (tries times 50 ms). For guards that fall back to PostgreSQL's truth (refunds, coupons)."""
+        for _ in range(tries):
+            if not (await self.flush_shard(shard)).skipped_shards:
+                return True
+            await asyncio.sleep(0.05)
+        return False
 
     async def _apply(self, stream: str, events: list[str]) -> BatchResult | None:
         """One PostgreSQL transaction under the shard's lock; None when another flusher holds it."""
@@ -215,6 +229,16 @@ class FlushLoop:
             FLUSH_BATCHES.inc()
             FLUSHED_EVENTS.inc(stats.inserted)
             log.info("flushed %d events (%d new ledger rows)", stats.events, stats.inserted)
+
+    async def beat(self) -> None:
+        """Say this flusher is alive (health counts flushers that beat in the last
+        ALIVE_SECONDS); forget those silent for an hour. On Redis's clock, like money."""
+        key, me = self.flusher.keys.flushers(), f"{socket.gethostname()}:{os.getpid()}"
+        seconds, _ = await self.flusher.redis.time()
+        async with self.flusher.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(key, {me: int(seconds)})
+            pipe.zremrangebyscore(key, "-inf", int(seconds) - 3600)
+            await pipe.execute()
 
     async def start(self) -> None:
         """Mark this Redis as known (a brand-new, empty Redis is not a loss)."""

@@ -9,6 +9,8 @@ Layout (prefix ``m`` by default, ``S`` the user's shard, ``U`` the percent-encod
 - ``m:{sS}:rf:U:TXN``   string, micro-credits refunded so far of debit TXN (expires)
 - ``m:{sS}:events``     stream, the shard's unflushed ledger events, drained by the flusher
 - ``m:marker``          string, set once per Redis data set (gone = Redis lost its data)
+- ``m:flushers``        sorted set, running flushers (host:pid) by their last beat (epoch s)
+- ``m:schema``          string, the newest migration applied (serve starts without PostgreSQL)
 
 The hash tag ``{sS}`` puts a user's state, its idempotency records and its shard's event
 stream in one Redis Cluster slot, so each Lua script touches a single slot, while users
@@ -93,6 +95,16 @@ class Keys:
     def marker(self) -> str:
         """Set once per Redis data set; its absence means Redis lost its data."""
         return f"{self.prefix}:marker"
+
+    def flushers(self) -> str:
+        """Sorted set of running flushers: member host:pid, score its last beat (Redis's
+        time, epoch s). Health counts those that beat lately."""
+        return f"{self.prefix}:flushers"
+
+    def schema(self) -> str:
+        """The newest migration `metering serve` applied to PostgreSQL: lets serve start while
+        PostgreSQL is down when the schema is known to be current."""
+        return f"{self.prefix}:schema"
 
     def all_streams(self) -> list[str]:
         return [self.stream(s) for s in range(self.shards)]

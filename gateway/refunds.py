@@ -2,14 +2,14 @@
 
 The debit is looked up in PostgreSQL (its amount and the refunds already flushed); a debit too
 recent to be flushed is flushed first, on demand. The refund itself is one Lua call that keeps a
-per-debit running total in Redis, so concurrent refunds cannot exceed the charge.
+per-debit running total in Redis, so concurrent refunds cannot exceed the charge. That total
+expires; once it is gone the script trusts only PostgreSQL's sum read after the user's shard was
+flushed (refunds not yet flushed would be missing from it), so no expiry can refund a debit twice.
 """
 
 from __future__ import annotations
 
-import asyncio
-
-from gateway.clock import period_start
+from gateway.clock import epoch_ms
 from gateway.errors import Conflict, IdempotencyConflict, NotFound, Unavailable, Unprocessable
 from gateway.flusher import Flusher
 from gateway.ids import new_id
@@ -29,27 +29,13 @@ class RefundService:
     async def refund(self, req: RefundRequest, actor: str) -> RefundResult:
         micro = 0 if req.amount is None else parse_amount(req.amount)
         debit_id = str(req.transaction_id)
-        debit = await self._debit(req.user_id, debit_id)
+        debit, flushed = await self._debit(req.user_id, debit_id)
         if debit.type != "usage":
             raise Unprocessable(
                 f"transaction {debit_id} is a {debit.type!r} entry; only debits can be refunded"
             )
         user, keys = req.user_id, self.credits.keys
-        now = self.credits.clock()
-        same_period = debit.created_at >= period_start(now, self.credits.period)
         txn = new_id()
-        args: Args = [
-            micro,
-            fingerprint("refund", debit_id, micro),
-            txn,
-            self.credits.idempotency_ttl,
-            req.request_id,
-            to_micro(-debit.amount),
-            to_micro(debit.refunded),
-            debit_id,
-            int(same_period),
-            actor,
-        ]
         script_keys = [
             keys.user(user),
             keys.request(user, req.request_id),
@@ -57,7 +43,27 @@ class RefundService:
             keys.holds(user),
             keys.refunded(user, debit_id),
         ]
-        res = await self.credits.call(self.credits.scripts.refund, user, script_keys, args, now)
+        while True:
+            args: Args = [
+                micro,
+                fingerprint("refund", debit_id, micro),
+                txn,
+                self.credits.idempotency_ttl,
+                req.request_id,
+                to_micro(-debit.amount),
+                to_micro(debit.refunded),
+                debit_id,
+                epoch_ms(debit.created_at),
+                int(flushed),
+                actor,
+            ]
+            res = await self.credits.call(self.credits.scripts.refund, user, script_keys, args)
+            if res[0] != "recount" or flushed:
+                break
+            # the debit's running total is gone: count its refunds in PostgreSQL once the
+            # shard is flushed, so none that is still on its way there is missed
+            debit = await self._flushed(user, debit_id)
+            flushed = True
         status = res[0]
         if status in ("ok", "replay"):
             return RefundResult(
@@ -84,17 +90,30 @@ class RefundService:
             raise Unprocessable(f"this refund would take the balance past {fmt(MAX_MICRO)}")
         raise RuntimeError(f"unexpected script result {res!r}")
 
-    async def _debit(self, user_id: str, debit_id: str) -> DebitRecord:
+    async def _debit(self, user_id: str, debit_id: str) -> tuple[DebitRecord, bool]:
+        """The debit as PostgreSQL has it, and whether that was read after a flush of the
+        user's shard (a debit too recent to be there is flushed first)."""
         try:
             debit = await debit_for_refund(self.credits.pool, debit_id)
-            shard = shard_of(user_id, self.credits.keys.shards)
-            for _ in range(5):  # maybe not flushed yet: flush the user's shard, look again
-                if debit is not None:
-                    break
-                stats = await self.flusher.flush_shard(shard)
-                if stats.skipped_shards:  # another flusher is on it right now
-                    await asyncio.sleep(0.05)
-                debit = await debit_for_refund(self.credits.pool, debit_id)
+        except DB_ERRORS:
+            raise Unavailable("PostgreSQL is unreachable; refunds need it, retry later") from None
+        if debit is not None:
+            if debit.user_id != user_id:
+                raise NotFound(f"user {user_id!r} has no transaction {debit_id}")
+            return debit, False
+        return await self._flushed(user_id, debit_id), True
+
+    async def _flushed(self, user_id: str, debit_id: str) -> DebitRecord:
+        """The debit as PostgreSQL has it once every event of the user's shard that was waiting
+        when this began has been flushed."""
+        shard = shard_of(user_id, self.credits.keys.shards)
+        try:
+            if not await self.flusher.settle(shard):
+                raise Unavailable(
+                    "the user's events are being flushed elsewhere; nothing was refunded, "
+                    "retry in a moment"
+                )
+            debit = await debit_for_refund(self.credits.pool, debit_id)
         except DB_ERRORS:
             raise Unavailable("PostgreSQL is unreachable; refunds need it, retry later") from None
         if debit is None or debit.user_id != user_id:

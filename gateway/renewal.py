@@ -18,7 +18,8 @@ async def renew_idle(service: CreditService, batch: int = 250) -> int:
     """Renew every user whose period ended; one Redis round trip per batch (two calls a user,
     within the coalescer's 512 a pipeline, so a user's hydrate and reset go together, in order).
     Returns how many."""
-    began = period_start(service.clock(), service.period)
+    now = await service.now()  # the scripts' clock: the same boundary for every instance
+    began = period_start(now, service.period)
     after, renewed = "", 0
     while rows := await users_to_renew(service.pool, began, after, batch):
         keys = service.keys
@@ -26,7 +27,9 @@ async def renew_idle(service: CreditService, batch: int = 250) -> int:
         for row in rows:
             user = keys.user(row.user_id)
             calls.append(
-                service.coalescer.run(service.scripts.hydrate, [user], service.hydrate_args(row))
+                service.coalescer.run(
+                    service.scripts.hydrate, [user], service.hydrate_args(row, now)
+                )
             )
             calls.append(
                 service.coalescer.run(
@@ -37,7 +40,7 @@ async def renew_idle(service: CreditService, batch: int = 250) -> int:
                         keys.user_stream(row.user_id),
                         keys.holds(row.user_id),
                     ],
-                    [*service.header(row.user_id), "0", "", "", 0, "", "", ""],
+                    [*service.header(row.user_id), "0", "", "", 0, "", ""],
                 )
             )
         results = await asyncio.gather(*calls)

@@ -4,10 +4,9 @@ expiry by whichever Lua call next touches the user, so holds never leak."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-
 import msgspec
 
+from gateway.clock import from_ms
 from gateway.errors import Conflict, IdempotencyConflict, NotFound
 from gateway.ids import new_id
 from gateway.money import fmt, parse_amount
@@ -32,8 +31,6 @@ class ReservationService:
 
     async def reserve(self, req: ReserveRequest) -> Reservation:
         micro = parse_amount(req.amount)
-        now = self.credits.clock()
-        expires = now + timedelta(seconds=req.ttl_seconds)
         rid = self.keys.new_reservation_id(req.user_id)
         user = req.user_id
         keys = [
@@ -49,11 +46,11 @@ class ReservationService:
             fp,
             rid,
             self.credits.idempotency_ttl,
-            int(expires.timestamp() * 1000),
+            req.ttl_seconds * 1000,
             req.request_id,
             RECORD_TTL,
         ]
-        res = await self.credits.call(self.scripts.reserve, user, keys, args, now=now)
+        res = await self.credits.call(self.scripts.reserve, user, keys, args)
         if res[0] in ("nsf", "cap"):
             raise payment_required(res, micro)
         if res[0] == "conflict":
@@ -63,13 +60,15 @@ class ReservationService:
             )
         if res[0] == "replay":  # the original reservation's expiry
             exp = await self.credits.redis.hget(self.keys.reservation(res[1]) or "", "exp")
-            expires = _from_ms(int(exp)) if exp else expires
+            expires = from_ms(int(exp)) if exp else None
+        else:
+            expires = from_ms(int(res[4]))
         return Reservation(
             reservation_id=res[1],
             user_id=user,
             held=fmt(int(res[2])),
             credits_remaining=fmt(int(res[3])),
-            expires_at=expires.isoformat(),
+            expires_at=expires.isoformat() if expires else None,
             replayed=res[0] == "replay",
         )
 
@@ -135,7 +134,3 @@ class ReservationService:
         if key is None or user is None:
             raise NotFound(f"no reservation {reservation_id}")
         return key, str(user)
-
-
-def _from_ms(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, UTC)

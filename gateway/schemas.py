@@ -171,7 +171,8 @@ class Reservation(Struct):
     user_id: str
     held: str
     credits_remaining: str
-    expires_at: str
+    # on Redis's clock; None only for a replay that came after the settled record was dropped
+    expires_at: str | None
     replayed: bool
 
 

@@ -13,7 +13,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from gateway.clock import Clock, Period, epoch_ms, period_start
+from gateway.clock import Clock, Period, epoch_ms, from_ms, offset_ms, period_start
 from gateway.coalesce import Coalescer
 from gateway.errors import IdempotencyConflict, InsufficientCredits, Unavailable, Unprocessable
 from gateway.ids import new_id
@@ -178,7 +178,14 @@ class CreditService:
         )
 
     def apply_call(
-        self, user_id: str, request_id: str, delta: int, fp: str, event: str, extra: Args
+        self,
+        user_id: str,
+        request_id: str,
+        delta: int,
+        fp: str,
+        event: str,
+        extra: Args,
+        txn: str | None = None,
     ) -> ApplyCall:
         keys = [
             self.keys.user(user_id),
@@ -186,7 +193,8 @@ class CreditService:
             self.keys.user_stream(user_id),
             self.keys.holds(user_id),
         ]
-        args: Args = [delta, fp, new_id(), self.idempotency_ttl, request_id, event, *extra]
+        txn = txn or new_id()
+        args: Args = [delta, fp, txn, self.idempotency_ttl, request_id, event, *extra]
         return ApplyCall(user_id, request_id, delta, keys, args)
 
     async def balance(self, user_id: str) -> Balance:
@@ -203,6 +211,12 @@ class CreditService:
             last_reset=reset,
             period_spent=fmt(int(spent)),
         )
+
+    async def available(self, user_id: str) -> int:
+        """What the user can spend now (micro-credits), after any renewal or expired hold."""
+        keys = [self.keys.user(user_id), self.keys.user_stream(user_id), self.keys.holds(user_id)]
+        res = await self.call(self.scripts.balance, user_id, keys, [])
+        return max(int(res[1]) - int(res[7]), 0)
 
     async def set_tier(self, user_id: str, tier_name: str, actor: str) -> TierChange:
         tier = self.tiers.get(tier_name)
@@ -246,8 +260,7 @@ class CreditService:
         ]
         txn = new_id()
         fp = fingerprint("reset")
-        now = self.clock().isoformat()
-        args: Args = ["1", request_id, fp, self.idempotency_ttl, txn, now, actor]
+        args: Args = ["1", request_id, fp, self.idempotency_ttl, txn, actor]
         res = await self.call(self.scripts.reset, user_id, keys, args)
         if res[0] == "conflict":
             raise IdempotencyConflict(
@@ -257,31 +270,24 @@ class CreditService:
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def header(self, user_id: str, now: datetime | None = None) -> Args:
-        """The ARGV header every mutating script starts with (see gateway/lua/lib.lua)."""
-        now = now or self.clock()
-        start = period_start(now, self.period)
-        return [
-            user_id,
-            epoch_ms(now),
-            int(start.timestamp()),
-            start.isoformat(),
-            new_id(),
-        ]
+    def header(self, user_id: str) -> Args:
+        """The ARGV header every mutating script starts with (see gateway/lua/lib.lua): the
+        scripts read the time from Redis, shifted by the clock's offset (0 in production)."""
+        return [user_id, offset_ms(self.clock), self.period, new_id()]
 
-    async def call(
-        self,
-        script: AsyncScript,
-        user_id: str,
-        keys: list[str],
-        args: Args,
-        now: datetime | None = None,
-    ) -> Any:
+    async def now(self) -> datetime:
+        """The time on the clock the scripts use (Redis's, shifted by the offset), for what
+        Python decides with money in mind off the hot path (coupons' expiry, idle renewals)."""
+        offset = offset_ms(self.clock)  # before asking: a script's offset is, too
+        seconds, micros = await self.redis.time()
+        return from_ms(int(seconds) * 1000 + int(micros) // 1000 + offset)
+
+    async def call(self, script: AsyncScript, user_id: str, keys: list[str], args: Args) -> Any:
         """Run a script with the common header; hydrate the user and retry once on 'miss'."""
-        full = [*self.header(user_id, now), *args]
+        full = [*self.header(user_id), *args]
         res = await self.coalescer.run(script, keys, full)
         if res[0] == "miss":
-            await self.hydrate(user_id)
+            await self.hydrate(user_id, int(res[1]))
             res = await self.coalescer.run(script, keys, full)
         if res[0] == "backlog":
             raise backlog_full()
@@ -289,10 +295,13 @@ class CreditService:
 
     # -- cold path ------------------------------------------------------------------------
 
-    async def hydrate(self, user_id: str) -> UserRow:
+    async def hydrate(self, user_id: str, now_ms: int) -> UserRow:
         """Load the user from PostgreSQL (creating it with the default tier's allocation) and
-        put it in Redis unless another request already did; a newer Redis state always wins."""
+        put it in Redis unless another request already did; a newer Redis state always wins.
+        now_ms is the time on the scripts' clock (their 'miss' answer), so a new user's period
+        and first ledger entry sit on the same timeline as everything it does next."""
         tier = self.tiers.default_tier
+        now = from_ms(now_ms)
         try:
             row, created = await create_user_credits(
                 self.pool,
@@ -300,8 +309,8 @@ class CreditService:
                 tier=tier.name,
                 allocation=to_decimal(tier.allocation),
                 monthly_cap=None if tier.monthly_cap is None else to_decimal(tier.monthly_cap),
-                last_reset=period_start(self.clock(), self.period),
-                now=self.clock(),
+                last_reset=period_start(now, self.period),
+                now=now,
             )
         except UserCreditsError as exc:
             raise Unprocessable(str(exc)) from None
@@ -313,11 +322,11 @@ class CreditService:
         HYDRATIONS.inc()
         if created:
             log.info("created user_credits row", extra={"user_id": user_id, "tier": tier.name})
-        await self.scripts.hydrate(keys=[self.keys.user(user_id)], args=self.hydrate_args(row))
+        await self.scripts.hydrate(keys=[self.keys.user(user_id)], args=self.hydrate_args(row, now))
         return row
 
-    def hydrate_args(self, row: UserRow) -> Args:
-        last_reset = row.last_reset or period_start(self.clock(), self.period)
+    def hydrate_args(self, row: UserRow, now: datetime) -> Args:
+        last_reset = row.last_reset or period_start(now, self.period)
         pstart = period_start(last_reset, self.period)
         tier = self.tiers.get(row.tier)
         return [
@@ -330,4 +339,5 @@ class CreditService:
             int(pstart.timestamp()),
             to_micro(row.period_spent),
             int(tier is not None and tier.rollover),
+            epoch_ms(last_reset),
         ]

@@ -47,5 +47,5 @@ class Services:
             refunds=RefundService(credits, flusher),
             batch=BatchService(credits),
             history=HistoryService(credits),
-            coupons=CouponService(credits),
+            coupons=CouponService(credits, flusher),
         )

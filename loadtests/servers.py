@@ -287,9 +287,21 @@ class ServerProcess:
 
 
 class GatewayProcess(ServerProcess):
-    """`metering serve` with the given environment."""
+    """`metering serve` with the given environment; `wrapper` runs it under another command
+    (``["faketime", "-f", "+2s"]``: an instance whose clock is 2 s ahead)."""
 
-    def __init__(self, env: dict[str, str], workers: int = 1) -> None:
+    def __init__(
+        self, env: dict[str, str], workers: int = 1, wrapper: list[str] | None = None
+    ) -> None:
         super().__init__(
-            [sys.executable, "-m", "gateway.cli", "serve", "--workers", str(workers)], env
+            [
+                *(wrapper or []),
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "serve",
+                "--workers",
+                str(workers),
+            ],
+            env,
         )

@@ -50,6 +50,13 @@ async def apply_events(
     inserted, users = int(row["inserted"]), row["users"] or []
     if inserted < len(events):
         inserted += await _insert_reused(conn, events, batch)
+        unbooked = await conn.fetch(queries.LEDGER_UNBOOKED, batch)
+        if unbooked:  # refused: the flusher sets the event aside with this reason
+            first = unbooked[0]
+            raise ValueError(
+                f"system request id {first['rid']!r} of user {first['user_id']!r} is already "
+                "in the ledger under another transaction; not booked twice"
+            )
     # admin actions are audited; usage events never have an actor, so only the others are read
     others = [fields(e) for e in events if not e.startswith(_USAGE)]
     audited = [f for f in others if f["actor"]]

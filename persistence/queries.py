@@ -107,18 +107,28 @@ SELECT (SELECT count(*) FROM ins) AS inserted, (SELECT count(*) FROM moved) AS m
 """
 
 # After LEDGER_APPLY_BATCH inserted fewer rows than the batch ($1, the same lines): the events
-# whose transaction id the ledger does not hold reused a request id after Redis forgot it
-# (idempotency TTL); Redis charged them as new requests, so they go in under a derived request
-# id. The others were replays. Returns what was inserted.
+# whose transaction id the ledger does not hold reused a client's request id after Redis forgot
+# it (idempotency TTL); Redis charged them as new requests, so they go in under a derived request
+# id. The others were replays. A system request id (sys:create, sys:reset:..., sys:tier:...) is
+# never booked so: it is unique by construction, and a second one is a fault to look at (see
+# LEDGER_UNBOOKED). Returns what was inserted.
 LEDGER_INSERT_REUSED = f"""
 WITH ins AS (
     {_LEDGER_ROW.format(request_id="$2 || tx::text")}
     FROM {_EVENTS}
     WHERE NOT EXISTS (SELECT 1 FROM credit_transactions c WHERE c.id = e.tx)
+      AND rid NOT LIKE 'sys:%'
     ON CONFLICT DO NOTHING
     RETURNING user_id, id
 )
 SELECT user_id, id FROM ins
+"""
+
+# Events of the batch ($1) the ledger still lacks after both inserts: system request ids seen
+# twice. The flusher refuses them (to the dead-letter stream), never books them silently.
+LEDGER_UNBOOKED = f"""
+SELECT u AS user_id, rid FROM {_EVENTS}
+WHERE NOT EXISTS (SELECT 1 FROM credit_transactions c WHERE c.id = e.tx)
 """
 
 # A debit and what its flushed refunds returned so far (refunds are positive amounts).
@@ -231,7 +241,8 @@ SELECT model, input_per_million, output_per_million, updated_at FROM model_prici
 # $4 is the acting key's name: the audit row is written by the same statement.
 COUPON_COLUMNS = "code, credits, max_uses, uses, expires_at, active, created_at"
 
-# $6 is the acting key's name, audited by the same statement.
+# $6 is the acting key's name, audited by the same statement, on PostgreSQL's clock like every
+# other admin action written here ($5, the gateway's time, dates the coupon).
 COUPON_INSERT = f"""
 WITH c AS (
     INSERT INTO coupons (code, credits, max_uses, expires_at, created_by, created_at)
@@ -239,8 +250,8 @@ WITH c AS (
     ON CONFLICT (code) DO NOTHING
     RETURNING {COUPON_COLUMNS}
 ), a AS (
-    INSERT INTO audit_log (id, at, actor, action, target, amount, details)
-    SELECT gen_random_uuid(), $5, $6, 'coupon.create', code, credits,
+    INSERT INTO audit_log (id, actor, action, target, amount, details)
+    SELECT gen_random_uuid(), $6, 'coupon.create', code, credits,
            jsonb_build_object('max_uses', max_uses, 'expires_at', expires_at)
     FROM c
 )
@@ -271,13 +282,38 @@ WHERE code = $1 AND active AND (expires_at IS NULL OR expires_at > $2)
 RETURNING credits
 """
 
-REDEMPTION_GET = "SELECT request_id FROM coupon_redemptions WHERE code = $1 AND user_id = $2"
+REDEMPTION_GET = """
+SELECT request_id, transaction_id, granted FROM coupon_redemptions WHERE code = $1 AND user_id = $2
+"""
 
+# A new redemption, its grant not yet made ($5 the grant's transaction id).
 REDEMPTION_INSERT = """
-INSERT INTO coupon_redemptions (code, user_id, request_id, at) VALUES ($1, $2, $3, $4)
+INSERT INTO coupon_redemptions (code, user_id, request_id, at, transaction_id, granted)
+VALUES ($1, $2, $3, $4, $5, false)
 ON CONFLICT (code, user_id) DO NOTHING
 RETURNING request_id
 """
+
+# The redemption's row, locked until the end of the transaction (its grant is settled once).
+REDEMPTION_LOCK = """
+SELECT granted FROM coupon_redemptions WHERE code = $1 AND user_id = $2 FOR UPDATE
+"""
+
+REDEMPTION_GRANTED = """
+UPDATE coupon_redemptions SET granted = true WHERE code = $1 AND user_id = $2
+"""
+
+# A redemption whose grant Redis refused (its request_id was taken by another request): the row
+# goes and the use is given back, in the transaction that holds the row's lock.
+REDEMPTION_UNDO = """
+WITH d AS (
+    DELETE FROM coupon_redemptions WHERE code = $1 AND user_id = $2 AND NOT granted
+    RETURNING code
+)
+UPDATE coupons SET uses = uses - 1 WHERE code IN (SELECT code FROM d)
+"""
+
+LEDGER_HAS = "SELECT EXISTS (SELECT 1 FROM credit_transactions WHERE id = $1)"
 
 API_KEY_INSERT = """
 WITH k AS (

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,7 +21,7 @@ from litestar import Litestar
 from redis.asyncio import Redis
 
 from gateway.app import create_app
-from gateway.clock import Clock
+from gateway.clock import Clock, period_end
 from gateway.connect import connect_redis
 from gateway.keys import Keys
 from gateway.settings import Settings
@@ -43,6 +43,10 @@ class Client(httpx.AsyncClient):
 
 
 class FakeClock:
+    """The tests' time: frozen until moved. The gateway turns it into an offset from this
+    machine's clock, which its scripts add to Redis's TIME (gateway/clock.py), so Redis judges
+    every expiry on real time: nothing Redis expires depends on where this clock stands."""
+
     def __init__(self, now: datetime) -> None:
         self.now = now
 
@@ -51,6 +55,34 @@ class FakeClock:
 
     def advance(self, **kw: float) -> None:
         self.now += timedelta(**kw)
+
+    def next_period(self, **after: float) -> datetime:
+        """Move to the start of the next calendar month (plus `after`); returns where."""
+        self.now = period_end(self.now) + timedelta(**after)
+        return self.now
+
+
+def _last_second(t: datetime) -> datetime:
+    return t - timedelta(seconds=1)
+
+
+# Where the tests' clock starts, relative to the real date (the suite must pass on any date):
+# METERING_TEST_START picks one; CI runs the time-dependent tests at each (Makefile).
+START_POINTS: dict[str, Callable[[datetime], datetime]] = {
+    "now": lambda real: real,
+    "year-ago": lambda real: real - timedelta(days=365),
+    "year-ahead": lambda real: real + timedelta(days=365),
+    "month-end": lambda real: _last_second(period_end(real)),  # the month's last second
+    "new-year": lambda real: datetime(real.year + 1, 1, 1, tzinfo=UTC) - timedelta(seconds=1),
+    "leap-day": lambda _: datetime(2028, 2, 29, 23, 59, 59, tzinfo=UTC),  # then 1 March 2028
+}
+START = os.environ.get("METERING_TEST_START", "now")
+if START not in START_POINTS:
+    raise SystemExit(f"METERING_TEST_START={START!r}: one of {', '.join(START_POINTS)}")
+
+
+def start_time() -> datetime:
+    return START_POINTS[START](datetime.now(UTC)).replace(microsecond=0)
 
 
 @pytest.fixture(scope="session")
@@ -113,7 +145,7 @@ async def redis(prefix: str, redis_url: str) -> AsyncIterator[Redis]:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock(datetime(2026, 11, 25, 12, 0, tzinfo=UTC))
+    return FakeClock(start_time())
 
 
 @pytest.fixture

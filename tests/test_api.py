@@ -9,10 +9,11 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
+from gateway.clock import period_start
 from gateway.keys import Keys
 from gateway.money import fmt
 from tests.books import assert_books_balance
-from tests.conftest import Client
+from tests.conftest import Client, FakeClock
 
 
 async def debit(client: Client, user: str, amount: Any, rid: str, **kw: Any) -> Any:
@@ -99,7 +100,7 @@ async def test_insufficient_credits_is_402_and_charges_nothing(
 
 
 async def test_balance_creates_unknown_user_with_default_tier(
-    client: Client, pool: asyncpg.Pool
+    client: Client, pool: asyncpg.Pool, clock: FakeClock
 ) -> None:
     r = await client.get("/api/v1/credits/balance", params={"user_id": "newbie"})
     assert r.status_code == 200
@@ -109,7 +110,7 @@ async def test_balance_creates_unknown_user_with_default_tier(
         "credits_remaining": "5.000000",
         "credits_allocated": "5.000000",
         "monthly_cap": None,
-        "last_reset": "2026-11-01T00:00:00+00:00",
+        "last_reset": period_start(clock.now).isoformat(),
         "period_spent": "0.000000",
         "credits_held": "0.000000",
     }

@@ -11,6 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway import flusher as flusher_module
+from gateway.clock import epoch_ms
 from gateway.connect import connect_redis
 from gateway.flusher import Flusher
 from gateway.ids import new_id
@@ -245,7 +246,8 @@ async def test_hydration_never_overwrites_a_newer_redis_state(
         "/api/v1/credits/debit", json={"user_id": "h", "amount": "1", "request_id": "a"}
     )
     service = client.app.state.services.credits
-    await service.hydrate("h")  # a second gateway hydrating late from the (stale) Postgres row
+    # a second gateway hydrating late from the (stale) Postgres row
+    await service.hydrate("h", epoch_ms(await service.now()))
     assert (await redis.hget(keys.user("h"), "bal")) == "4000000"
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
+from gateway.clock import period_start
 from tests.conftest import Client, FakeClock
 
 
@@ -19,7 +22,7 @@ async def spend(c: Client, user: str, n: int, **kw: object) -> None:
 async def test_transactions_newest_first_in_pages(client: Client, clock: FakeClock) -> None:
     await client.get("/api/v1/credits/balance", params={"user_id": "h"})  # created now
     for i in range(7):
-        clock.advance(seconds=1)
+        clock.advance(milliseconds=5)  # apart, and in one period whatever the start
         r = await client.post(
             "/api/v1/credits/debit",
             json={"user_id": "h", "amount": "0.01", "request_id": f"x{i}", "metadata": {"i": i}},
@@ -78,8 +81,10 @@ async def test_text_fields_reach_the_ledger_unchanged(client: Client) -> None:
 
 
 async def test_usage_grouped_by_model_service_and_day(client: Client, clock: FakeClock) -> None:
+    day0 = clock.now.date()
     await spend(client, "u", 3, model="a", input_tokens=10, metadata={"service": "chat"})
     clock.advance(days=1)
+    day1 = clock.now.date()
     for i in range(2):
         await client.post(
             "/api/v1/credits/debit",
@@ -93,20 +98,24 @@ async def test_usage_grouped_by_model_service_and_day(client: Client, clock: Fak
             },
         )
     await client.app.state.services.flusher.flush()
-    by_model = (await client.get("/api/v1/credits/u/usage")).json()
+    both_days = {"from": day0.isoformat(), "to": (day1 + timedelta(days=1)).isoformat()}
+    by_model = (await client.get("/api/v1/credits/u/usage", params=both_days)).json()
     assert [
         (g["key"], g["requests"], g["credits"], g["input_tokens"], g["output_tokens"])
         for g in by_model["groups"]
     ] == [("a", 3, "0.030000", 30, 0), ("b", 2, "1.000000", 0, 14)]
     assert by_model["total_credits"] == "1.030000" and by_model["total_requests"] == 5
-    assert by_model["start"] == "2026-11-01T00:00:00+00:00"
-    by_service = await client.get("/api/v1/credits/u/usage", params={"group_by": "service"})
+    current = (await client.get("/api/v1/credits/u/usage")).json()  # by default: this period
+    assert current["start"] == period_start(clock.now).isoformat()
+    by_service = await client.get(
+        "/api/v1/credits/u/usage", params={"group_by": "service", **both_days}
+    )
     assert [g["key"] for g in by_service.json()["groups"]] == ["chat", "embed"]
     by_day = await client.get(
         "/api/v1/credits/u/usage",
-        params={"group_by": "day", "from": "2026-11-26", "to": "2026-12-01"},
+        params={"group_by": "day", "from": day1.isoformat(), "to": both_days["to"]},
     )
-    assert [(g["key"], g["requests"]) for g in by_day.json()["groups"]] == [("2026-11-26", 2)]
+    assert [(g["key"], g["requests"]) for g in by_day.json()["groups"]] == [(day1.isoformat(), 2)]
 
 
 @pytest.mark.parametrize(

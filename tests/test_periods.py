@@ -1,12 +1,13 @@
 """Periods: renewal at the boundary (expire or roll over), monthly caps, admin resets, idle users.
-Time comes from an injected clock; nothing sleeps."""
+Time comes from an injected clock (an offset the scripts add to Redis's time), starting where
+METERING_TEST_START says; nothing sleeps."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -15,16 +16,16 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from gateway.clock import period_end
 from gateway.keys import Keys
 from gateway.renewal import renew_idle
 from gateway.settings import Settings
 from tests.books import assert_books_balance
-from tests.conftest import BACKENDS, Client, FakeClock, gateway
+from tests.conftest import BACKENDS, Client, FakeClock, gateway, start_time
 
 # on one Redis and on a Redis Cluster of 3 masters
 pytestmark = pytest.mark.parametrize("redis_backend", BACKENDS, indirect=True)
 
-DEC_1 = datetime(2026, 12, 1, tzinfo=UTC)
 TIERS = """
 default_tier = "capped"
 [tiers.capped]
@@ -67,20 +68,20 @@ async def test_new_month_renews_and_unused_credits_expire(
 ) -> None:
     await gw.put("/api/v1/credits/u/tier", json={"tier": "trial"})
     assert (await debit(gw, "u", "1.5", "nov")).json()["credits_remaining"] == "3.500000"
-    clock.now = DEC_1.replace(hour=3)
+    nxt = clock.next_period(hours=3) - timedelta(hours=3)
     bal = await balance(gw, "u")
     assert bal["credits_remaining"] == "5.000000" and bal["period_spent"] == "0.000000"
-    assert bal["last_reset"] == "2026-12-01T00:00:00+00:00"
+    assert bal["last_reset"] == nxt.isoformat()
     assert (await debit(gw, "u", "1", "dec")).json()["credits_remaining"] == "4.000000"
     await gw.app.state.services.flusher.flush()
     row = await pool.fetchrow("SELECT * FROM user_credits WHERE user_id = 'u'")
-    assert row["last_reset"] == DEC_1 and row["period_spent"] == 1
+    assert row["last_reset"] == nxt and row["period_spent"] == 1
     resets = await pool.fetch(
         "SELECT amount, request_id FROM credit_transactions "
         "WHERE user_id = 'u' AND transaction_type = 'monthly_reset'"
     )
     assert [(r["amount"], r["request_id"]) for r in resets] == [
-        (Decimal("1.5"), f"sys:reset:{int(DEC_1.timestamp())}")
+        (Decimal("1.5"), f"sys:reset:{int(nxt.timestamp())}")
     ]
     await assert_books_balance(pool, redis, keys)
 
@@ -91,7 +92,7 @@ async def test_rollover_tier_carries_unused_credits(
     await gw.put("/api/v1/credits/s/tier", json={"tier": "saver"})
     assert (await balance(gw, "s"))["credits_remaining"] == "2.000000"
     await debit(gw, "s", "0.5", "a")
-    clock.now = DEC_1
+    clock.next_period()
     assert (await balance(gw, "s"))["credits_remaining"] == "3.500000"  # 1.5 left + 2
     await gw.app.state.services.flusher.flush()
     await assert_books_balance(pool, redis, keys)
@@ -109,7 +110,7 @@ async def test_monthly_cap_is_402_with_its_reason_and_renews(
     assert (await debit(gw, "c", "0.25", "c")).status_code == 200  # exactly to the cap
     short = await debit(gw, "c", "100", "d")
     assert short.json()["reason"] == "monthly_cap_reached"
-    clock.now = DEC_1
+    clock.next_period()
     assert (await debit(gw, "c", "0.5", "e")).json()["credits_remaining"] == "4.500000"
     await gw.app.state.services.flusher.flush()
     await assert_books_balance(pool, redis, keys)
@@ -149,9 +150,10 @@ class SwitchingClock(FakeClock):
 async def test_100_debits_straddling_the_boundary_reset_once_and_lose_no_spend(
     tmp_path: Path, settings: Settings, pool: asyncpg.Pool, redis: Redis, keys: Keys
 ) -> None:
-    clock = SwitchingClock(datetime(2026, 11, 30, 23, 59, tzinfo=UTC), DEC_1, n=52)
+    boundary = period_end(start_time())
+    clock = SwitchingClock(boundary - timedelta(minutes=1), boundary, n=52)
     async with gateway(settings, clock) as c:
-        await balance(c, "edge")  # created in November (reads the clock twice)
+        await balance(c, "edge")  # created in the month before (reads the clock twice)
         results = await asyncio.gather(*(debit(c, "edge", "0.01", f"r{i}") for i in range(100)))
         assert {r.status_code for r in results} == {200}
         await c.app.state.services.flusher.flush()
@@ -198,14 +200,14 @@ async def test_idle_users_are_renewed_by_the_job(
         await debit(gw, f"idle{i}", "0.25", "a")
     await gw.app.state.services.flusher.flush()
     await redis.delete(keys.user("idle3"))  # one of them is no longer in Redis
-    clock.now = DEC_1.replace(minute=10)
+    nxt = clock.next_period(minutes=10) - timedelta(minutes=10)
     service = gw.app.state.services.credits
     assert await renew_idle(service, batch=3) == 7
     assert await renew_idle(service, batch=3) == 0  # keyed by period: once
     await gw.app.state.services.flusher.flush()
     rows = await pool.fetch("SELECT credits_remaining, last_reset, period_spent FROM user_credits")
     assert {(r["credits_remaining"], r["last_reset"], r["period_spent"]) for r in rows} == {
-        (Decimal("5"), DEC_1, Decimal("0"))
+        (Decimal("5"), nxt, Decimal("0"))
     }
     await assert_books_balance(pool, redis, keys)
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import fakeredis
 import pytest
 import redis as redis_sync
 
+from gateway.clock import Period, epoch_ms, period_end, period_start
 from gateway.keys import Keys
 from gateway.money import MAX_MICRO
 from gateway.scripts import source
@@ -38,24 +41,28 @@ def k() -> Keys:
     return Keys(f"ts{uuid.uuid4().hex[:8]}", 4)
 
 
-PERIOD = 1_761_955_200  # 2025-11-01T00:00:00Z
-PERIOD_ISO = "2025-11-01T00:00:00+00:00"
+# The scripts read the time from Redis (TIME) and add the header's offset: the current month
+# (on the real clock), and an offset that reaches the next one.
+_START = period_start(datetime.now(UTC))
+PERIOD = int(_START.timestamp())
+PERIOD_ISO = _START.isoformat()
+NEXT_MONTH = epoch_ms(period_end(_START)) - epoch_ms(datetime.now(UTC)) + 3_600_000
 
 
 def hydrate(r: Any, k: Keys, user: str, bal: int, ver: int = 0, cap: str = "") -> int:
     return int(
         r.register_script(source("hydrate"))(
             keys=[k.user(user)],
-            args=[bal, bal, "trial", cap, PERIOD_ISO, ver, PERIOD, 0, 0],
+            args=[bal, bal, "trial", cap, PERIOD_ISO, ver, PERIOD, 0, 0, PERIOD * 1000],
         )
     )
 
 
 def apply(
-    r: Any, k: Keys, user: str, delta: int, rid: str, fp: str = "fp", period: int = PERIOD
+    r: Any, k: Keys, user: str, delta: int, rid: str, fp: str = "fp", offset: int = 0
 ) -> list[str]:
     script = r.register_script(source("apply"))
-    header = [user, 1_762_000_000_000, period, PERIOD_ISO, f"renew-{rid}"]
+    header = [user, offset, "month", f"renew-{rid}"]
     return list(
         script(
             keys=[k.user(user), k.request(user, rid), k.user_stream(user)],
@@ -65,7 +72,8 @@ def apply(
 
 
 def test_miss_then_hydrate_then_debit(r: Any, k: Keys) -> None:
-    assert apply(r, k, "u", -1, "a") == ["miss"]
+    status, now = apply(r, k, "u", -1, "a")
+    assert status == "miss" and abs(int(now) - time.time() * 1000) < 60_000  # Redis's clock
     assert r.xlen(k.user_stream("u")) == 0
     assert hydrate(r, k, "u", 10) == 1
     assert hydrate(r, k, "u", 999) == 0  # never overwrites
@@ -123,9 +131,9 @@ def test_cap_and_renewal_in_the_script(r: Any, k: Keys) -> None:
     assert apply(r, k, "c", -2, "c")[0] == "ok"  # exactly the cap
     assert apply(r, k, "c", 5, "g")[0] == "ok"  # grants do not count as spending
     # a new period: allocation back (unused credits expire), spending back to 0
-    assert apply(r, k, "c", -1, "d", period=PERIOD + 1) == ["ok", "tx-d", "-1", "9"]
-    assert apply(r, k, "c", -1, "e", period=PERIOD + 1)[3] == "8"  # renewed once only
-    assert apply(r, k, "c", -1, "f", period=PERIOD)[3] == "7"  # an older clock never renews
+    assert apply(r, k, "c", -1, "d", offset=NEXT_MONTH) == ["ok", "tx-d", "-1", "9"]
+    assert apply(r, k, "c", -1, "e", offset=NEXT_MONTH)[3] == "8"  # renewed once only
+    assert apply(r, k, "c", -1, "f")[3] == "7"  # an older clock never renews
     types = [fields(line_of(f))["t"] for _, f in r.xrange(k.user_stream("c"))]
     assert types == ["usage", "usage", "usage", "monthly_reset", "usage", "usage", "usage"]
 
@@ -160,11 +168,10 @@ def test_apply_many_answers_and_writes_exactly_what_apply_does_one_by_one(r: Any
         hydrate(r, k, "ü 2", 5, cap="3")
         r.register_script(source("hydrate"))(
             keys=[k.user("old")],
-            args=[4, 6, "trial", "", PERIOD_ISO, 0, PERIOD - 86_400, 0, 0],
+            args=[4, 6, "trial", "", PERIOD_ISO, 0, PERIOD - 86_400, 0, 0, 0],
         )
-    now = 1_762_000_000_000
     single = r.register_script(source("apply"))
-    header = (now, PERIOD, PERIOD_ISO)
+    header = (0, "month")
     answers_one = [
         list(
             single(
@@ -178,9 +185,11 @@ def test_apply_many_answers_and_writes_exactly_what_apply_does_one_by_one(r: Any
     for u, d, rid, fp, extra in items:
         keys += [many.user(u), many.request(u, rid), many.holds(u)]
         batch.append([u, f"renew-{rid}", str(d), fp, f"tx-{rid}", rid, extra])
-    args = ["", now, PERIOD, PERIOD_ISO, "", 60, "usage", json.dumps(batch)]
+    args = ["", 0, "month", "", 60, "usage", json.dumps(batch)]
     answers_many = [list(a) for a in r.register_script(source("apply_many"))(keys=keys, args=args)]
 
+    for answers in (answers_one, answers_many):  # a miss carries the time: alike, not equal
+        assert answers[8][0] == "miss" and abs(int(answers[8].pop()) - time.time() * 1000) < 60_000
     assert answers_many == answers_one
     assert [a[0] for a in answers_one] == [
         *("ok", "replay", "conflict", "nsf", "ok", "cap", "ok", "ok", "miss", "overflow"),
@@ -191,6 +200,8 @@ def test_apply_many_answers_and_writes_exactly_what_apply_does_one_by_one(r: Any
     for u, _, rid, _, _ in items:
         assert r.get(many.request(u, rid)) == r.get(one.request(u, rid))
     events = [[fields(line_of(f)) for _, f in r.xrange(k.stream(0))] for k in (one, many)]
+    for e in (*events[0], *events[1]):
+        assert abs(int(e.pop("ts")) - time.time() * 1000) < 60_000  # Redis's time, now
     assert events[1] == events[0]
     assert [e["t"] for e in events[0]] == [
         *("usage", "usage", "monthly_reset", "usage", "usage", "usage", "usage"),
@@ -207,3 +218,34 @@ def test_event_positions_in_lua_match_the_python_field_list() -> None:
     assert positions == {name: FIELDS.index(name) + 1 for name in FIELDS[9:]}
     blanks = re.search(r"local ev = \{.*?\}", lib, re.DOTALL)
     assert blanks is not None and blanks.group(0).count("''") == len(FIELDS) - 9
+
+
+# Instants around the boundaries the calendar has: month and year ends, leap days (2028, a
+# century that is not leap, one that is), a Sunday night into an ISO week, the epoch.
+INSTANTS = [
+    datetime(2028, 2, 29, 23, 59, 59, 999000, tzinfo=UTC),
+    datetime(2028, 3, 1, tzinfo=UTC),
+    datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC),
+    datetime(2027, 1, 1, tzinfo=UTC),
+    datetime(2100, 3, 1, 0, 0, 0, 1000, tzinfo=UTC),
+    datetime(2000, 2, 29, 12, 30, 5, 250000, tzinfo=UTC),
+    datetime(2026, 11, 29, 23, 59, 59, tzinfo=UTC),  # a Sunday
+    datetime(2026, 11, 30, tzinfo=UTC),  # the Monday after
+    datetime(1970, 1, 1, tzinfo=UTC),
+    datetime(2038, 1, 19, 3, 14, 8, tzinfo=UTC),
+]
+
+
+@pytest.mark.parametrize("kind", ["month", "week", "day"])
+def test_lua_periods_and_times_agree_with_python(r: Any, kind: Period) -> None:
+    """The scripts find the period on Redis's clock themselves: their calendar must be the one
+    gateway/clock.py uses (and PostgreSQL reads their ISO text)."""
+    probe = r.register_script(
+        source("lib") + "\nlocal s, i = period_of(tonumber(ARGV[5]), ARGV[6])\n"
+        "return {int(s), i, iso(tonumber(ARGV[5]))}"
+    )
+    for t in INSTANTS:
+        start, start_iso, now_iso = probe(keys=[], args=["", 0, kind, "", epoch_ms(t), kind])
+        assert int(start) == int(period_start(t, kind).timestamp()), t
+        assert start_iso == period_start(t, kind).isoformat()
+        assert now_iso == t.isoformat(), t

@@ -1,25 +1,28 @@
 -- Hold credits for a call whose cost is known only at its end (two-phase: reserve, then commit
 -- or release). Held credits cannot be spent elsewhere; a hold neither committed nor released
--- stops counting at its expiry (purge_holds), so it can never leak.
+-- stops counting at its expiry (purge_holds), so it can never leak. The expiry is judged on the
+-- one clock (lib.lua); the reservation record is kept for a relative time after it.
 -- KEYS[1] user state hash  KEYS[2] idempotency record  KEYS[3] the user's holds
 -- KEYS[4] the reservation hash  KEYS[5] shard event stream
--- ARGV[1..5] the common header (lib.lua)  ARGV[6] amount (micro)  ARGV[7] body fingerprint
--- ARGV[8] reservation id  ARGV[9] idempotency ttl (s)  ARGV[10] expiry (ms)  ARGV[11] request id
--- ARGV[12] how long the reservation record is kept (s)
+-- ARGV[1..4] the common header (lib.lua)  ARGV[5] amount (micro)  ARGV[6] body fingerprint
+-- ARGV[7] reservation id  ARGV[8] idempotency ttl (s)  ARGV[9] the hold's time to live (ms)
+-- ARGV[10] request id  ARGV[11] how long the reservation record is kept after its expiry (s)
 -- {'backlog'} when the shard's unflushed events reached BACKLOG_MAX (nothing changed).
--- Returns {'ok'|'replay', reservation id, amount, available}, {'conflict'}, {'nsf', available},
---         {'cap', available, spent, cap} or {'miss'}.
-local stop, held, st = open_user(KEYS[1], KEYS[2], ARGV[7], KEYS[5], KEYS[3])
+-- Returns {'ok'|'replay', reservation id, amount, available, expiry (epoch ms)}, {'conflict'},
+--         {'nsf', available}, {'cap', available, spent, cap} or {'miss', now}.
+local stop, held, st = open_user(KEYS[1], KEYS[2], ARGV[6], KEYS[5], KEYS[3])
 if stop then return stop end
 local bal, spent = tonumber(st[3]), tonumber(st[4])
-local amount = tonumber(ARGV[6])
+local amount = tonumber(ARGV[5])
 local refused = refuse_spend(bal, spent, held, st[5], amount)
 if refused then return refused end
 held = held + amount
+local ttl = tonumber(ARGV[9])
+local exp = int(H.now + ttl)
 redis.call('HSET', KEYS[1], 'held', int(held))
-redis.call('ZADD', KEYS[3], ARGV[10], ARGV[8] .. '|' .. ARGV[6])
-redis.call('HSET', KEYS[4], 'u', ARGV[1], 'amt', ARGV[6], 'exp', ARGV[10], 'st', 'held',
-           'rid', ARGV[11])
-redis.call('PEXPIREAT', KEYS[4], tonumber(ARGV[10]) + tonumber(ARGV[12]) * 1000)
-idem_save(KEYS[2], ARGV[7], ARGV[8], amount, avail(bal, held), tonumber(ARGV[9]))
-return {'ok', ARGV[8], int(amount), avail(bal, held)}
+redis.call('ZADD', KEYS[3], exp, ARGV[7] .. '|' .. ARGV[5])
+redis.call('HSET', KEYS[4], 'u', ARGV[1], 'amt', ARGV[5], 'exp', exp, 'st', 'held',
+           'rid', ARGV[10])
+redis.call('PEXPIRE', KEYS[4], ttl + tonumber(ARGV[11]) * 1000)
+idem_save(KEYS[2], ARGV[6], ARGV[7], amount, avail(bal, held), tonumber(ARGV[8]))
+return {'ok', ARGV[7], int(amount), avail(bal, held), exp}

@@ -2,28 +2,30 @@
 -- once when forced by an admin (idempotent by request id).
 -- KEYS[1] user state hash  KEYS[2] idempotency record  KEYS[3] shard event stream
 -- KEYS[4] the user's holds (balances returned are available credits, less holds)
--- ARGV[1..5] the common header (lib.lua)  ARGV[6] force ('1' or '0')  ARGV[7] request id
--- ARGV[8] body fingerprint  ARGV[9] idempotency ttl (s)  ARGV[10] transaction id (forced)
--- ARGV[11] now (ISO)  ARGV[12] the acting key's name (for the audit log)
+-- ARGV[1..4] the common header (lib.lua)  ARGV[5] force ('1' or '0')  ARGV[6] request id
+-- ARGV[7] body fingerprint  ARGV[8] idempotency ttl (s)  ARGV[9] transaction id (forced)
+-- ARGV[10] the acting key's name (for the audit log)
+-- A forced renewal is dated by the one clock (lib.lua) and never moves the period back.
 -- {'backlog'} when the shard's unflushed events reached BACKLOG_MAX (nothing changed).
--- Returns {'ok'|'replay', txn, delta, balance}, {'same', '', '0', balance}, {'conflict'}, {'miss'}.
-local force = ARGV[6] == '1'
+-- Returns {'ok'|'replay', txn, delta, balance}, {'same', '', '0', balance}, {'conflict'},
+--         {'miss', now}.
+local force = ARGV[5] == '1'
 if force then
-  local seen = idem_check(KEYS[2], ARGV[8])
+  local seen = idem_check(KEYS[2], ARGV[7])
   if seen then return seen end
 end
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'miss'} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return miss() end
 local before = tonumber(redis.call('HGET', KEYS[1], 'bal'))
 if redis.call('XLEN', KEYS[3]) >= BACKLOG_MAX then return {'backlog'} end
 local renewed = auto_renew(KEYS[1], KEYS[3])
 if force then
-  renew(KEYS[1], KEYS[3], true, ARGV[7], ARGV[10], ARGV[11], {'actor', ARGV[12]})
+  renew(KEYS[1], KEYS[3], true, ARGV[6], ARGV[9], {'actor', ARGV[10]})
 end
 local after = tonumber(redis.call('HGET', KEYS[1], 'bal'))
 local held = purge_holds(KEYS[1], KEYS[4])
 if force then
-  idem_save(KEYS[2], ARGV[8], ARGV[10], after - before, avail(after, held), tonumber(ARGV[9]))
-  return {'ok', ARGV[10], int(after - before), avail(after, held)}
+  idem_save(KEYS[2], ARGV[7], ARGV[9], after - before, avail(after, held), tonumber(ARGV[8]))
+  return {'ok', ARGV[9], int(after - before), avail(after, held)}
 end
-if renewed then return {'ok', ARGV[5], int(after - before), avail(after, held)} end
+if renewed then return {'ok', H.rtxn, int(after - before), avail(after, held)} end
 return {'same', '', '0', avail(after, held)}
