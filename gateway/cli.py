@@ -9,13 +9,14 @@ import json
 import logging
 import logging.config
 import os
-import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import asdict
 from typing import Any
 
 import asyncpg
+from redis.exceptions import RedisError
 
 from gateway.auth import SCOPES, generate_key, hash_key
 from gateway.background import has_work, make_flusher, run_forever
@@ -24,9 +25,11 @@ from gateway.keys import Keys
 from gateway.logs import serve_log_config
 from gateway.reconcile import reconcile
 from gateway.settings import Settings, settings_from_env
+from gateway.supervise import Supervisor
 from gateway.tiers import load_tiers
 from persistence import api_keys, db, ledger, users
-from persistence.migrate import prepare
+from persistence.db import DB_ERRORS
+from persistence.migrate import migration_files, prepare
 
 
 async def _migrate(settings: Settings) -> list[str]:
@@ -216,21 +219,26 @@ def main(argv: list[str] | None = None) -> int:
     # serve
     import uvicorn
 
-    asyncio.run(_migrate(settings))
     separate = args.flusher == "process" and has_work(settings)
     if (args.workers > 1 or separate) and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        # the workers' (and the flusher's) counters go to files here, so /metrics on any worker
-        # sums them all
+        # the workers', the flusher's and this process's counters go to files here, so
+        # /metrics on any worker sums them all; prometheus_client reads the variable when it is
+        # imported, so this process starts again with it set
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="metering-metrics-")
+        args_again = sys.argv[1:] if argv is None else argv
+        os.execv(sys.executable, [sys.executable, "-m", "gateway.cli", *args_again])  # noqa: S606
+    _migrate_or_wait(settings)
     if not settings.admin_key:
         logging.getLogger("metering").warning(
             "METERING_ADMIN_KEY is not set: only stored API keys will be accepted"
         )
-    background: subprocess.Popen[bytes] | None = None
+    supervisor: Supervisor | None = None
     if separate:
-        background = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
-            [sys.executable, "-m", "gateway.cli", "flusher", "--parent", str(os.getpid())]
+        supervisor = Supervisor(
+            [sys.executable, "-m", "gateway.cli", "flusher", "--parent", str(os.getpid())],
+            dict(os.environ),
         )
+        supervisor.start()
         # the workers only answer requests
         os.environ["METERING_FLUSH_INTERVAL"] = "0"
         os.environ["METERING_RENEW_CRON"] = "off"
@@ -246,13 +254,55 @@ def main(argv: list[str] | None = None) -> int:
             access_log=False,
         )
     finally:
-        if background is not None:  # it flushes what is pending, then exits
-            background.terminate()
-            try:
-                background.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                background.kill()
+        if supervisor is not None:  # it flushes what is pending, then exits
+            supervisor.stop()
     return 0
+
+
+def _migrate_or_wait(settings: Settings) -> None:
+    """Apply migrations before serving. With PostgreSQL unreachable: start anyway when Redis
+    says the schema is this version's (a restart during an outage: cached users are served, new
+    users get 503 until PostgreSQL is back), else wait for PostgreSQL, saying so every 2 s."""
+    latest = migration_files()[-1][0]
+    log = logging.getLogger("metering.serve")
+    while True:
+        try:
+            asyncio.run(_migrate(settings))
+        except DB_ERRORS as exc:
+            if asyncio.run(_schema_in_redis(settings)) == latest:
+                log.warning(
+                    "PostgreSQL is unreachable (%s); the schema is known current (%s), so "
+                    "serving what Redis holds: new users get 503 until PostgreSQL is back",
+                    type(exc).__name__,
+                    latest,
+                )
+                return
+            log.error(
+                "PostgreSQL is unreachable (%s) and the schema cannot be checked; waiting for "
+                "it (retrying every 2 s)",
+                type(exc).__name__,
+            )
+            time.sleep(2)
+            continue
+        asyncio.run(_schema_in_redis(settings, latest))
+        return
+
+
+async def _schema_in_redis(settings: Settings, applied: str | None = None) -> str | None:
+    """Read (or, with applied, record) the newest migration applied; None when Redis cannot
+    say."""
+    redis = connect_redis(settings.redis_url, settings.redis_timeout)
+    key = Keys(settings.key_prefix, settings.shards).schema()
+    try:
+        if applied is not None:
+            await redis.set(key, applied)
+            return applied
+        value = await redis.get(key)
+        return None if value is None else str(value)
+    except (RedisError, OSError):
+        return None
+    finally:
+        await redis.aclose()
 
 
 if __name__ == "__main__":

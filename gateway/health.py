@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any, Literal
 
 from litestar import Response
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from gateway.flusher import ALIVE_SECONDS
 from gateway.services import Services
 from persistence import migrate, queries
 
@@ -54,23 +54,32 @@ async def flusher_status(s: Services) -> dict[str, Any]:
 
 
 async def flusher_state(s: Services) -> tuple[dict[str, Any], list[int]]:
-    """The flusher status, and the unflushed events of each shard."""
+    """The flusher status, and the unflushed events of each shard. Ages are on Redis's clock
+    (the stream ids and the flushers' beats are), so every gateway reports the same.
+    status: 'down' when no flusher has beaten in ALIVE_SECONDS (none is running anywhere on
+    this key prefix: nothing reaches PostgreSQL), else 'behind' past the lag or backlog bounds,
+    else 'ok'."""
     keys = s.credits.keys
+    seconds, micros = await s.redis.time()
+    now = int(seconds) + int(micros) / 1e6
     async with s.redis.pipeline(transaction=False) as pipe:
         for stream in keys.all_streams():
             pipe.xlen(stream)
             pipe.xrange(stream, count=1)
         for shard in range(keys.shards):
             pipe.xlen(keys.dead(shard))
+        pipe.zcount(keys.flushers(), now - ALIVE_SECONDS, "+inf")
         answers = await pipe.execute()
-    streams, dead = answers[: 2 * keys.shards], answers[2 * keys.shards :]
+    streams, dead = answers[: 2 * keys.shards], answers[2 * keys.shards : -1]
+    running = int(answers[-1])
     per_shard = [int(n) for n in streams[0::2]]
     backlog = sum(per_shard)
     oldest = [int(str(first[0][0]).split("-")[0]) for first in streams[1::2] if first]
-    age = max(0.0, time.time() - min(oldest) / 1000) if oldest else 0.0
+    age = max(0.0, now - min(oldest) / 1000) if oldest else 0.0
     behind = age > s.settings.flush_behind_seconds or backlog > s.settings.max_backlog // 2
     status = {
-        "status": "behind" if behind else "ok",
+        "status": "down" if running == 0 else "behind" if behind else "ok",
+        "running": running,
         "backlog": backlog,
         "oldest_event_age_seconds": round(age, 3),
         # events PostgreSQL refused, set aside for an operator (docs/operations.md)

@@ -35,6 +35,9 @@ FLUSH_FAILURES = Counter("metering_flush_failures", "Flush rounds that failed")
 REDIS_ERRORS = Counter("metering_redis_errors", "Requests failed by a Redis error")
 POSTGRES_ERRORS = Counter("metering_postgres_errors", "Requests failed by a PostgreSQL error")
 REDIS_DATA_LOSSES = Counter("metering_redis_data_losses", "Times Redis was found emptied")
+FLUSHER_RESTARTS = Counter(
+    "metering_flusher_restarts", "Times metering serve restarted its flusher process"
+)
 DEAD_LETTERS = Counter(
     "metering_dead_letters", "Events PostgreSQL refused, moved to a dead-letter stream"
 )
@@ -88,6 +91,11 @@ class RedisState:
             "metering_flusher_behind",
             "1 when the flusher is behind",
             value=1.0 if self.status["status"] == "behind" else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "metering_flushers_running",
+            "Flushers that beat in the last 5 s on this key prefix (0: nothing is flushed)",
+            value=self.status.get("running", 0),
         )
 
 

@@ -8,6 +8,7 @@ import logging
 import asyncpg
 import pytest
 
+from gateway.flusher import FlushLoop
 from gateway.health import UnsafeRedis
 from gateway.settings import Settings
 from loadtests.servers import private_redis
@@ -37,6 +38,9 @@ async def test_backlog_ceiling_refuses_writes_until_flushed(
         )
         assert batch.json()["results"][0]["status"] == 503
         ready = (await c.get("/health/ready")).json()
+        assert ready["flusher"]["status"] == "down" and ready["flusher"]["running"] == 0
+        await FlushLoop(c.app.state.services.flusher, 1).beat()  # a flusher comes up
+        ready = (await c.get("/health/ready")).json()
         assert ready["flusher"]["status"] == "behind" and ready["flusher"]["backlog"] == 5
         await c.app.state.services.flusher.flush()
         assert await debit(c, "u", "r5") == 200
@@ -46,6 +50,7 @@ async def test_backlog_ceiling_refuses_writes_until_flushed(
         ready = (await c.get("/health/ready")).json()
         assert ready["flusher"] == {
             "status": "ok",
+            "running": 1,
             "backlog": 0,
             "oldest_event_age_seconds": 0.0,
             "dead_letters": 0,
