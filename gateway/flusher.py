@@ -1,7 +1,7 @@
 """Write-behind: move ledger events from the Redis shard streams into PostgreSQL.
 
-Per shard: read the oldest events (XRANGE), apply them in one PostgreSQL transaction that holds
-the shard's advisory lock, commit, then delete them from the stream (XTRIM MINID).
+Per shard: take the shard's advisory lock in a PostgreSQL transaction, read the oldest events
+(XRANGE), apply them in that transaction, commit, then delete them from the stream (XTRIM MINID).
 Exactly-once effect:
 - a crash after the commit and before XTRIM leaves the events in the stream; the next flush
   applies them again, which changes nothing (ledger rows are keyed by transaction id, and a
@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 from redis.asyncio import Redis
 
 from gateway.keys import Keys
@@ -95,30 +96,40 @@ class Flusher:
         return stats
 
     async def flush_shard(self, shard: int, stats: FlushStats | None = None) -> FlushStats:
-        """Drain one shard's stream; stats.skipped_shards says if another flusher held it."""
+        """Drain one shard's stream; stats.skipped_shards says if another flusher held it.
+
+        Each batch is read from Redis after the shard's lock is taken, inside the transaction
+        that applies it: a cold path loading a user of this shard takes the same lock, shared
+        (persistence.ledger.wait_for_flush), so it never loads a row that a batch already read
+        is about to move. (Read before the lock, a batch read just before Redis lost its data
+        and committed after the user was reloaded pushed PostgreSQL's version past the reloaded
+        user's, and its next events no longer moved the row.)"""
         stats = stats if stats is not None else FlushStats()
         stream = self.keys.stream(shard)
         while True:
-            entries = cast(
-                list[tuple[str, dict[str, str]]], await self.redis.xrange(stream, count=self.batch)
-            )
-            if not entries:
-                return stats
-            events = [line_of(f) for _, f in entries]
-            try:
-                result = await self._apply(stream, events)
-            except REFUSED as exc:
-                log.error(
-                    "PostgreSQL refused a batch of %d events of shard %d (%s); applying them one "
-                    "at a time to set the refused ones aside",
-                    len(events),
-                    shard,
-                    type(exc).__name__,
+            async with self.pool.acquire() as conn, conn.transaction():
+                if not await try_flush_lock(conn, stream):
+                    stats.skipped_shards.append(shard)
+                    return stats
+                entries = cast(
+                    list[tuple[str, dict[str, str]]],
+                    await self.redis.xrange(stream, count=self.batch),
                 )
-                result = await self._isolate(shard, entries, events, stats)
-            if result is None:
-                stats.skipped_shards.append(shard)
-                return stats
+                if not entries:
+                    return stats
+                events = [line_of(f) for _, f in entries]
+                try:
+                    async with conn.transaction():  # a savepoint: a refused batch leaves nothing
+                        result = await apply_events(conn, events, self.alerts)
+                except REFUSED as exc:
+                    log.error(
+                        "PostgreSQL refused a batch of %d events of shard %d (%s); applying "
+                        "them one at a time to set the refused ones aside",
+                        len(events),
+                        shard,
+                        type(exc).__name__,
+                    )
+                    result = await self._isolate(conn, shard, entries, events, stats)
             stats.events += len(events)
             stats.inserted += result.inserted
             await self.acknowledge(stream, entries[-1][0])
@@ -135,28 +146,23 @@ class Flusher:
             await asyncio.sleep(0.05)
         return False
 
-    async def _apply(self, stream: str, events: list[str]) -> BatchResult | None:
-        """One PostgreSQL transaction under the shard's lock; None when another flusher holds it."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            if not await try_flush_lock(conn, stream):
-                return None
-            return await apply_events(conn, events, self.alerts)
-
     async def _isolate(
         self,
+        conn: PoolConnectionProxy[Any],
         shard: int,
         entries: list[tuple[str, dict[str, str]]],
         events: list[str],
         stats: FlushStats,
-    ) -> BatchResult | None:
-        """Apply a refused batch one event at a time, in order; each event PostgreSQL refuses
-        goes to the shard's dead-letter stream (its line, its entry id, the reason). A crash
-        here applies the batch again later: applied events are replays, and a refused one may
-        be set aside twice (same entry id)."""
-        stream, dead, inserted, users = self.keys.stream(shard), self.keys.dead(shard), 0, 0
+    ) -> BatchResult:
+        """Apply a refused batch one event at a time (a savepoint each), in order, in the
+        batch's transaction; each event PostgreSQL refuses goes to the shard's dead-letter
+        stream (its line, its entry id, the reason). A crash here applies the batch again later:
+        applied events are replays, and a refused one may be set aside twice (same entry id)."""
+        dead, inserted, users = self.keys.dead(shard), 0, 0
         for (entry_id, _), line in zip(entries, events, strict=True):
             try:
-                result = await self._apply(stream, [line])
+                async with conn.transaction():
+                    result = await apply_events(conn, [line], self.alerts)
             except REFUSED as exc:
                 reason = f"{type(exc).__name__}: {exc}"[:1000]
                 await self.redis.xadd(dead, {FIELD: line, "id": entry_id, "error": reason})
@@ -164,8 +170,6 @@ class Flusher:
                 stats.dead += 1
                 log.error("event %s refused by PostgreSQL, moved to %s: %s", entry_id, dead, reason)
                 continue
-            if result is None:
-                return None  # another flusher took the shard meanwhile; it carries on
             inserted += result.inserted
             users += result.users
         return BatchResult(inserted=inserted, users=users)

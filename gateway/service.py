@@ -35,6 +35,7 @@ from gateway.schemas import (
 from gateway.scripts import Scripts
 from gateway.tiers import TierTable
 from persistence.db import DB_ERRORS
+from persistence.ledger import wait_for_flush
 from persistence.users import UserCreditsError, UserRow, create_user_credits
 
 log = logging.getLogger("metering.service")
@@ -303,15 +304,19 @@ class CreditService:
         tier = self.tiers.default_tier
         now = from_ms(now_ms)
         try:
-            row, created = await create_user_credits(
-                self.pool,
-                user_id,
-                tier=tier.name,
-                allocation=to_decimal(tier.allocation),
-                monthly_cap=None if tier.monthly_cap is None else to_decimal(tier.monthly_cap),
-                last_reset=period_start(now, self.period),
-                now=now,
-            )
+            # a flush of the user's shard under way commits first: never load a row that a
+            # batch already read is about to move (gateway/flusher.py flush_shard)
+            async with self.pool.acquire() as conn, conn.transaction():
+                await wait_for_flush(conn, self.keys.user_stream(user_id))
+                row, created = await create_user_credits(
+                    conn,
+                    user_id,
+                    tier=tier.name,
+                    allocation=to_decimal(tier.allocation),
+                    monthly_cap=None if tier.monthly_cap is None else to_decimal(tier.monthly_cap),
+                    last_reset=period_start(now, self.period),
+                    now=now,
+                )
         except UserCreditsError as exc:
             raise Unprocessable(str(exc)) from None
         except DB_ERRORS as exc:

@@ -151,6 +151,10 @@ LIMIT $3
 # Serializes flushers per stream (other gateway processes skip the shard while one holds it).
 FLUSH_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext($1))"
 
+# The same lock, shared, waited for: a cold path loading a user waits for a flush of the user's
+# shard under way to commit (several cold paths at once do not wait for each other).
+FLUSH_WAIT = "SELECT pg_advisory_xact_lock_shared(hashtext($1))"
+
 # Audit rows of credit actions, from flushed events; the id is the transaction id.
 AUDIT_INSERT_BATCH = """
 INSERT INTO audit_log (id, at, actor, action, user_id, target, amount, request_id, details)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -304,4 +305,49 @@ async def test_request_id_reused_after_the_idempotency_window_keeps_the_books(
         (first["transaction_id"], "once"),
         (second["transaction_id"], f"sys:reused:{second['transaction_id']}"),
     }
+    await assert_books_balance(pool, redis, keys)
+
+
+async def test_a_batch_read_before_redis_lost_its_data_never_strands_the_user(
+    client: Client, pool: asyncpg.Pool, redis: Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flush has read a batch (versions 2-4) when Redis loses its data; the user comes back
+    (reloaded from PostgreSQL at version 1) and spends; then the batch commits. Before: the
+    cold path loaded the row the batch was about to move, PostgreSQL went to version 4 while
+    the reloaded user went on from 1, its next events no longer moved the row, and PostgreSQL
+    and Redis disagreed for good. Now the cold path waits for the flush under way."""
+
+    async def pay(amount: str, rid: str) -> Any:
+        body = {"user_id": "z", "amount": amount, "request_id": rid}
+        return await client.post("/api/v1/credits/debit", json=body)
+
+    await pay("1", "a")
+    flusher: Flusher = client.app.state.services.flusher
+    await flusher.flush()
+    for rid in ("b", "c", "d"):
+        await pay("1", rid)
+    read, resume = asyncio.Event(), asyncio.Event()
+    real = flusher_module.apply_events
+
+    async def held_back(conn: asyncpg.Connection, events: list[str], alerts: Any) -> Any:
+        read.set()
+        await resume.wait()
+        return await real(conn, events, alerts)
+
+    monkeypatch.setattr(flusher_module, "apply_events", held_back)
+    flushing = asyncio.create_task(flusher.flush())
+    await read.wait()
+    monkeypatch.setattr(flusher_module, "apply_events", real)
+    await redis.delete(keys.user("z"), keys.holds("z"), keys.user_stream("z"))  # data lost
+    for rid in "abcd":
+        await redis.delete(keys.request("z", rid))
+    spending = asyncio.create_task(pay("0.5", "e"))
+    await asyncio.sleep(0.3)
+    resume.set()
+    await flushing
+    after = await spending
+    assert after.status_code == 200 and after.json()["credits_remaining"] == "0.500000"
+    await flusher.flush()
+    row = await pool.fetchrow("SELECT credits_remaining, redis_version FROM user_credits")
+    assert row["credits_remaining"] == Decimal("0.5") and row["redis_version"] == 5
     await assert_books_balance(pool, redis, keys)
