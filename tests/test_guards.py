@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,24 @@ async def gw(
         yield c
         await c.app.state.services.flusher.flush()
         await assert_books_balance(pool, redis, Keys(settings.key_prefix, 1))
+
+
+@asynccontextmanager
+async def tiered(
+    tiers: str,
+    tmp_path: Path,
+    settings: Settings,
+    clock: FakeClock,
+    pool: asyncpg.Pool,
+    redis: Redis,
+) -> AsyncIterator[Client]:
+    """A gateway with these tiers; the books are checked after the test's calls."""
+    path = tmp_path / "tiers.toml"
+    path.write_text(tiers)
+    async with gateway(settings, clock, tiers_file=str(path)) as c:
+        yield c
+        await c.app.state.services.flusher.flush()
+        await assert_books_balance(pool, redis, Keys(settings.key_prefix, settings.shards))
 
 
 async def balance(c: Client, user: str) -> dict[str, str]:
@@ -195,11 +214,8 @@ async def test_a_system_request_id_is_never_booked_twice(
 async def test_a_refund_from_before_an_admin_reset_does_not_reopen_the_cap(
     tmp_path: Path, settings: Settings, clock: FakeClock, pool: asyncpg.Pool, redis: Redis
 ) -> None:
-    tiers = tmp_path / "tiers.toml"
-    tiers.write_text(
-        'default_tier = "capped"\n[tiers.capped]\nallocation = "5"\nmonthly_cap = "1"\n'
-    )
-    async with gateway(settings, clock, tiers_file=str(tiers)) as c:
+    capped = 'default_tier = "capped"\n[tiers.capped]\nallocation = "5"\nmonthly_cap = "1"\n'
+    async with tiered(capped, tmp_path, settings, clock, pool, redis) as c:
         first = await c.post(
             "/api/v1/credits/debit", json={"user_id": "k", "amount": "0.9", "request_id": "a"}
         )
@@ -214,8 +230,6 @@ async def test_a_refund_from_before_an_admin_reset_does_not_reopen_the_cap(
         assert (await balance(c, "k"))["period_spent"] == "0.900000"  # not lowered
         more = {"user_id": "k", "amount": "0.2", "request_id": "c"}
         assert (await c.post("/api/v1/credits/debit", json=more)).status_code == 402
-        await c.app.state.services.flusher.flush()
-        await assert_books_balance(pool, redis, Keys(settings.key_prefix, settings.shards))
 
 
 async def test_a_hold_is_honoured_under_a_cap_lowered_since(
@@ -224,12 +238,11 @@ async def test_a_hold_is_honoured_under_a_cap_lowered_since(
     """Ruled out as a bug: a hold is a promise made under the cap of its time; committing at or
     under it after the cap was lowered succeeds (the call was made), the next spend is refused,
     and a commit above the hold is checked against the new cap."""
-    tiers = tmp_path / "tiers.toml"
-    tiers.write_text(
+    tiers = (
         'default_tier = "wide"\n[tiers.wide]\nallocation = "5"\nmonthly_cap = "4"\n'
         '[tiers.narrow]\nallocation = "5"\nmonthly_cap = "1"\n'
     )
-    async with gateway(settings, clock, tiers_file=str(tiers)) as c:
+    async with tiered(tiers, tmp_path, settings, clock, pool, redis) as c:
         res = "/api/v1/credits/reservations"
         held = await c.post(res, json={"user_id": "w", "amount": "2", "request_id": "h"})
         other = await c.post(res, json={"user_id": "w", "amount": "1", "request_id": "h2"})
@@ -240,8 +253,6 @@ async def test_a_hold_is_honoured_under_a_cap_lowered_since(
         assert above.status_code == 402 and above.json()["reason"] == "monthly_cap_reached"
         debit = {"user_id": "w", "amount": "0.01", "request_id": "d"}
         assert (await c.post("/api/v1/credits/debit", json=debit)).status_code == 402
-        await c.app.state.services.flusher.flush()
-        await assert_books_balance(pool, redis, Keys(settings.key_prefix, settings.shards))
 
 
 async def test_every_value_the_flusher_writes_fits_its_column(
@@ -251,13 +262,11 @@ async def test_every_value_the_flusher_writes_fits_its_column(
     spending passed numeric(12,6) and two events went to the dead letters (PostgreSQL 10.00,
     Redis 7.00). Then every column at its maximum: allocation, cap, balance, amount."""
     top = fmt(MAX_MICRO)
-    tiers = tmp_path / "tiers.toml"
-    tiers.write_text(
+    tiers = (
         'default_tier = "enterprise"\n[tiers.enterprise]\nallocation = "999999.99"\n'
         f'[tiers.max]\nallocation = "{top}"\nmonthly_cap = "{top}"\n'
     )
-    keys = Keys(settings.key_prefix, settings.shards)
-    async with gateway(settings, clock, tiers_file=str(tiers)) as c:
+    async with tiered(tiers, tmp_path, settings, clock, pool, redis) as c:
 
         async def post(path: str, **body: Any) -> Any:
             r = await c.post(path, json=body)
@@ -284,4 +293,3 @@ async def test_every_value_the_flusher_writes_fits_its_column(
         assert rows["x"]["credits_allocated"] == rows["x"]["monthly_cap"] == Decimal(top)
         assert rows["x"]["credits_remaining"] == rows["x"]["period_spent"] == Decimal(top)
         assert (await balance(c, "e"))["credits_remaining"] == "7.000000"
-        await assert_books_balance(pool, redis, keys)
