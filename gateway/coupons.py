@@ -125,7 +125,7 @@ class CouponService:
         if not found.granted:
             async with db.settling(self.credits.pool, code, user) as settling:
                 if not settling.granted and not (replayed and await self._made(settling, req, txn)):
-                    replayed = not await self._grant(settling, code, req, micro, fp, txn)
+                    await self._grant(settling, code, req, micro, fp, txn)
                 await settling.done()
         available = await self.credits.available(user)
         return RedeemResult(
@@ -134,15 +134,15 @@ class CouponService:
             transaction_id=txn,
             granted=fmt(micro),
             credits_remaining=fmt(available),
-            replayed=replayed or found.status == "replay",
+            replayed=replayed,
         )
 
     async def _grant(
         self, settling: db.Settling, code: str, req: RedeemRequest, micro: int, fp: str, txn: str
-    ) -> bool:
-        """Make the redemption's grant in Redis; True when this call made it (False: Redis
-        already had it under this request id). A request id another request holds undoes the
-        redemption (the use is given back) and answers 409."""
+    ) -> None:
+        """Make the redemption's grant in Redis (a replay when Redis already has it under this
+        request id). A request id another request holds undoes the redemption (the use is given
+        back) and answers 409."""
         meta = msgspec.json.encode({"coupon": code})
         call = self.credits.apply_call(
             req.user_id, req.request_id, micro, fp, "bonus", ["meta", meta], txn=txn
@@ -151,11 +151,10 @@ class CouponService:
             answer = await self.credits.call(
                 self.credits.scripts.apply, req.user_id, call.keys, call.args
             )
-            res = applied(answer, call)
+            applied(answer, call)
         except IdempotencyConflict:
             await settling.undo()
             raise
-        return res.status == "ok"
 
     async def _made(self, settling: db.Settling, req: RedeemRequest, txn: str) -> bool:
         """Whether a pending redemption's grant was made (a crash or a lost answer between the

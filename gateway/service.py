@@ -198,10 +198,13 @@ class CreditService:
         args: Args = [delta, fp, txn, self.idempotency_ttl, request_id, event, *extra]
         return ApplyCall(user_id, request_id, delta, keys, args)
 
-    async def balance(self, user_id: str) -> Balance:
+    async def _state(self, user_id: str) -> list[Any]:
+        """The balance script's answer: the user's state after any renewal or expired hold."""
         keys = [self.keys.user(user_id), self.keys.user_stream(user_id), self.keys.holds(user_id)]
-        res = await self.call(self.scripts.balance, user_id, keys, [])
-        _, bal, alloc, tier, cap, reset, spent, held = res
+        return list(await self.call(self.scripts.balance, user_id, keys, []))
+
+    async def balance(self, user_id: str) -> Balance:
+        _, bal, alloc, tier, cap, reset, spent, held = await self._state(user_id)
         return Balance(
             user_id=user_id,
             tier=tier,
@@ -214,9 +217,8 @@ class CreditService:
         )
 
     async def available(self, user_id: str) -> int:
-        """What the user can spend now (micro-credits), after any renewal or expired hold."""
-        keys = [self.keys.user(user_id), self.keys.user_stream(user_id), self.keys.holds(user_id)]
-        res = await self.call(self.scripts.balance, user_id, keys, [])
+        """What the user can spend now (micro-credits), never below 0, as the scripts answer."""
+        res = await self._state(user_id)
         return max(int(res[1]) - int(res[7]), 0)
 
     async def set_tier(self, user_id: str, tier_name: str, actor: str) -> TierChange:

@@ -47,8 +47,8 @@ local function iso(ms)
                        math.floor(s / 60) % 60, s % 60, frac)
 end
 
--- The start of the period holding ms: epoch seconds and ISO 8601 (calendar month, ISO week
--- beginning on Monday, or day, in UTC: gateway/clock.py period_start, tested to agree).
+-- The start of the period holding ms, in epoch seconds (calendar month, ISO week beginning on
+-- Monday, or day, in UTC: gateway/clock.py period_start, tested to agree).
 local function period_of(ms, kind)
   local day = math.floor(ms / 86400000)
   if kind == 'week' then
@@ -57,11 +57,11 @@ local function period_of(ms, kind)
     local _, _, d = civil(day)
     day = day - d + 1
   end
-  return day * 86400, iso(day * 86400000)
+  return day * 86400
 end
 
 local H = {uid = ARGV[1], rtxn = ARGV[4], now = clock_ms(ARGV[2])}
-H.pstart, H.piso = period_of(H.now, ARGV[3])
+H.pstart = period_of(H.now, ARGV[3])
 
 local function int(n) return string.format('%d', n) end
 
@@ -112,10 +112,11 @@ local function renew(key, stream, force, rid, txn, extra)
   local bal, alloc = tonumber(st[1]), tonumber(st[2])
   local after = alloc
   if st[4] == '1' then after = math.min(bal + alloc, MAX) end
-  local at = math.max(pstart, H.pstart) * 1000
+  local start = math.max(pstart, H.pstart)
+  local at = start * 1000
   if force then at = math.max(at, H.now) end
   local reset_iso = iso(at)
-  redis.call('HSET', key, 'bal', int(after), 'spent', '0', 'pstart', int(math.max(pstart, H.pstart)),
+  redis.call('HSET', key, 'bal', int(after), 'spent', '0', 'pstart', int(start),
              'reset', reset_iso, 'rst', int(at))
   local ver = redis.call('HINCRBY', key, 'ver', 1)
   local fields = {'reset', reset_iso}
