@@ -19,10 +19,12 @@ from gateway.clock import Clock, configured, system_clock
 from gateway.errors import POSTGRES_DOWN, REDIS_DOWN, InsufficientCredits, MeteringError
 from gateway.fastpath import DebitFastPath
 from gateway.health import check_eviction
+from gateway.inputs import decode_amount, is_amount
 from gateway.keys import Keys
 from gateway.metrics import POSTGRES_ERRORS, REDIS_ERRORS
 from gateway.money import fmt
 from gateway.routes import ROUTES
+from gateway.routes.body import AmountSchema, MeteringRequest
 from gateway.service import CreditService
 from gateway.services import Services
 from gateway.settings import Settings, settings_from_env
@@ -107,6 +109,9 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
             HTTP_500_INTERNAL_SERVER_ERROR: internal_error,
         },
         openapi_config=OpenAPIConfig(title="Metering gateway", version="0.1.0"),
+        request_class=MeteringRequest,
+        type_decoders=[(is_amount, decode_amount)],
+        plugins=[AmountSchema()],
         request_max_body_size=settings.max_body_bytes,
         debug=False,
         logging_config=None,  # `metering serve` configures logging (gateway/logs.py)

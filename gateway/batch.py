@@ -14,12 +14,13 @@ import msgspec
 
 from gateway.errors import MeteringError
 from gateway.ids import new_id
+from gateway.inputs import MAX_BODY_DEPTH, decode_amount, decoder
 from gateway.money import fmt
 from gateway.schemas import BatchItem, BatchResult, DebitRequest
 from gateway.service import ApplyCall, Args, CreditService, applied, debit_result
 
 MAX_ITEMS = 1000
-_item_decoder = msgspec.json.Decoder(DebitRequest)
+_item_decoder = decoder(DebitRequest)
 _encode = msgspec.json.Encoder().encode
 HYDRATE_CONCURRENCY = 16
 REDIS_EMPTIED = "this user left Redis while the batch ran (Redis was emptied?); retry the item"
@@ -37,9 +38,13 @@ class BatchService:
                 if isinstance(raw, msgspec.Raw):
                     req = _item_decoder.decode(raw)
                 else:
-                    req = msgspec.convert(raw, DebitRequest)
+                    req = msgspec.convert(raw, DebitRequest, dec_hook=decode_amount)
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
                 out[i] = BatchItem(index=i, status=400, error={"detail": str(exc)})
+                continue
+            except RecursionError:
+                detail = f"the item nests more than {MAX_BODY_DEPTH} levels"
+                out[i] = BatchItem(index=i, status=400, error={"detail": detail})
                 continue
             try:
                 calls[i] = (req, await self.credits.debit_call(req))

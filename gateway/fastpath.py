@@ -32,6 +32,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.auth import authorize
 from gateway.errors import POSTGRES_DOWN, REDIS_DOWN, InsufficientCredits, MeteringError
+from gateway.inputs import MAX_BODY_DEPTH, decoder
 from gateway.metrics import DEBITS, LATENCY, POSTGRES_ERRORS, REDIS_ERRORS, debit_outcome
 from gateway.money import fmt
 from gateway.schemas import DebitRequest
@@ -44,7 +45,7 @@ DEBIT_PATH = "/api/v1/credits/debit"
 BATCH_PATH = "/api/v1/credits/debit/batch"
 BATCH_MAX_BODY = 1024 * 1024  # room for 1000 items; other routes keep the app's limit
 _encode = msgspec.json.Encoder().encode
-_decoder = msgspec.json.Decoder(DebitRequest)
+_decoder = decoder(DebitRequest)
 
 
 class RawBatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -53,7 +54,10 @@ class RawBatch(msgspec.Struct, forbid_unknown_fields=True):
     debits: Annotated[list[msgspec.Raw], msgspec.Meta(min_length=1, max_length=1000)]
 
 
-_batch_decoder = msgspec.json.Decoder(RawBatch)
+_batch_decoder = decoder(RawBatch)
+
+
+TOO_DEEP = f"the JSON body nests more than {MAX_BODY_DEPTH} levels"
 
 
 class TooLarge(Exception):
@@ -117,6 +121,8 @@ class DebitFastPath:
             return _count(400), _validation_error(str(exc), DEBIT_PATH)
         except msgspec.DecodeError as exc:
             return _count(400), _error(400, str(exc))
+        except RecursionError:
+            return _count(400), _error(400, TOO_DEEP)
         result = await self.app.state.services.credits.debit(req)
         DEBITS.labels("replay" if result.replayed else "ok").inc()
         return 200, _encode(result)
@@ -128,6 +134,8 @@ class DebitFastPath:
             return 400, _validation_error(str(exc), BATCH_PATH)
         except msgspec.DecodeError as exc:
             return 400, _error(400, str(exc))
+        except RecursionError:
+            return 400, _error(400, TOO_DEEP)
         result = await self.app.state.services.batch.debit(items)
         for item in result.results:
             replayed = item.result is not None and item.result.replayed
@@ -206,7 +214,11 @@ def _error(status: int, detail: str) -> bytes:
 def _validation_error(message: str, path: str) -> bytes:
     """The body Litestar gives a validation failure: the message, and the field it is about."""
     text, _, where = message.partition(" - at `$.")
-    key = where.rstrip("`").split(".")[0].split("[")[0] if where else "data"
+    if where:
+        key = where.rstrip("`").split(".")[0].split("[")[0]
+    else:  # a rule across fields (__post_init__): its message starts with the field's name
+        first = text.split(" ", 1)[0]
+        key = first if first in DebitRequest.__struct_fields__ else "data"
     return _encode(
         {
             "status_code": 400,

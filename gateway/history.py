@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import msgspec
 
 from gateway.clock import period_end, period_start
-from gateway.cursors import decode_cursor, encode_cursor
+from gateway.cursors import TIME_RANGE, decode_cursor, encode_cursor, in_range
 from gateway.errors import BadRequest, NotFound
+from gateway.inputs import MAX_BODY_DEPTH, too_deep
 from gateway.money import fmt, to_micro
 from gateway.schemas import Transaction, TransactionsPage, UsageGroup, UsageReport
 from gateway.service import CreditService
@@ -23,11 +25,15 @@ def _amount(d: Decimal) -> str:
 
 
 def parse_time(value: str, name: str) -> datetime:
+    """A from/to query value: ISO 8601, UTC when it names no zone, within TIME_RANGE."""
     try:
         t = datetime.fromisoformat(value)
     except ValueError:
         raise BadRequest(f"{name} must be an ISO 8601 date or time, got {value[:40]!r}") from None
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
+    bounded = in_range(t if t.tzinfo else t.replace(tzinfo=UTC))
+    if bounded is None:
+        raise BadRequest(f"{name} must be {TIME_RANGE}, got {value[:40]!r}")
+    return bounded
 
 
 class HistoryService:
@@ -80,6 +86,19 @@ class HistoryService:
         return max(int(ver or 0) - flushed, 0)
 
 
+def _metadata(text: str) -> dict[str, Any]:
+    """A row's metadata; one stored before metadata was bounded may nest too deeply to be
+    answered, and is shown as such instead of failing the whole page."""
+    try:
+        value: dict[str, Any] = msgspec.json.decode(text)
+    except RecursionError:
+        pass
+    else:
+        if not too_deep(value, MAX_BODY_DEPTH):
+            return value
+    return {"unreadable": f"this metadata nests more than {MAX_BODY_DEPTH} levels"}
+
+
 def _transaction(r: LedgerRow) -> Transaction:
     return Transaction(
         transaction_id=str(r.id),
@@ -90,7 +109,7 @@ def _transaction(r: LedgerRow) -> Transaction:
         model=r.model,
         input_tokens=r.input_tokens,
         output_tokens=r.output_tokens,
-        metadata=msgspec.json.decode(r.metadata) if r.metadata else None,
+        metadata=_metadata(r.metadata) if r.metadata else None,
         refund_of=str(r.refund_of) if r.refund_of else None,
         created_at=r.created_at.isoformat(),
     )

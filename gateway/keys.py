@@ -33,7 +33,7 @@ def shard_of(user_id: str, shards: int) -> int:
     return zlib.crc32(user_id.encode()) % shards
 
 
-_RESERVATION_ID = re.compile(r"^rv(\d{1,5})_[0-9a-f]{32}$")
+_RESERVATION_ID = re.compile(r"^rv([0-9]{1,5})_[0-9a-f]{32}\Z")
 
 
 def encode_user(user_id: str) -> str:

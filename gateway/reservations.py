@@ -4,11 +4,10 @@ expiry by whichever Lua call next touches the user, so holds never leak."""
 
 from __future__ import annotations
 
-import msgspec
-
 from gateway.clock import from_ms
 from gateway.errors import Conflict, IdempotencyConflict, NotFound
 from gateway.ids import new_id
+from gateway.inputs import encode_metadata
 from gateway.money import fmt, parse_amount
 from gateway.schemas import (
     CommitRequest,
@@ -84,7 +83,7 @@ class ReservationService:
             if value is not None:
                 extra += [name, value]
         if req.metadata is not None:
-            extra += ["meta", msgspec.json.encode(req.metadata)]
+            extra += ["meta", encode_metadata(req.metadata)]
         keys = [key, self.keys.user(user), self.keys.holds(user), self.keys.user_stream(user)]
         args: Args = [micro, new_id(), reservation_id, *extra]
         res = await self.credits.call(self.scripts.commit, user, keys, args)

@@ -11,16 +11,19 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from gateway.cursors import TIME_RANGE, in_range
+from gateway.inputs import NAME_PATTERN, TEXT_PATTERN, Amount, check_metadata
 from gateway.money import SCALE, parse_amount
 
-USER_ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+USER_ID_PATTERN = NAME_PATTERN
 UserId = Annotated[
     str,
     Meta(
         min_length=1,
         max_length=255,
         pattern=USER_ID_PATTERN,
-        description="1 to 255 characters, no control characters",
+        description="1 to 255 characters: no control, invisible or direction-changing characters, "
+        "no white space at either end",
     ),
 ]
 RequestId = Annotated[
@@ -28,21 +31,25 @@ RequestId = Annotated[
     Meta(
         min_length=1,
         max_length=128,
-        pattern=r"^[\x20-\x7e]+$",
+        pattern=r"^[\x20-\x7e]+\Z",
         description="1 to 128 printable ASCII characters, unique per user",
     ),
 ]
 Tokens = Annotated[int, Meta(ge=0, le=10**15)]
-# Text that reaches PostgreSQL may hold no control characters (PostgreSQL refuses NUL, and a row
-# it refuses would stop the flusher): every such field is checked here, at the door.
-TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+# Text that reaches PostgreSQL or a log may hold no control characters (PostgreSQL refuses NUL;
+# a newline would forge a log line): every such field is checked here, at the door.
 Model = Annotated[str, Meta(min_length=1, max_length=255, pattern=TEXT_PATTERN)]
 AmountIn = Annotated[
-    Decimal,
-    Meta(description="decimal string or number, > 0, at most 6 decimal places, <= 999999.999999"),
+    Amount,
+    Meta(
+        description='decimal string ("12.50") or number, > 0, at most 6 decimal places, '
+        "<= 999999.999999; no exponent"
+    ),
 ]
 
 RESERVED_REQUEST_PREFIX = "sys:"
+KEY_NAME_PATTERN = r"^[\x21-\x7e]+\Z"
+RESERVATION_ID_PATTERN = r"^rv[0-9]{1,5}_[0-9a-f]{32}\Z"
 
 
 def _check_request_id(request_id: str) -> None:
@@ -73,8 +80,8 @@ class Priced(Struct, kw_only=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         _check_priced(self.amount, self.model, self.input_tokens, self.output_tokens)
-        if self.metadata is not None and b"\\u0000" in msgspec.json.encode(self.metadata):
-            raise ValueError("metadata may not contain NUL characters (\\u0000)")
+        if self.metadata is not None:
+            check_metadata(self.metadata)
 
 
 class DebitRequest(Priced, kw_only=True, forbid_unknown_fields=True):
@@ -108,7 +115,7 @@ class GrantRequest(Struct, forbid_unknown_fields=True):
     amount: AmountIn
     request_id: RequestId
     kind: Literal["purchase", "bonus", "adjustment"] = "purchase"
-    reason: Annotated[str, Meta(max_length=1000, pattern=r"^[^\x00]*$")] | None = None
+    reason: Annotated[str, Meta(max_length=1000, pattern=r"^[^\x00]*\Z")] | None = None
 
     def __post_init__(self) -> None:
         parse_amount(self.amount)
@@ -196,7 +203,7 @@ class ReleaseResult(Struct):
 
 
 PricePerMillion = Annotated[
-    Decimal, Meta(description="credits per million tokens, >= 0, at most 6 decimal places")
+    Amount, Meta(description="credits per million tokens, >= 0, at most 6 decimal places")
 ]
 
 
@@ -286,7 +293,7 @@ CouponCode = Annotated[
     Meta(
         min_length=3,
         max_length=64,
-        pattern=r"^[A-Za-z0-9_-]+$",
+        pattern=r"^[A-Za-z0-9_-]+\Z",
         description="3 to 64 letters, digits, '_' or '-'",
     ),
 ]
@@ -300,8 +307,11 @@ class CouponRequest(Struct, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         parse_amount(self.credits, field="credits")
-        if self.expires_at is not None and self.expires_at.tzinfo is None:
-            raise ValueError("expires_at needs a time zone (e.g. 2026-12-31T23:59:59Z)")
+        if self.expires_at is not None:
+            if self.expires_at.tzinfo is None:
+                raise ValueError("expires_at needs a time zone (e.g. 2026-12-31T23:59:59Z)")
+            if in_range(self.expires_at) is None:
+                raise ValueError(f"expires_at must be {TIME_RANGE}")
 
 
 class Coupon(Struct):
@@ -345,7 +355,7 @@ class TierRequest(Struct, forbid_unknown_fields=True):
 
 
 class KeyRequest(Struct, forbid_unknown_fields=True):
-    name: Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[\x21-\x7e]+$")]
+    name: Annotated[str, Meta(min_length=1, max_length=100, pattern=KEY_NAME_PATTERN)]
     scopes: Annotated[list[Literal["debit", "read", "admin"]], Meta(min_length=1)]
 
 
@@ -425,4 +435,7 @@ class PaymentRequired(Struct):
 
 def fingerprint(*parts: object) -> str:
     """A stable digest of a request body, so a retry with a different body is told apart."""
-    return hashlib.blake2b(msgspec.json.encode(parts, order="sorted"), digest_size=12).hexdigest()
+    return hashlib.blake2b(_encode_sorted(parts), digest_size=12).hexdigest()
+
+
+_encode_sorted = msgspec.json.Encoder(order="sorted", decimal_format="number").encode

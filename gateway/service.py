@@ -17,6 +17,7 @@ from gateway.clock import Clock, Period, epoch_ms, from_ms, offset_ms, period_st
 from gateway.coalesce import Coalescer
 from gateway.errors import IdempotencyConflict, InsufficientCredits, Unavailable, Unprocessable
 from gateway.ids import new_id
+from gateway.inputs import encode_metadata
 from gateway.keys import Keys
 from gateway.metrics import HYDRATIONS
 from gateway.money import MAX_MICRO, fmt, parse_amount, to_decimal, to_micro
@@ -154,7 +155,7 @@ class CreditService:
         if req.output_tokens is not None:
             extra += ["tout", req.output_tokens]
         if req.metadata is not None:
-            extra += ["meta", msgspec.json.encode(req.metadata)]
+            extra += ["meta", encode_metadata(req.metadata)]
         fp = fingerprint(
             "debit", micro, req.model, req.input_tokens, req.output_tokens, req.metadata
         )

@@ -23,7 +23,7 @@ DB_ERRORS = (
 # Anything statements can run on: a connection, a pooled connection or the pool itself.
 Executor = asyncpg.Connection | PoolConnectionProxy | asyncpg.Pool
 
-_DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 
 
 def split_database(url: str) -> tuple[str, str]:

@@ -201,15 +201,59 @@ async def test_tiers_are_listed(client: Client) -> None:
     assert tiers["trial"]["default"] is True
 
 
+def nested(depth: int) -> dict[str, Any]:
+    """An object nested `depth` levels deep."""
+    value: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
+
+
+# what issue 12 found accepted: lenient amounts, names with a trailing newline, C1 controls
+# and separators, blank names, metadata of any size or depth
+HOSTILE_BODIES = [
+    *(
+        ({"user_id": "v", "amount": text, "request_id": "x"}, "decimal string")
+        for text in ("1_000", "\uff11", " 1", "1 ", "1e3", "+1", "1.", ".5", "0x10", "\u0661")
+    ),
+    *(
+        ({"user_id": user, "amount": "1", "request_id": "x"}, "user_id")
+        for user in ("v\n", "v\x85", "v\x9b", "v\u2028", "v\u202e", "\u200bv", "   ", " v", "v ")
+    ),
+    ({"user_id": "v", "amount": "1", "request_id": "x\n"}, "request_id"),
+    ({"user_id": "v", "amount": "1", "request_id": "x", "model": "m\n"}, "model"),
+    ({"user_id": "v", "amount": "1", "request_id": "x", "model": "m\x85"}, "model"),
+    (
+        {"user_id": "v", "amount": "1", "request_id": "x", "metadata": {"a": "x" * 8200}},
+        "at most 8192",
+    ),
+    (
+        {"user_id": "v", "amount": "1", "request_id": "x", "metadata": nested(9)},
+        "more than 8 levels",
+    ),
+    (
+        {"user_id": "v", "amount": "1", "request_id": "x", "metadata": nested(40)},
+        "more than 8 levels",
+    ),
+    (
+        {
+            "user_id": "v",
+            "amount": "1",
+            "request_id": "x",
+            "metadata": {f"k{i}": i for i in range(65)},
+        },
+        "at most 64",
+    ),
+]
 BAD_BODIES = [
     ({"user_id": "v", "amount": "-1", "request_id": "x"}, "greater than 0"),
     ({"user_id": "v", "amount": "0", "request_id": "x"}, "greater than 0"),
     ({"user_id": "v", "amount": 0, "request_id": "x"}, "greater than 0"),
-    ({"user_id": "v", "amount": "NaN", "request_id": "x"}, "finite"),
-    ({"user_id": "v", "amount": "Infinity", "request_id": "x"}, "finite"),
+    ({"user_id": "v", "amount": "NaN", "request_id": "x"}, "decimal string"),
+    ({"user_id": "v", "amount": "Infinity", "request_id": "x"}, "decimal string"),
     ({"user_id": "v", "amount": "1.0000001", "request_id": "x"}, "6 decimal places"),
     ({"user_id": "v", "amount": "1000000", "request_id": "x"}, "at most 999999.999999"),
-    ({"user_id": "v", "amount": "1e400", "request_id": "x"}, "at most"),
+    ({"user_id": "v", "amount": "1e400", "request_id": "x"}, "decimal string"),
     ({"user_id": "v", "amount": "abc", "request_id": "x"}, "decimal"),
     ({"user_id": "v", "amount": True, "request_id": "x"}, "decimal"),
     ({"user_id": "v", "amount": [1], "request_id": "x"}, "decimal"),
@@ -228,6 +272,7 @@ BAD_BODIES = [
     ({"user_id": "v", "amount": "1", "request_id": "x", "input_tokens": -1}, "input_tokens"),
     ({"user_id": "v", "amount": "1", "request_id": "x", "metadata": [1]}, "metadata"),
     ({"user_id": "v", "amount": "1", "request_id": "x", "amonut": "2"}, "amonut"),
+    *HOSTILE_BODIES,
 ]
 
 
@@ -239,6 +284,55 @@ async def test_bad_debit_bodies_get_400_and_change_nothing(
     assert r.status_code == 400, r.text
     assert says.lower() in r.text.lower(), r.text
     assert await pool.fetchval("SELECT count(*) FROM user_credits") == 0
+    assert [k async for k in redis.scan_iter(match=keys.pattern())] == []
+
+
+DEEP = b'{"a":' * 1000 + b"1" + b"}" * 1000  # past Python's recursion limit
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/v1/credits/debit", b'{"user_id":"v","amount":"1","request_id":"x","metadata":%s}'),
+        ("/api/v1/credits/debit", b'{"user_id":"v","amount":"1","request_id":"x","deep":%s}'),
+        ("/api/v1/credits/debit/batch", b'{"debits":[%s]}'),
+        ("/api/v1/credits/debit/batch", b'{"debits":[{"user_id":"v","metadata":%s}]}'),
+        ("/api/v1/credits/grant", b'{"user_id":"v","amount":"1","request_id":"x","reason":%s}'),
+        ("/api/v1/credits/reservations", b'{"user_id":"v","amount":"1","request_id":%s}'),
+        ("/api/v1/credits/reservations/rv0_" + "0" * 32 + "/commit", b'{"metadata":%s}'),
+        ("/api/v1/admin/keys", b'{"name":"deep","scopes":%s}'),
+        ("/api/v1/coupons", b'{"credits":"1","code":%s}'),
+    ],
+)
+async def test_deep_json_is_400_everywhere(
+    client: Client, redis: Redis, keys: Keys, pool: asyncpg.Pool, path: str, body: bytes
+) -> None:
+    """A body nested past Python's recursion limit, on every route that reads one: a clear
+    400 (or, in a batch, that item's 400), nothing written."""
+    r = await client.post(path, content=body % DEEP, headers={"Content-Type": "application/json"})
+    if path.endswith("/batch") and r.status_code == 200:
+        item = r.json()["results"][0]
+        assert item["status"] == 400 and "levels" in item["error"]["detail"], r.text
+    else:
+        assert r.status_code == 400, r.text
+        assert "nests more than 32 levels" in r.text or "unknown field `deep`" in r.text
+    assert [k async for k in redis.scan_iter(match=keys.pattern())] == []
+    assert await pool.fetchval("SELECT count(*) FROM user_credits") == 0
+    assert await pool.fetchval("SELECT count(*) FROM api_keys WHERE name = 'deep'") == 0
+
+
+@pytest.mark.parametrize(
+    ("number", "says"),
+    [(b"1e3", "exponent"), (b"1E-3", "exponent"), (b"0.10000000000000001", "6 decimal places")],
+)
+async def test_json_numbers_are_read_as_written(
+    client: Client, redis: Redis, keys: Keys, number: bytes, says: str
+) -> None:
+    """Never through a float: 17 significant digits are 17, not the float nearest to them."""
+    raw = b'{"user_id": "v", "request_id": "x", "amount": ' + number + b"}"
+    for path in ("/api/v1/credits/debit", "/api/v1/credits/reservations"):
+        r = await client.post(path, content=raw, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and says in r.text, r.text
     assert [k async for k in redis.scan_iter(match=keys.pattern())] == []
 
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import uuid
+from datetime import datetime, timedelta, timezone
 
+import asyncpg
 import pytest
 
 from gateway.clock import period_start
+from gateway.cursors import encode_cursor
 from tests.conftest import Client, FakeClock
+
+ID = uuid.UUID(int=1)
 
 
 async def spend(c: Client, user: str, n: int, **kw: object) -> None:
@@ -127,6 +132,17 @@ async def test_usage_grouped_by_model_service_and_day(client: Client, clock: Fak
         {"limit": 0},
         {"limit": 501},
         {"cursor": "!!!"},
+        # issue 12: times Python or PostgreSQL cannot take to UTC were a 500
+        {"from": "9999-12-31T23:00:00-05:00"},
+        {"to": "0001-01-01T00:30:00+14:00"},
+        {"from": "0001-01-01", "to": "2026-01-01"},
+        {
+            "cursor": encode_cursor(
+                datetime(9999, 12, 31, 23, tzinfo=timezone(-timedelta(hours=5))), ID
+            )
+        },
+        {"cursor": encode_cursor(datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14))), ID)},
+        {"cursor": encode_cursor(datetime(2026, 1, 1), ID)},  # no time zone
     ],
 )
 async def test_bad_history_queries_are_400(client: Client, params: dict[str, object]) -> None:
@@ -134,6 +150,25 @@ async def test_bad_history_queries_are_400(client: Client, params: dict[str, obj
     path = "transactions" if {"limit", "cursor"} & set(params) else "usage"
     r = await client.get(f"/api/v1/credits/q/{path}", params=params)
     assert r.status_code == 400, r.text
+    if "cursor" in params:  # the audit log's pages too
+        r = await client.get("/api/v1/audit", params=params)
+        assert r.status_code == 400, r.text
+
+
+async def test_metadata_stored_before_it_was_bounded_does_not_break_history(
+    client: Client, pool: asyncpg.Pool
+) -> None:
+    """Depth 980 was accepted once and made every GET of the user's transactions a 500."""
+    await spend(client, "old", 1)
+    await client.app.state.services.flusher.flush()
+    deep = '{"a":' * 980 + "1" + "}" * 980
+    await pool.execute(
+        "UPDATE credit_transactions SET metadata = $1::jsonb WHERE user_id = 'old'", deep
+    )
+    r = await client.get("/api/v1/credits/old/transactions")
+    assert r.status_code == 200, r.text
+    meta = [t["metadata"] for t in r.json()["transactions"] if t["type"] == "usage"]
+    assert meta == [{"unreadable": "this metadata nests more than 32 levels"}]
 
 
 async def test_unknown_user_history_is_404(client: Client) -> None:

@@ -162,10 +162,12 @@ async def test_reserve_402s_and_the_cap_counts_holds(client: Client) -> None:
 @pytest.mark.parametrize(
     ("method", "path", "body", "code"),
     [
-        ("POST", f"{RES}/nope/commit", {"amount": "1"}, 404),
+        ("POST", f"{RES}/nope/commit", {"amount": "1"}, 400),  # not an id reserve gives
         ("POST", f"{RES}/rv1_{'0' * 32}/commit", {"amount": "1"}, 404),
         ("POST", f"{RES}/rv999_{'0' * 32}/commit", {"amount": "1"}, 404),
-        ("DELETE", f"{RES}/nope", None, 404),
+        ("DELETE", f"{RES}/nope", None, 400),
+        ("DELETE", f"{RES}/rv1_{'0' * 32}%0A", None, 400),  # a trailing newline
+        ("DELETE", f"{RES}/rv1_{'0' * 32}%0Aforged%20log%20line", None, 400),
         ("POST", f"{RES}/rv1_{'0' * 32}/commit", {"amount": "0"}, 400),
         ("POST", f"{RES}/rv1_{'0' * 32}/commit", {}, 400),
         ("POST", RES, {"user_id": "x", "amount": "1", "request_id": "r", "ttl_seconds": 0}, 400),

@@ -12,7 +12,14 @@ from gateway.audit import read_audit
 from gateway.auth import generate_key, hash_key
 from gateway.errors import Conflict, NotFound
 from gateway.routes.common import AnyRequest, actor, errors, services
-from gateway.schemas import USER_ID_PATTERN, AuditPage, KeyCreated, KeyInfo, KeyRequest
+from gateway.schemas import (
+    KEY_NAME_PATTERN,
+    USER_ID_PATTERN,
+    AuditPage,
+    KeyCreated,
+    KeyInfo,
+    KeyRequest,
+)
 from persistence import api_keys
 
 
@@ -50,7 +57,7 @@ class KeysController(Controller):
     @delete("/{name:str}", status_code=204, responses=errors(404))
     async def revoke(
         self,
-        name: Annotated[str, PathParameter(max_length=100, pattern=r"^[\x21-\x7e]+$")],
+        name: Annotated[str, PathParameter(max_length=100, pattern=KEY_NAME_PATTERN)],
         state: State,
         request: AnyRequest,
     ) -> None:
@@ -73,7 +80,7 @@ class AuditController(Controller):
             str | None, QueryParameter(max_length=255, pattern=USER_ID_PATTERN)
         ] = None,
         action: Annotated[
-            str | None, QueryParameter(max_length=50, pattern=r"^[a-z][a-z_.]*$")
+            str | None, QueryParameter(max_length=50, pattern=r"^[a-z][a-z_.]*\Z")
         ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
         cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,

@@ -11,7 +11,7 @@ from litestar.params import JSONBody, PathParameter, QueryParameter
 from gateway.routes.common import AnyRequest, actor, errors, services
 from gateway.schemas import Coupon, CouponCheck, CouponRequest, RedeemRequest, RedeemResult
 
-CodePath = Annotated[str, PathParameter(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+CodePath = Annotated[str, PathParameter(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+\Z")]
 
 
 class CouponsController(Controller):

@@ -8,8 +8,9 @@ from litestar import Controller, get, put
 from litestar.datastructures import State
 from litestar.params import JSONBody, PathParameter
 
+from gateway.inputs import TEXT_PATTERN
 from gateway.routes.common import AnyRequest, actor, errors, services
-from gateway.schemas import TEXT_PATTERN, PriceInfo, PriceList, PriceRequest
+from gateway.schemas import PriceInfo, PriceList, PriceRequest
 from persistence.pricing import Price
 
 

@@ -9,9 +9,21 @@ from litestar.datastructures import State
 from litestar.params import JSONBody, PathParameter
 
 from gateway.routes.common import errors, services
-from gateway.schemas import CommitRequest, CommitResult, ReleaseResult, Reservation, ReserveRequest
+from gateway.schemas import (
+    RESERVATION_ID_PATTERN,
+    CommitRequest,
+    CommitResult,
+    ReleaseResult,
+    Reservation,
+    ReserveRequest,
+)
 
-ReservationIdPath = Annotated[str, PathParameter(min_length=1, max_length=64)]
+ReservationIdPath = Annotated[
+    str,
+    PathParameter(
+        max_length=64, pattern=RESERVATION_ID_PATTERN, description="an id reserve returned"
+    ),
+]
 
 
 class ReservationsController(Controller):
