@@ -23,6 +23,7 @@ from gateway.inputs import decode_amount, is_amount
 from gateway.keys import Keys
 from gateway.metrics import POSTGRES_ERRORS, REDIS_ERRORS
 from gateway.money import fmt
+from gateway.paths import decode_path_params
 from gateway.routes import ROUTES
 from gateway.routes.body import AmountSchema, MeteringRequest
 from gateway.service import CreditService
@@ -110,6 +111,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
         },
         openapi_config=OpenAPIConfig(title="Metering gateway", version="0.1.0"),
         request_class=MeteringRequest,
+        middleware=[decode_path_params],
         type_decoders=[(is_amount, decode_amount)],
         plugins=[AmountSchema()],
         request_max_body_size=settings.max_body_bytes,

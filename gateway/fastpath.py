@@ -35,6 +35,7 @@ from gateway.errors import POSTGRES_DOWN, REDIS_DOWN, InsufficientCredits, Meter
 from gateway.inputs import MAX_BODY_DEPTH, decoder
 from gateway.metrics import DEBITS, LATENCY, POSTGRES_ERRORS, REDIS_ERRORS, debit_outcome
 from gateway.money import fmt
+from gateway.paths import routing_path
 from gateway.schemas import DebitRequest
 from persistence.db import DB_ERRORS
 
@@ -90,6 +91,8 @@ class DebitFastPath:
             or scope.get("method") != "POST"
             or getattr(self.app.state, "services", None) is None
         ):
+            if path:
+                scope["path"] = routing_path(scope)  # gateway/paths.py
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
