@@ -36,7 +36,9 @@ log = logging.getLogger("metering.app")
 
 
 def _error(status: int, detail: str, **extra: Any) -> Response[dict[str, Any]]:
-    return Response({"status_code": status, "detail": detail, **extra}, status_code=status)
+    headers = {"Retry-After": "1"} if status == 503 else None  # retry with the same request_id
+    body = {"status_code": status, "detail": detail, **extra}
+    return Response(body, status_code=status, headers=headers)
 
 
 def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
@@ -87,7 +89,13 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
             settings.max_backlog,
         )
         flusher = make_flusher(settings, redis, pool, tiers)
-        auth = Authenticator(pool, settings.admin_key, settings.auth_cache_ttl)
+        auth = Authenticator(
+            pool,
+            settings.admin_key,
+            settings.auth_cache_ttl,
+            fail_limit=settings.auth_fail_limit,
+            fail_window=settings.auth_fail_window,
+        )
         app.state.services = Services.build(settings, service, flusher, auth)
         background = Background(settings, flusher, service)
         await background.start()

@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 from redis.exceptions import RedisError
 
-from gateway.auth import SCOPES, generate_key, hash_key
+from gateway.auth import LOOPBACK, SCOPES, admin_key_weakness, generate_key, hash_key
 from gateway.background import has_work, make_flusher, run_forever
 from gateway.connect import connect_redis
 from gateway.keys import Keys
@@ -227,6 +227,19 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="metering-metrics-")
         args_again = sys.argv[1:] if argv is None else argv
         os.execv(sys.executable, [sys.executable, "-m", "gateway.cli", *args_again])  # noqa: S606
+    weakness = admin_key_weakness(settings.admin_key)
+    if weakness and args.host not in LOOPBACK:
+        raise SystemExit(
+            f"METERING_ADMIN_KEY {weakness}; refusing to serve it on {args.host}. Set a random "
+            f"key (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`), or "
+            "serve on 127.0.0.1 for local development"
+        )
+    if weakness:
+        logging.getLogger("metering").warning(
+            "METERING_ADMIN_KEY %s: fine on loopback for development, refused on any other "
+            "address",
+            weakness,
+        )
     _migrate_or_wait(settings)
     if not settings.admin_key:
         logging.getLogger("metering").warning(

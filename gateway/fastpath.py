@@ -101,13 +101,17 @@ class DebitFastPath:
             LATENCY.observe(time.perf_counter() - started)
         else:
             status, body = await self.answer(scope, receive, BATCH_MAX_BODY, self.batch)
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        if status in (429, 503):  # when to try again (the same request_id)
+            wait = self.app.state.services.authenticator.fail_window if status == 429 else 1
+            headers.append((b"retry-after", b"%d" % wait))
         start: HTTPResponseStartEvent = {
             "type": "http.response.start",
             "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
+            "headers": headers,
         }
         await send(start)
         end: HTTPResponseBodyEvent = {
@@ -161,7 +165,8 @@ class DebitFastPath:
                 if name == b"authorization":
                     header = value.decode("latin-1")
                     break
-            await authorize(services.authenticator, header, "debit")
+            client = scope.get("client")
+            await authorize(services.authenticator, header, "debit", client[0] if client else None)
             return await handle(await self._body(receive, max_body))
         except HTTPException as exc:  # 401, 403 from the key check
             return _count(exc.status_code), _error(exc.status_code, exc.detail)

@@ -27,6 +27,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     idempotency_ttl: int = 7 * 24 * 3600  # seconds a request_id is remembered in Redis
     redis_timeout: float = 2.0  # seconds, socket and connect timeout
     auth_cache_ttl: float = 5.0  # seconds an API key lookup is cached per process
+    # a client address failing authentication this many times in the window gets 429 till its end
+    auth_fail_limit: int = 30
+    auth_fail_window: float = 60.0
     pricing_cache_ttl: float = 5.0  # seconds model prices are cached per process
     max_body_bytes: int = 64 * 1024
     max_backlog: int = 500_000  # unflushed events per shard before writes get 503
@@ -54,6 +57,8 @@ _ENV = {
     "idempotency_ttl": "METERING_IDEMPOTENCY_TTL",
     "redis_timeout": "METERING_REDIS_TIMEOUT",
     "auth_cache_ttl": "METERING_AUTH_CACHE_TTL",
+    "auth_fail_limit": "METERING_AUTH_FAIL_LIMIT",
+    "auth_fail_window": "METERING_AUTH_FAIL_WINDOW",
     "pricing_cache_ttl": "METERING_PRICING_CACHE_TTL",
     "max_body_bytes": "METERING_MAX_BODY_BYTES",
     "max_backlog": "METERING_MAX_BACKLOG",

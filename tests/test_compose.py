@@ -26,6 +26,12 @@ def test_compose_file_runs_what_the_gateway_needs() -> None:
     }
     for name in ("redis", "postgres", "gateway"):
         assert "healthcheck" in services[name], name
+    # no admin key ships: compose stops unless one is set (serve refuses a weak one anyway),
+    # and nothing is published beyond this machine
+    assert env["METERING_ADMIN_KEY"].startswith("${METERING_ADMIN_KEY:?")
+    assert "dev-admin-key" not in (ROOT / "docker-compose.yml").read_text()
+    for name in ("gateway", "locust"):
+        assert all(p.startswith("127.0.0.1:") for p in services[name]["ports"]), name
     locust_file = services["locust"]["command"][1]
     assert locust_file == "/mnt/loadtests/locustfile.py"
 

@@ -5,14 +5,24 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
+import subprocess
+import sys
 
 import asyncpg
+import pytest
 from redis.asyncio import Redis
 
+from gateway.auth import Authenticator, generate_key, hash_key
 from gateway.keys import Keys
 from gateway.logs import TextFormatter, serve_log_config
-from tests.conftest import Client
+from gateway.settings import Settings
+from persistence import api_keys
+from tests.books import assert_books_balance
+from tests.conftest import Client, FakeClock, gateway
+
+DEBIT = "/api/v1/credits/debit"
 
 
 async def test_a_key_named_with_a_slash_can_be_revoked(client: Client) -> None:
@@ -90,3 +100,69 @@ def test_a_text_log_line_cannot_be_forged() -> None:
     assert record.match(lines[0]) and "x\\n2026-12-01" in lines[0] and "\\u2028" in lines[0]
     assert "\x1b" not in lines[0] and len(lines) > 2
     assert all(line.startswith("    | ") for line in lines[1:]), lines
+
+
+async def test_malformed_tokens_cost_no_lookup_and_unknown_ones_one_per_ttl(
+    client: Client,
+) -> None:
+    auth: Authenticator = client.app.state.services.authenticator
+    before = auth.lookups
+    for i in range(3000):  # not the shape of a key this gateway issues
+        token = f"bogus-{i}" if i % 2 else f"mk_{i}"
+        assert await auth.authenticate(token) is None
+    assert auth.lookups == before
+    unknown = "mk_" + "A" * 43
+    for _ in range(50):
+        assert await auth.authenticate(unknown) is None
+    assert auth.lookups == before + 1  # the negative cache answers the rest for the ttl
+
+
+async def test_a_flood_of_unknown_tokens_does_not_push_out_known_keys(
+    pool: asyncpg.Pool,
+) -> None:
+    key = generate_key()
+    await api_keys.insert_key(pool, "kept", hash_key(key), ["debit"], "test")
+    auth = Authenticator(pool, None, cache_ttl=60, cache_entries=100)
+    assert await auth.authenticate(key) is not None
+    for _ in range(300):
+        assert await auth.authenticate(generate_key()) is None
+    lookups = auth.lookups
+    principal = await auth.authenticate(key)
+    assert principal is not None and principal.name == "kept"
+    assert auth.lookups == lookups  # still cached: it would serve through a PostgreSQL outage
+    assert len(auth._unknown.items) == 100  # bounded
+
+
+async def test_an_address_that_keeps_failing_gets_429_but_known_keys_work(
+    settings: Settings, clock: FakeClock, pool: asyncpg.Pool, redis: Redis, keys: Keys
+) -> None:
+    async with gateway(settings, clock, auth_fail_limit=5, auth_fail_window=30) as c:
+        made = await c.post("/api/v1/admin/keys", json={"name": "p", "scopes": ["debit"]})
+        good = {"Authorization": f"Bearer {made.json()['key']}"}
+        body = {"user_id": "u", "amount": "1", "request_id": "r1"}
+        assert (await c.post(DEBIT, json=body, headers=good)).status_code == 200
+        bad = {"Authorization": "Bearer " + generate_key()}
+        answers = [(await c.post(DEBIT, json=body, headers=bad)).status_code for _ in range(7)]
+        assert answers == [401] * 5 + [429] * 2
+        blocked = await c.post(DEBIT, json=body, headers=bad)
+        assert blocked.headers["retry-after"] == "30" and "too many failed" in blocked.text
+        other = await c.get("/api/v1/tiers", headers=bad)  # the Litestar routes too
+        assert other.status_code == 429 and other.headers["retry-after"] == "30"
+        again = {**body, "request_id": "r2"}
+        assert (await c.post(DEBIT, json=again, headers=good)).status_code == 200
+        await c.app.state.services.flusher.flush()
+    await assert_books_balance(pool, redis, keys)
+
+
+@pytest.mark.parametrize("key", ["dev-admin-key", "short-but-not-default"])
+def test_serve_refuses_a_weak_admin_key_on_a_network_address(key: str) -> None:
+    env = {**os.environ, "METERING_ADMIN_KEY": key}
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve", "--host", "0.0.0.0", "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0 and "refusing to serve it on 0.0.0.0" in proc.stderr, proc.stderr
+    assert key not in proc.stderr  # the key itself is never printed
