@@ -236,8 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     if weakness:
         logging.getLogger("metering").warning(
-            "METERING_ADMIN_KEY %s: fine on loopback for development, refused on any other "
-            "address",
+            "METERING_ADMIN_KEY %s: fine on loopback for development, refused on any other address",
             weakness,
         )
     _migrate_or_wait(settings)

@@ -112,8 +112,13 @@ class CouponService:
         found = await db.redeem_once(
             self.credits.pool, code, user, req.request_id, new_id(), await self.credits.now()
         )
-        if found.status == "taken":
+        if found.status == "taken" and found.granted:
             raise Conflict(f"user {user!r} has already redeemed coupon {code!r}")
+        if found.status == "taken":  # its grant failed (Redis down) and was not retried yet
+            raise Conflict(
+                f"user {user!r} has a redemption of coupon {code!r} pending under another "
+                "request_id: retry that request to complete it"
+            )
         if found.status == "unusable" or found.credits is None or found.transaction_id is None:
             row = await db.get_coupon(self.credits.pool, code)
             if row is None:
@@ -123,10 +128,14 @@ class CouponService:
         micro, txn = to_micro(found.credits), found.transaction_id
         replayed = found.status == "replay"
         if not found.granted:
+            taken: IdempotencyConflict | None = None
             async with db.settling(self.credits.pool, code, user) as settling:
                 if not settling.granted and not (replayed and await self._made(settling, req, txn)):
-                    await self._grant(settling, code, req, micro, fp, txn)
-                await settling.done()
+                    taken = await self._grant(settling, code, req, micro, fp, txn)
+                if taken is None:
+                    await settling.done()
+            if taken is not None:  # raised once the undo is committed (inside, it rolled back)
+                raise taken
         available = await self.credits.available(user)
         return RedeemResult(
             code=code,
@@ -139,10 +148,11 @@ class CouponService:
 
     async def _grant(
         self, settling: db.Settling, code: str, req: RedeemRequest, micro: int, fp: str, txn: str
-    ) -> None:
+    ) -> IdempotencyConflict | None:
         """Make the redemption's grant in Redis (a replay when Redis already has it under this
         request id). A request id another request holds undoes the redemption (the use is given
-        back) and answers 409."""
+        back): the conflict to answer (409) is returned, for the caller to raise after the
+        undo is committed."""
         meta = msgspec.json.encode({"coupon": code})
         call = self.credits.apply_call(
             req.user_id, req.request_id, micro, fp, "bonus", ["meta", meta], txn=txn
@@ -152,9 +162,10 @@ class CouponService:
                 self.credits.scripts.apply, req.user_id, call.keys, call.args
             )
             applied(answer, call)
-        except IdempotencyConflict:
+        except IdempotencyConflict as exc:
             await settling.undo()
-            raise
+            return exc
+        return None
 
     async def _made(self, settling: db.Settling, req: RedeemRequest, txn: str) -> bool:
         """Whether a pending redemption's grant was made (a crash or a lost answer between the

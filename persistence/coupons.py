@@ -79,7 +79,7 @@ async def redeem(
     async with pool.acquire() as conn, conn.transaction():
         seen = await conn.fetchrow(queries.REDEMPTION_GET, code, user_id)
         if seen is not None and seen["request_id"] != request_id:
-            return Redemption("taken")
+            return Redemption("taken", granted=bool(seen["granted"]))
         if seen is not None:
             tx = seen["transaction_id"]
             return Redemption(

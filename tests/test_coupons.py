@@ -137,3 +137,41 @@ async def test_coupon_admin_actions_are_audited(client: Client) -> None:
         ("coupon.deactivate", "AUD"),
         ("coupon.create", "AUD"),
     ]
+
+
+async def test_a_redeem_racing_a_debit_for_its_request_id_takes_no_use(
+    client: Client, pool: asyncpg.Pool
+) -> None:
+    """Issue 12: 40 concurrent pairs of a debit and a redeem sharing one request_id. Every use
+    the coupon counts is a bonus in the ledger; a redeem that lost the request_id to the debit
+    took no use, and its user can redeem with another request_id."""
+    assert (await create(client, code="RACE", credits="2")).status_code == 201
+    users = [f"race-{i}" for i in range(40)]
+    for u in users:  # known to Redis, so both calls of a pair go straight to the script
+        await client.get("/api/v1/credits/balance", params={"user_id": u})
+
+    async def pair(n: int, user: str) -> int:
+        async def debit() -> Any:
+            await asyncio.sleep(0.05 * (n % 5))  # each side wins some of the races
+            body = {"user_id": user, "amount": "0.5", "request_id": "same"}
+            return await client.post("/api/v1/credits/debit", json=body)
+
+        answers = await asyncio.gather(debit(), redeem(client, "RACE", user, "same"))
+        assert answers[0].status_code in (200, 409), answers[0].text
+        assert answers[1].status_code in (200, 409), answers[1].text
+        assert [a.status_code for a in answers].count(200) == 1  # one of them has the id
+        return int(answers[1].status_code)
+
+    statuses = await asyncio.gather(*(pair(n, u) for n, u in enumerate(users)))
+    won = [u for u, s in zip(users, statuses, strict=True) if s == 200]
+    await client.app.state.services.flusher.flush()
+    uses = await pool.fetchval("SELECT uses FROM coupons WHERE code = 'RACE'")
+    bonuses = await pool.fetchval(
+        "SELECT count(*) FROM credit_transactions WHERE transaction_type = 'bonus'"
+    )
+    rows = await pool.fetchval("SELECT count(*) FROM coupon_redemptions WHERE code = 'RACE'")
+    assert uses == bonuses == rows == len(won)
+    for u in set(users) - set(won):
+        again = await redeem(client, "RACE", u, "another")
+        assert again.status_code == 200, again.text
+    assert await pool.fetchval("SELECT uses FROM coupons WHERE code = 'RACE'") == len(users)
