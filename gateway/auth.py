@@ -207,10 +207,16 @@ async def authorize(
 async def scope_guard(
     connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
 ) -> None:
-    """Every route declares opt={"scope": ...}; health checks declare none and skip this guard."""
+    """Every route declares opt={"scope": ...}; health checks declare opt={"public": True}.
+    Anything else (the OpenAPI schema and its pages) needs a key with the read scope, unless
+    METERING_PUBLIC_SCHEMA opens the schema."""
+    if handler.opt.get("public"):
+        return
     scope = handler.opt.get("scope")
     if scope is None:
-        return
+        if connection.app.state.services.settings.public_schema:
+            return
+        scope = "read"
     auth: Authenticator = connection.app.state.services.authenticator
     header = connection.headers.get("authorization", "")
     client = connection.client.host if connection.client else None

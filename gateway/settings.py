@@ -28,6 +28,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_timeout: float = 2.0  # seconds, socket and connect timeout
     auth_cache_ttl: float = 5.0  # seconds an API key lookup is cached per process
     # a client address failing authentication this many times in the window gets 429 till its end
+    public_schema: bool = False  # the OpenAPI schema and its pages without a key
     auth_fail_limit: int = 30
     auth_fail_window: float = 60.0
     pricing_cache_ttl: float = 5.0  # seconds model prices are cached per process
@@ -57,6 +58,7 @@ _ENV = {
     "idempotency_ttl": "METERING_IDEMPOTENCY_TTL",
     "redis_timeout": "METERING_REDIS_TIMEOUT",
     "auth_cache_ttl": "METERING_AUTH_CACHE_TTL",
+    "public_schema": "METERING_PUBLIC_SCHEMA",
     "auth_fail_limit": "METERING_AUTH_FAIL_LIMIT",
     "auth_fail_window": "METERING_AUTH_FAIL_WINDOW",
     "pricing_cache_ttl": "METERING_PRICING_CACHE_TTL",

@@ -166,3 +166,17 @@ def test_serve_refuses_a_weak_admin_key_on_a_network_address(key: str) -> None:
     )
     assert proc.returncode != 0 and "refusing to serve it on 0.0.0.0" in proc.stderr, proc.stderr
     assert key not in proc.stderr  # the key itself is never printed
+
+
+@pytest.mark.parametrize("path", ["/schema", "/schema/openapi.json", "/schema/swagger"])
+async def test_the_openapi_schema_needs_a_key_unless_opened(
+    settings: Settings, clock: FakeClock, pool: asyncpg.Pool, path: str
+) -> None:
+    async with gateway(settings, clock) as c:
+        assert (await c.get(path, headers={"Authorization": ""})).status_code == 401
+        made = await c.post("/api/v1/admin/keys", json={"name": "docs", "scopes": ["read"]})
+        reader = {"Authorization": f"Bearer {made.json()['key']}"}
+        assert (await c.get(path, headers=reader)).status_code == 200
+        assert (await c.get("/health/live", headers={"Authorization": ""})).status_code == 200
+    async with gateway(settings, clock, public_schema=True) as c:
+        assert (await c.get(path, headers={"Authorization": ""})).status_code == 200
