@@ -264,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             log_level="info",
             access_log=False,
+            http="gateway.connections:BoundedHttpTools",  # a header-read timeout
+            limit_concurrency=settings.limit_concurrency,
+            timeout_keep_alive=5,
         )
     finally:
         if supervisor is not None:  # it flushes what is pending, then exits

@@ -28,6 +28,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_timeout: float = 2.0  # seconds, socket and connect timeout
     auth_cache_ttl: float = 5.0  # seconds an API key lookup is cached per process
     # a client address failing authentication this many times in the window gets 429 till its end
+    header_timeout: float = 10.0  # seconds from a request's first byte to its headers' end
+    limit_concurrency: int = 1000  # connections and requests per worker; past it 503
     public_schema: bool = False  # the OpenAPI schema and its pages without a key
     auth_fail_limit: int = 30
     auth_fail_window: float = 60.0
@@ -58,6 +60,8 @@ _ENV = {
     "idempotency_ttl": "METERING_IDEMPOTENCY_TTL",
     "redis_timeout": "METERING_REDIS_TIMEOUT",
     "auth_cache_ttl": "METERING_AUTH_CACHE_TTL",
+    "header_timeout": "METERING_HEADER_TIMEOUT",
+    "limit_concurrency": "METERING_LIMIT_CONCURRENCY",
     "public_schema": "METERING_PUBLIC_SCHEMA",
     "auth_fail_limit": "METERING_AUTH_FAIL_LIMIT",
     "auth_fail_window": "METERING_AUTH_FAIL_WINDOW",

@@ -7,10 +7,13 @@ import io
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
 
 import asyncpg
+import httpx
 import pytest
 from redis.asyncio import Redis
 
@@ -21,6 +24,7 @@ from gateway.settings import Settings
 from persistence import api_keys
 from tests.books import assert_books_balance
 from tests.conftest import Client, FakeClock, gateway
+from tests.processes import gateway_process
 
 DEBIT = "/api/v1/credits/debit"
 
@@ -180,3 +184,38 @@ async def test_the_openapi_schema_needs_a_key_unless_opened(
         assert (await c.get("/health/live", headers={"Authorization": ""})).status_code == 200
     async with gateway(settings, clock, public_schema=True) as c:
         assert (await c.get(path, headers={"Authorization": ""})).status_code == 200
+
+
+def test_slow_headers_are_cut_off_and_the_server_keeps_serving() -> None:
+    """300 connections sending a byte a second were held 45 s; now each is closed once its
+    headers take longer than METERING_HEADER_TIMEOUT (1 s here)."""
+    with gateway_process(METERING_HEADER_TIMEOUT="1") as gw:
+        host, port = gw.url.removeprefix("http://").split(":")
+        slow = [socket.create_connection((host, int(port))) for _ in range(50)]
+        request = b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
+        closed: set[int] = set()
+        started = time.monotonic()
+        for byte in range(len(request)):
+            for n, s in enumerate(slow):
+                if n in closed:
+                    continue
+                try:
+                    s.sendall(request[byte : byte + 1])
+                except OSError:
+                    closed.add(n)
+            r = httpx.get(f"{gw.url}/health/live", timeout=5)  # others are served meanwhile
+            assert r.status_code == 200
+            if len(closed) == len(slow) or time.monotonic() - started > 10:
+                break
+            time.sleep(0.2)
+        for n, s in enumerate(slow):  # a closed one reads EOF (or a reset)
+            if n not in closed:
+                s.settimeout(0.5)
+                try:
+                    if s.recv(1) == b"":
+                        closed.add(n)
+                except (TimeoutError, OSError):
+                    pass
+            s.close()
+        elapsed = time.monotonic() - started
+        assert len(closed) == len(slow), (len(closed), elapsed)
