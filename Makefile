@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export METERING_ADMIN_KEY ?= dev-admin-key
 
-.PHONY: install services run lint types pytest pytest-dates test bench locust clean
+.PHONY: install services test-services run lint types pytest pytest-dates test bench locust clean
 
 # The tests whose outcome depends on where the clock stands, run again at each starting point of
 # tests/conftest.py START_POINTS (a year back, a year ahead, a month's and a year's last second,
@@ -26,6 +26,9 @@ install: $(VENV)/.installed
 services:
 	.ci/services
 
+test-services:
+	.ci/services --tests
+
 run: install services
 	$(BIN)/metering serve --host 127.0.0.1 --port 8000
 
@@ -36,10 +39,10 @@ lint: install
 types: install
 	$(BIN)/mypy
 
-pytest: install services
+pytest: install test-services
 	$(BIN)/pytest
 
-pytest-dates: install services
+pytest-dates: install test-services
 	@for start in $(START_POINTS); do \
 		echo "== tests with the clock starting at $$start"; \
 		METERING_TEST_START=$$start $(BIN)/pytest -q -k "not cluster" \
