@@ -211,7 +211,11 @@ def _rid() -> str:
 
 
 def _str(amount: Amount | None) -> str | None:
-    return None if amount is None else str(amount)
+    """The amount in the gateway's grammar: a Decimal without an exponent (str() would give
+    Decimal('1E-7') as '1E-7', which the gateway refuses)."""
+    if amount is None or isinstance(amount, str):
+        return amount
+    return format(Decimal(amount), "f")
 
 
 def _drop_none(body: dict[str, Any]) -> dict[str, Any]:

@@ -46,6 +46,10 @@ async def test_debit_balance_and_typed_errors(client: Client) -> None:
         with pytest.raises(MeteringAPIError) as bad:
             await m.debit("sdk-user", "-1")
         assert bad.value.status == 400
+        # Decimals whose str() has an exponent are sent in the gateway's grammar
+        assert (await m.debit("sdk-user", Decimal("1E-6"))).charged == "0.000001"
+        assert (await m.debit("sdk-user", Decimal("1E+0") * 2)).charged == "2.000000"
+        assert (await m.debit("sdk-user", Decimal("0.1E+1"))).charged == "1.000000"
 
 
 async def test_a_lost_answer_is_retried_with_the_same_request_id(client: Client) -> None:
