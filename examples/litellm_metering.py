@@ -28,7 +28,7 @@ from typing import Any
 import litellm
 from litellm.integrations.custom_logger import CustomLogger
 
-from gateway.client import Hold, MeteringClient
+from metering_client import Hold, MeteringClient
 
 
 async def metered_completion(

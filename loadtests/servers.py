@@ -298,7 +298,7 @@ class GatewayProcess(ServerProcess):
                 *(wrapper or []),
                 sys.executable,
                 "-m",
-                "gateway.cli",
+                "gateway.ops.cli",
                 "serve",
                 "--workers",
                 str(workers),

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import redis as redis_sync
 
-from loadtests.bench import ADMIN, LUA, USERS, prepare_database
+from loadtests.bench.drain import prepare_database
+from loadtests.bench.scenarios import ADMIN, LUA, USERS
 from loadtests.servers import GatewayProcess, PrivatePostgres, PrivateRedis
 
 ROOT = Path(__file__).resolve().parent

@@ -1,4 +1,5 @@
-"""The ledger event as the Lua scripts write it to a shard stream (``emit`` in gateway/lua/lib.lua).
+"""The ledger event as the Lua scripts write it to a shard stream (``emit`` in
+gateway/credits/lua/lib.lua).
 
 An event is one stream field, ``e``, whose value is the event's values in the order of
 ``FIELDS``, joined by the unit separator (0x1F); '' stands for "none". One value instead of a

@@ -131,7 +131,7 @@ async def try_flush_lock(conn: Executor, stream: str) -> bool:
 
 async def wait_for_flush(conn: Executor, stream: str) -> None:
     """Wait until no flush of the stream is under way, and keep new ones out until the current
-    transaction ends (the cold path: gateway/flusher.py flush_shard)."""
+    transaction ends (the cold path: gateway/flusher/flush.py flush_shard)."""
     await conn.execute(queries.FLUSH_WAIT, stream)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncpg
 from redis.asyncio import Redis
 
-from gateway.keys import Keys
-from gateway.reconcile import reconcile
+from gateway.credits.keys import Keys
+from gateway.ops.reconcile import reconcile
 
 
 async def assert_books_balance(pool: asyncpg.Pool, redis: Redis, keys: Keys) -> int:

@@ -20,11 +20,11 @@ import redis as redis_sync
 from litestar import Litestar
 from redis.asyncio import Redis
 
-from gateway.app import create_app
-from gateway.clock import Clock, period_end
-from gateway.connect import connect_redis
-from gateway.keys import Keys
-from gateway.settings import Settings
+from gateway.api.app import create_app
+from gateway.base.connect import connect_redis
+from gateway.base.settings import Settings
+from gateway.credits.clock import Clock, period_end
+from gateway.credits.keys import Keys
 from loadtests.servers import PrivateCluster, private_cluster
 from persistence import db
 from persistence.migrate import prepare
@@ -44,8 +44,8 @@ class Client(httpx.AsyncClient):
 
 class FakeClock:
     """The tests' time: frozen until moved. The gateway turns it into an offset from this
-    machine's clock, which its scripts add to Redis's TIME (gateway/clock.py), so Redis judges
-    every expiry on real time: nothing Redis expires depends on where this clock stands."""
+    machine's clock, which its scripts add to Redis's TIME (gateway/credits/clock.py), so Redis
+    judges every expiry on real time: nothing Redis expires depends on where this clock stands."""
 
     def __init__(self, now: datetime) -> None:
         self.now = now

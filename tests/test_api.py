@@ -9,9 +9,9 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from gateway.clock import period_start
-from gateway.keys import Keys
-from gateway.money import fmt
+from gateway.credits.clock import period_start
+from gateway.credits.keys import Keys
+from gateway.credits.money import fmt
 from tests.books import assert_books_balance
 from tests.conftest import Client, FakeClock
 

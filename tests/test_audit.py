@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 from redis.asyncio import Redis
 
-from gateway.keys import Keys
+from gateway.credits.keys import Keys
 from persistence.events import line_of
 from persistence.ledger import apply_events
 from tests.conftest import Client

@@ -8,7 +8,7 @@ import logging
 import asyncpg
 import pytest
 
-from gateway.auth import hash_key
+from gateway.api.auth import hash_key
 from tests.conftest import ADMIN_KEY, Client
 
 DEBIT = ("POST", "/api/v1/credits/debit", {"user_id": "m", "amount": "1", "request_id": "x"})

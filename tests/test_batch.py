@@ -12,8 +12,8 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 
-from gateway.keys import Keys
-from gateway.settings import Settings
+from gateway.base.settings import Settings
+from gateway.credits.keys import Keys
 from loadtests.servers import private_redis
 from tests.conftest import BACKENDS, Client, FakeClock, gateway
 

@@ -1,4 +1,4 @@
-"""gateway.client against the real app: typed results, retries with the same request_id,
+"""metering_client against the real app: typed results, retries with the same request_id,
 reserve() as an async context manager that commits or releases."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from gateway.client import InsufficientCreditsError, MeteringAPIError, MeteringClient
+from metering_client import InsufficientCreditsError, MeteringAPIError, MeteringClient
 from tests.conftest import ADMIN_KEY, Client
 
 

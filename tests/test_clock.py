@@ -13,10 +13,10 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from gateway.clock import system_clock
-from gateway.coalesce import Call, Coalescer
-from gateway.keys import Keys
-from gateway.settings import Settings
+from gateway.base.settings import Settings
+from gateway.credits.clock import system_clock
+from gateway.credits.coalesce import Call, Coalescer
+from gateway.credits.keys import Keys
 from persistence.events import fields, line_of
 from tests.books import assert_books_balance
 from tests.conftest import Client, FakeClock, gateway

@@ -14,7 +14,7 @@ import pytest
 import redis as redis_sync
 from redis.asyncio import Redis
 
-from gateway.keys import Keys
+from gateway.credits.keys import Keys
 from loadtests.servers import PrivateCluster
 from tests.books import assert_books_balance
 from tests.conftest import ADMIN_KEY, Client

@@ -7,7 +7,7 @@ from collections import Counter
 
 import asyncpg
 
-from gateway.settings import Settings
+from gateway.base.settings import Settings
 from loadtests.servers import private_redis
 from tests.conftest import Client, FakeClock, gateway
 

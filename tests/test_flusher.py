@@ -11,12 +11,12 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from gateway import flusher as flusher_module
-from gateway.clock import epoch_ms
-from gateway.connect import connect_redis
-from gateway.flusher import Flusher
-from gateway.ids import new_id
-from gateway.keys import Keys, shard_of
+from gateway.base.connect import connect_redis
+from gateway.credits.clock import epoch_ms
+from gateway.credits.ids import new_id
+from gateway.credits.keys import Keys, shard_of
+from gateway.flusher import flush as flusher_module
+from gateway.flusher.flush import Flusher
 from persistence import db
 from persistence.events import SEP, fields, line_of
 from persistence.ledger import apply_events
@@ -255,7 +255,7 @@ async def test_hydration_never_overwrites_a_newer_redis_state(
 async def test_background_job_flushes_on_its_own(
     settings: Any, pool: asyncpg.Pool, redis: Redis, keys: Keys
 ) -> None:
-    from gateway.app import create_app
+    from gateway.api.app import create_app
     from tests.conftest import running
 
     app = create_app(type(settings)(**{**_fields(settings), "flush_interval": 0.05}))
@@ -263,7 +263,7 @@ async def test_background_job_flushes_on_its_own(
         await app.state.services.credits.balance("bg")
         from decimal import Decimal
 
-        from gateway.schemas import DebitRequest
+        from gateway.credits.schemas import DebitRequest
 
         await app.state.services.credits.debit(
             DebitRequest(user_id="bg", amount=Decimal("1"), request_id="x")

@@ -22,7 +22,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.inputs import METADATA_MAX_BYTES
+from gateway.credits.inputs import METADATA_MAX_BYTES
 from tests.conftest import ADMIN_KEY, REDIS_URL
 from tests.processes import Running, gateway_process
 

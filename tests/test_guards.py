@@ -15,9 +15,9 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from gateway.keys import Keys, shard_of
-from gateway.money import MAX_MICRO, fmt
-from gateway.settings import Settings
+from gateway.base.settings import Settings
+from gateway.credits.keys import Keys, shard_of
+from gateway.credits.money import MAX_MICRO, fmt
 from persistence import coupons as coupon_db
 from persistence.events import FIELDS, SEP
 from tests.books import assert_books_balance

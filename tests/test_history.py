@@ -8,8 +8,8 @@ from datetime import datetime, timedelta, timezone
 import asyncpg
 import pytest
 
-from gateway.clock import period_start
-from gateway.cursors import encode_cursor
+from gateway.credits.clock import period_start
+from gateway.credits.cursors import encode_cursor
 from tests.conftest import Client, FakeClock
 
 ID = uuid.UUID(int=1)

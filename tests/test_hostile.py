@@ -17,10 +17,10 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from gateway.auth import Authenticator, generate_key, hash_key
-from gateway.keys import Keys
-from gateway.logs import TextFormatter, serve_log_config
-from gateway.settings import Settings
+from gateway.api.auth import Authenticator, generate_key, hash_key
+from gateway.base.logs import TextFormatter, serve_log_config
+from gateway.base.settings import Settings
+from gateway.credits.keys import Keys
 from persistence import api_keys
 from tests.books import assert_books_balance
 from tests.conftest import Client, FakeClock, gateway
@@ -87,7 +87,7 @@ def test_a_text_log_line_cannot_be_forged() -> None:
     """What a client sent (here a decoded path, as the 500 handler logs it) stays on its record's
     line in METERING_LOG_FORMAT=text, escaped; a traceback's lines are indented."""
     config = serve_log_config(fmt="text")["formatters"]["metering"]
-    assert config["()"] == "gateway.logs.TextFormatter"
+    assert config["()"] == "gateway.base.logs.TextFormatter"
     out = io.StringIO()
     handler = logging.StreamHandler(out)
     handler.setFormatter(TextFormatter(config["fmt"]))
@@ -162,7 +162,7 @@ async def test_an_address_that_keeps_failing_gets_429_but_known_keys_work(
 def test_serve_refuses_a_weak_admin_key_on_a_network_address(key: str) -> None:
     env = {**os.environ, "METERING_ADMIN_KEY": key}
     proc = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "serve", "--host", "0.0.0.0", "--port", "0"],
+        [sys.executable, "-m", "gateway.ops.cli", "serve", "--host", "0.0.0.0", "--port", "0"],
         env=env,
         capture_output=True,
         text=True,

@@ -8,7 +8,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from gateway.ids import new_id
+from gateway.credits.ids import new_id
 
 
 def test_ids_are_time_ordered_version_7_uuids() -> None:

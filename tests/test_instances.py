@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from gateway.keys import Keys
+from gateway.credits.keys import Keys
 from loadtests.servers import GatewayProcess
 from persistence import db
 from tests.books import assert_books_balance
@@ -54,7 +54,7 @@ def test_two_instances_share_the_work_and_the_books_balance() -> None:
         async def books() -> None:
             from redis.asyncio import Redis
 
-            from gateway.flusher import Flusher
+            from gateway.flusher.flush import Flusher
 
             redis = Redis.from_url(REDIS_URL, decode_responses=True)
             pool = await db.open_pool(first.database, max_size=2)

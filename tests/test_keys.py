@@ -8,7 +8,7 @@ import itertools
 import pytest
 from redis.crc import key_slot
 
-from gateway.keys import Keys
+from gateway.credits.keys import Keys
 
 AWKWARD = [
     "a",

@@ -8,9 +8,9 @@ import logging
 import asyncpg
 import pytest
 
-from gateway.flusher import FlushLoop
-from gateway.health import UnsafeRedis
-from gateway.settings import Settings
+from gateway.api.health import UnsafeRedis
+from gateway.base.settings import Settings
+from gateway.flusher.flush import FlushLoop
 from loadtests.servers import private_redis
 from tests.conftest import Client, FakeClock, gateway
 

@@ -17,7 +17,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no fetch from t
 litellm = pytest.importorskip("litellm")
 
 from examples.litellm_metering import MeteringProxyHandler, metered_completion  # noqa: E402
-from gateway.client import InsufficientCreditsError, MeteringClient  # noqa: E402
+from metering_client import InsufficientCreditsError, MeteringClient  # noqa: E402
 from tests.conftest import ADMIN_KEY  # noqa: E402
 from tests.processes import Running, gateway_process  # noqa: E402
 

@@ -16,10 +16,10 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from gateway.clock import period_end
-from gateway.keys import Keys
-from gateway.renewal import renew_idle
-from gateway.settings import Settings
+from gateway.base.settings import Settings
+from gateway.credits.clock import period_end
+from gateway.credits.keys import Keys
+from gateway.credits.renewal import renew_idle
 from tests.books import assert_books_balance
 from tests.conftest import BACKENDS, Client, FakeClock, gateway, start_time
 

@@ -9,8 +9,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from gateway.errors import Unprocessable
-from gateway.pricing import PriceBook, cost_micro
+from gateway.base.errors import Unprocessable
+from gateway.credits.pricing import PriceBook, cost_micro
 from persistence.pricing import Price
 from tests.conftest import Client
 

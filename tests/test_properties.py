@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from gateway.keys import Keys
+from gateway.credits.keys import Keys
 from persistence import db
 from tests.conftest import ADMIN_KEY, REDIS_URL
 from tests.processes import gateway_process
@@ -129,7 +129,7 @@ def test_random_interleavings_keep_the_books(gw: tuple[str, str, str], ops: list
     assert all(n == 1 for n in applied.values()), applied
 
     async def check() -> None:
-        from gateway.flusher import Flusher
+        from gateway.flusher.flush import Flusher
         from tests.books import assert_books_balance
 
         redis = Redis.from_url(REDIS_URL, decode_responses=True)

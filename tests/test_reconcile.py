@@ -11,9 +11,9 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from gateway.keys import Keys
-from gateway.reconcile import reconcile
-from gateway.settings import Settings
+from gateway.base.settings import Settings
+from gateway.credits.keys import Keys
+from gateway.ops.reconcile import reconcile
 from tests.conftest import BACKENDS, Client
 
 # on one Redis and on a Redis Cluster of 3 masters
@@ -29,7 +29,7 @@ def run_reconcile(settings: Settings) -> subprocess.CompletedProcess[str]:
         "METERING_SHARDS": str(settings.shards),
     }
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "reconcile"],
+        [sys.executable, "-m", "gateway.ops.cli", "reconcile"],
         env=env,
         capture_output=True,
         text=True,
@@ -72,7 +72,7 @@ async def test_reconcile_passes_then_finds_each_kind_of_drift(
 def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "METERING_DATABASE_URL": settings.database_url}
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args],
+        [sys.executable, "-m", "gateway.ops.cli", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -111,7 +111,7 @@ async def test_inspect_shows_both_sides_and_raw_keys(client: Client, settings: S
         "METERING_SHARDS": str(settings.shards),
     }
     out = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *env_args],
+        [sys.executable, "-m", "gateway.ops.cli", *env_args],
         env=env,
         capture_output=True,
         text=True,

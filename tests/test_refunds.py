@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from gateway.keys import Keys
+from gateway.credits.keys import Keys
 from tests.conftest import BACKENDS, Client, FakeClock
 
 # on one Redis and on a Redis Cluster of 3 masters

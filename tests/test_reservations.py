@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from gateway.keys import Keys
+from gateway.credits.keys import Keys
 from tests.books import assert_books_balance
 from tests.conftest import BACKENDS, Client, FakeClock
 

@@ -16,10 +16,10 @@ import fakeredis
 import pytest
 import redis as redis_sync
 
-from gateway.clock import Period, epoch_ms, period_end, period_start
-from gateway.keys import Keys
-from gateway.money import MAX_MICRO
-from gateway.scripts import source
+from gateway.credits.clock import Period, epoch_ms, period_end, period_start
+from gateway.credits.keys import Keys
+from gateway.credits.money import MAX_MICRO
+from gateway.credits.scripts import source
 from persistence.events import FIELDS, fields, line_of
 from tests.conftest import REDIS_URL
 
@@ -239,7 +239,7 @@ INSTANTS = [
 @pytest.mark.parametrize("kind", ["month", "week", "day"])
 def test_lua_periods_and_times_agree_with_python(r: Any, kind: Period) -> None:
     """The scripts find the period on Redis's clock themselves: their calendar must be the one
-    gateway/clock.py uses (and PostgreSQL reads their ISO text)."""
+    gateway/credits/clock.py uses (and PostgreSQL reads their ISO text)."""
     probe = r.register_script(
         source("lib") + "\nlocal s = period_of(tonumber(ARGV[5]), ARGV[6])\n"
         "return {int(s), iso(s * 1000), iso(tonumber(ARGV[5]))}"

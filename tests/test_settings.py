@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.settings import settings_from_env
+from gateway.base.settings import settings_from_env
 
 
 def test_renew_cron_is_a_crontab_or_off() -> None:

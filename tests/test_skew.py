@@ -19,8 +19,8 @@ import httpx
 import pytest
 import redis as redis_sync
 
-from gateway.clock import period_end
-from gateway.keys import Keys
+from gateway.credits.clock import period_end
+from gateway.credits.keys import Keys
 from loadtests.servers import GatewayProcess
 from persistence import db
 from tests.books import assert_books_balance
@@ -172,7 +172,7 @@ def _skew(api: Api) -> float:
 async def _check_books(database: str, prefix: str, offset: float) -> None:
     from redis.asyncio import Redis
 
-    from gateway.flusher import Flusher
+    from gateway.flusher.flush import Flusher
 
     redis = Redis.from_url(REDIS_URL, decode_responses=True)
     pool = await db.open_pool(database, max_size=2)

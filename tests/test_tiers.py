@@ -8,8 +8,8 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from gateway.settings import Settings
-from gateway.tiers import TierConfigError, load_tiers, parse_tiers
+from gateway.base.settings import Settings
+from gateway.credits.tiers import TierConfigError, load_tiers, parse_tiers
 from tests.conftest import FakeClock, gateway
 
 

@@ -46,7 +46,7 @@ def test_metering_top_renders_a_live_gateway() -> None:
             [
                 sys.executable,
                 "-m",
-                "gateway.cli",
+                "gateway.ops.cli",
                 "top",
                 "--url",
                 gw.url,

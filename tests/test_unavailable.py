@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from gateway.settings import Settings
+from gateway.base.settings import Settings
 from loadtests.servers import free_port
 from tests.conftest import FakeClock, gateway
 

@@ -13,9 +13,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from gateway.settings import Settings, settings_from_env
-from gateway.tiers import TierConfigError, parse_tiers
-from gateway.webhooks import WebhookSender, sign, verify
+from gateway.base.settings import Settings, settings_from_env
+from gateway.credits.tiers import TierConfigError, parse_tiers
+from gateway.flusher.webhooks import WebhookSender, sign, verify
 from tests.conftest import Client, FakeClock, gateway
 
 SECRET = "whsec-test"

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 import httpx
 from redis.asyncio import Redis
 
-from gateway.flusher import Flusher
-from gateway.keys import Keys
-from gateway.reconcile import reconcile
+from gateway.credits.keys import Keys
+from gateway.flusher.flush import Flusher
+from gateway.ops.reconcile import reconcile
 from persistence import db
 from persistence.migrate import prepare
 

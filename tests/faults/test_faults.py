@@ -21,7 +21,7 @@ import httpx
 import pytest
 import redis
 
-from gateway.keys import Keys
+from gateway.credits.keys import Keys
 from loadtests.servers import GatewayProcess, PrivatePostgres, PrivateRedis
 from tests.faults.harness import Books, Load, check_books, hydrate_users, migrate_database
 
@@ -164,8 +164,8 @@ def test_gateway_killed_under_load_then_restarted(stack: Stack) -> None:
 KILL_INSIDE_FLUSH = """
 import asyncio, os, signal, sys
 from redis.asyncio import Redis
-from gateway.flusher import Flusher
-from gateway.keys import Keys
+from gateway.flusher.flush import Flusher
+from gateway.credits.keys import Keys
 from persistence import db
 
 async def main():

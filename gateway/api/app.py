@@ -1,0 +1,129 @@
+"""The app factory: settings from the environment, pools opened and closed in the lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar, Request, Response
+from litestar.openapi import OpenAPIConfig
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.api.auth import Authenticator, scope_guard
+from gateway.api.fastpath import DebitFastPath
+from gateway.api.health import check_eviction
+from gateway.api.paths import decode_path_params
+from gateway.api.routes import ROUTES
+from gateway.api.routes.body import AmountSchema, MeteringRequest
+from gateway.api.services import Services
+from gateway.base.errors import POSTGRES_DOWN, REDIS_DOWN, InsufficientCredits, MeteringError
+from gateway.base.metrics import POSTGRES_ERRORS, REDIS_ERRORS
+from gateway.base.settings import Settings, settings_from_env
+from gateway.credits.clock import Clock, configured, system_clock
+from gateway.credits.inputs import decode_amount, is_amount
+from gateway.credits.keys import Keys
+from gateway.credits.money import fmt
+from gateway.credits.service import CreditService
+from gateway.credits.tiers import load_tiers
+from gateway.flusher.background import Background, make_flusher, redis_client
+from persistence.db import DB_ERRORS, open_pool
+
+log = logging.getLogger("metering.app")
+
+
+def _error(status: int, detail: str, **extra: Any) -> Response[dict[str, Any]]:
+    headers = {"Retry-After": "1"} if status == 503 else None  # retry with the same request_id
+    body = {"status_code": status, "detail": detail, **extra}
+    return Response(body, status_code=status, headers=headers)
+
+
+def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """A bug, not the client's doing: logged with its trace, answered without details."""
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _error(500, "Internal Server Error")
+
+
+def metering_error(_: Request[Any, Any, Any], exc: MeteringError) -> Response[dict[str, Any]]:
+    if isinstance(exc, InsufficientCredits):
+        return _error(402, exc.detail, reason=exc.reason, credits_remaining=fmt(exc.balance))
+    return _error(exc.status_code, exc.detail)
+
+
+def redis_down(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    log.error("redis error: %s", type(exc).__name__)
+    REDIS_ERRORS.inc()
+    return _error(503, REDIS_DOWN)
+
+
+def postgres_down(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    log.error("postgres error: %s", type(exc).__name__)
+    POSTGRES_ERRORS.inc()
+    return _error(503, POSTGRES_DOWN)
+
+
+def create_app(settings: Settings | None = None, *, clock: Clock = system_clock) -> DebitFastPath:
+    settings = settings if settings is not None else settings_from_env()
+    tiers = load_tiers(settings.tiers_file)
+    keys = Keys(settings.key_prefix, settings.shards)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        redis = redis_client(settings)
+        await check_eviction(redis, settings.eviction_check)
+        # connections are made on demand: a gateway started while PostgreSQL is down serves the
+        # users Redis holds, and answers 503 for the rest until it is back
+        pool = await open_pool(settings.database_url, min_size=0)
+        service = CreditService(
+            redis,
+            pool,
+            keys,
+            tiers,
+            configured(clock, settings.clock_offset),
+            settings.idempotency_ttl,
+            settings.period,
+            settings.pricing_cache_ttl,
+            settings.max_backlog,
+        )
+        flusher = make_flusher(settings, redis, pool, tiers)
+        auth = Authenticator(
+            pool,
+            settings.admin_key,
+            settings.auth_cache_ttl,
+            fail_limit=settings.auth_fail_limit,
+            fail_window=settings.auth_fail_window,
+        )
+        app.state.services = Services.build(settings, service, flusher, auth)
+        background = Background(settings, flusher, service)
+        await background.start()
+        try:
+            yield
+        finally:
+            await background.stop()
+            await redis.aclose()
+            await pool.close()
+
+    app = Litestar(
+        route_handlers=ROUTES,
+        guards=[scope_guard],
+        lifespan=[lifespan],
+        exception_handlers={
+            MeteringError: metering_error,
+            RedisConnectionError: redis_down,
+            RedisTimeoutError: redis_down,
+            **dict.fromkeys(DB_ERRORS, postgres_down),
+            HTTP_500_INTERNAL_SERVER_ERROR: internal_error,
+        },
+        openapi_config=OpenAPIConfig(title="Metering gateway", version="0.1.0"),
+        request_class=MeteringRequest,
+        middleware=[decode_path_params],
+        type_decoders=[(is_amount, decode_amount)],
+        plugins=[AmountSchema()],
+        request_max_body_size=settings.max_body_bytes,
+        debug=False,
+        logging_config=None,  # `metering serve` configures logging (gateway/base/logs.py)
+    )
+    return DebitFastPath(app, settings.max_body_bytes)

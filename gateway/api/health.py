@@ -1,0 +1,112 @@
+"""Health: readiness (Redis and PostgreSQL reachable, migrations applied), how far behind the
+flusher is, and the start-up check that Redis will never evict unflushed state."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Literal
+
+from litestar import Response
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from gateway.api.services import Services
+from gateway.flusher.flush import ALIVE_SECONDS
+from persistence import migrate, queries
+
+log = logging.getLogger("metering.health")
+
+
+class UnsafeRedis(RuntimeError):
+    """Redis is configured so that it could drop credit state that is not flushed yet."""
+
+
+async def check_eviction(redis: Redis, mode: Literal["refuse", "warn"]) -> str:
+    """Every key the gateway writes is state that may not be in PostgreSQL yet, so Redis must
+    never evict: maxmemory-policy noeviction (writes fail instead, and clients get 503)."""
+    try:
+        policy = str((await redis.config_get("maxmemory-policy")).get("maxmemory-policy"))
+    except ResponseError:
+        log.warning(
+            "cannot read Redis maxmemory-policy (CONFIG GET refused); make sure it is "
+            "noeviction, or unflushed credit state may be evicted"
+        )
+        return "unknown"
+    except (RedisError, OSError):
+        log.warning("Redis unreachable at start-up; maxmemory-policy not checked")
+        return "unknown"
+    if policy != "noeviction":
+        message = (
+            f"Redis maxmemory-policy is {policy!r}: under memory pressure Redis would "
+            "evict balances, idempotency records and unflushed ledger events. Set "
+            "'maxmemory-policy noeviction' (or METERING_EVICTION_CHECK=warn to start anyway)"
+        )
+        if mode == "refuse":
+            raise UnsafeRedis(message)
+        log.error(message)
+    return policy
+
+
+async def flusher_status(s: Services) -> dict[str, Any]:
+    """Unflushed events over all shards and the age of the oldest one."""
+    return (await flusher_state(s))[0]
+
+
+async def flusher_state(s: Services) -> tuple[dict[str, Any], list[int]]:
+    """The flusher status, and the unflushed events of each shard. Ages are on Redis's clock
+    (the stream ids and the flushers' beats are), so every gateway reports the same.
+    status: 'down' when no flusher has beaten in ALIVE_SECONDS (none is running anywhere on
+    this key prefix: nothing reaches PostgreSQL), else 'behind' past the lag or backlog bounds,
+    else 'ok'."""
+    keys = s.credits.keys
+    seconds, micros = await s.redis.time()
+    now = int(seconds) + int(micros) / 1e6
+    async with s.redis.pipeline(transaction=False) as pipe:
+        for stream in keys.all_streams():
+            pipe.xlen(stream)
+            pipe.xrange(stream, count=1)
+        for shard in range(keys.shards):
+            pipe.xlen(keys.dead(shard))
+        pipe.zcount(keys.flushers(), now - ALIVE_SECONDS, "+inf")
+        answers = await pipe.execute()
+    streams, dead = answers[: 2 * keys.shards], answers[2 * keys.shards : -1]
+    running = int(answers[-1])
+    per_shard = [int(n) for n in streams[0::2]]
+    backlog = sum(per_shard)
+    oldest = [int(str(first[0][0]).split("-")[0]) for first in streams[1::2] if first]
+    age = max(0.0, now - min(oldest) / 1000) if oldest else 0.0
+    behind = age > s.settings.flush_behind_seconds or backlog > s.settings.max_backlog // 2
+    status = {
+        "status": "down" if running == 0 else "behind" if behind else "ok",
+        "running": running,
+        "backlog": backlog,
+        "oldest_event_age_seconds": round(age, 3),
+        # events PostgreSQL refused, set aside for an operator (docs/operations.md)
+        "dead_letters": sum(int(n) for n in dead),
+    }
+    return status, per_shard
+
+
+async def readiness(state: Services) -> Response[dict[str, Any]]:
+    checks: dict[str, str] = {}
+    flusher: dict[str, Any] | None = None
+    try:
+        async with asyncio.timeout(2):
+            await state.redis.ping()
+            flusher = await flusher_status(state)
+        checks["redis"] = "ok"
+    except Exception as exc:  # any failure means not ready
+        checks["redis"] = f"unreachable: {type(exc).__name__}"
+    try:
+        async with asyncio.timeout(2):
+            async with state.pool.acquire() as conn:
+                await conn.fetchval(queries.PING)
+                missing = await migrate.pending(conn)
+        checks["postgres"] = "ok"
+        checks["migrations"] = "ok" if not missing else f"pending: {', '.join(missing)}"
+    except Exception as exc:
+        checks["postgres"] = f"unreachable: {type(exc).__name__}"
+    ok = all(v == "ok" for v in checks.values()) and len(checks) == 3
+    body = {"status": "ready" if ok else "not ready", "checks": checks, "flusher": flusher}
+    return Response(body, status_code=200 if ok else 503)

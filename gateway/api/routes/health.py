@@ -1,0 +1,26 @@
+"""Health checks (no API key)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Request, Response, get
+
+from gateway.api.health import readiness
+from gateway.api.routes.common import services
+
+
+class HealthController(Controller):
+    path = "/health"
+    tags = ["health"]
+    opt = {"public": True}  # the one thing that answers without a key
+
+    @get("/live")
+    async def live(self) -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @get("/ready")
+    async def ready(self, request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+        """200 only when Redis and PostgreSQL answer and migrations are applied."""
+        return await readiness(services(request.app.state))

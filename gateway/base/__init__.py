@@ -1,0 +1,1 @@
+"""What every layer uses: settings, metrics, logs, connections to Redis, errors."""

@@ -1,0 +1,106 @@
+"""Settings, read from the environment when the app is built (never at import time)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Literal
+
+import msgspec
+from apscheduler.triggers.cron import CronTrigger
+
+# the allocation period (gateway/credits/clock.py computes its boundaries on the one clock)
+Period = Literal["month", "week", "day"]
+
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/metering"
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    redis_url: str = DEFAULT_REDIS_URL
+    database_url: str = DEFAULT_DATABASE_URL
+    admin_key: str | None = None
+    flush_interval: float = 1.0  # seconds; 0 disables the background flusher
+    flush_batch: int = 5000  # events per shard per Postgres transaction
+    tiers_file: str | None = None
+    key_prefix: str = "m"
+    shards: int = 16
+    idempotency_ttl: int = 7 * 24 * 3600  # seconds a request_id is remembered in Redis
+    redis_timeout: float = 2.0  # seconds, socket and connect timeout
+    auth_cache_ttl: float = 5.0  # seconds an API key lookup is cached per process
+    # a client address failing authentication this many times in the window gets 429 till its end
+    header_timeout: float = 10.0  # seconds from a request's first byte to its headers' end
+    limit_concurrency: int = 1000  # connections and requests per worker; past it 503
+    public_schema: bool = False  # the OpenAPI schema and its pages without a key
+    auth_fail_limit: int = 30
+    auth_fail_window: float = 60.0
+    pricing_cache_ttl: float = 5.0  # seconds model prices are cached per process
+    max_body_bytes: int = 64 * 1024
+    max_backlog: int = 500_000  # unflushed events per shard before writes get 503
+    flush_behind_seconds: float = 30.0  # health says the flusher is behind past this lag
+    eviction_check: Literal["refuse", "warn"] = "refuse"  # Redis must not evict unflushed state
+    period: Period = "month"  # allocation period: month (calendar), week (ISO) or day
+    renew_cron: str = "*/10 * * * *"  # crontab (UTC) for renewing idle users; "off" disables
+    webhook_url: str | None = None  # low-balance alerts are POSTed here (none when unset)
+    webhook_secret: str | None = None  # HMAC-SHA256 key signing each webhook
+    webhook_max_attempts: int = 12  # tries per webhook (backoff 2 s doubling, at most 1 h)
+    # seconds added to Redis's time, the one clock for money: 0 in production; drills and tests
+    # set it on every instance alike to cross a period boundary without waiting
+    clock_offset: float = 0.0
+
+
+_ENV = {
+    "redis_url": "METERING_REDIS_URL",
+    "database_url": "METERING_DATABASE_URL",
+    "admin_key": "METERING_ADMIN_KEY",
+    "flush_interval": "METERING_FLUSH_INTERVAL",
+    "flush_batch": "METERING_FLUSH_BATCH",
+    "tiers_file": "METERING_TIERS_FILE",
+    "key_prefix": "METERING_KEY_PREFIX",
+    "shards": "METERING_SHARDS",
+    "idempotency_ttl": "METERING_IDEMPOTENCY_TTL",
+    "redis_timeout": "METERING_REDIS_TIMEOUT",
+    "auth_cache_ttl": "METERING_AUTH_CACHE_TTL",
+    "header_timeout": "METERING_HEADER_TIMEOUT",
+    "limit_concurrency": "METERING_LIMIT_CONCURRENCY",
+    "public_schema": "METERING_PUBLIC_SCHEMA",
+    "auth_fail_limit": "METERING_AUTH_FAIL_LIMIT",
+    "auth_fail_window": "METERING_AUTH_FAIL_WINDOW",
+    "pricing_cache_ttl": "METERING_PRICING_CACHE_TTL",
+    "max_body_bytes": "METERING_MAX_BODY_BYTES",
+    "max_backlog": "METERING_MAX_BACKLOG",
+    "flush_behind_seconds": "METERING_FLUSH_BEHIND_SECONDS",
+    "eviction_check": "METERING_EVICTION_CHECK",
+    "period": "METERING_PERIOD",
+    "renew_cron": "METERING_RENEW_CRON",
+    "webhook_url": "METERING_WEBHOOK_URL",
+    "webhook_secret": "METERING_WEBHOOK_SECRET",
+    "webhook_max_attempts": "METERING_WEBHOOK_MAX_ATTEMPTS",
+    "clock_offset": "METERING_CLOCK_OFFSET",
+}
+
+
+def settings_from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Build Settings from METERING_* variables; explicit overrides win."""
+    env = os.environ if env is None else env
+    raw: dict[str, object] = {f: env[v] for f, v in _ENV.items() if env.get(v, "") != ""}
+    raw.update(overrides)
+    try:
+        settings = msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SystemExit(f"invalid configuration: {exc}") from None
+    if settings.renew_cron != "off":
+        try:
+            CronTrigger.from_crontab(settings.renew_cron, timezone="UTC")
+        except ValueError as exc:
+            raise SystemExit(
+                f"invalid configuration: METERING_RENEW_CRON {settings.renew_cron!r} is not a "
+                f"crontab (minute hour day month weekday) or 'off': {exc}"
+            ) from None
+    if settings.webhook_url and not settings.webhook_secret:
+        raise SystemExit(
+            "invalid configuration: METERING_WEBHOOK_URL needs METERING_WEBHOOK_SECRET "
+            "(webhooks are signed with it)"
+        )
+    return settings

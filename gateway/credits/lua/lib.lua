@@ -1,0 +1,203 @@
+-- Shared by every script (prepended when the scripts are loaded; MAX, the numeric(12,6) maximum,
+-- and BACKLOG_MAX, the most unflushed events a shard may hold, are injected before it).
+-- Every mutating script starts with the same ARGV header, filled by the service:
+--   ARGV[1] user_id  ARGV[2] clock offset (ms, 0 in production; tests move time with it)
+--   ARGV[3] the allocation period: 'month', 'week' or 'day'
+--   ARGV[4] transaction id for a renewal, if one happens
+-- The helpers read it through H, which a script applying many changes (apply_many.lua) points at
+-- each item's user and renewal id in turn.
+--
+-- One clock for money: "now" is Redis's own TIME, read inside the script, whatever the calling
+-- instance's clock says, so every hold expiry and period boundary is judged on the same clock by
+-- every gateway, and in the order the calls reach Redis. The offset only lets tests cross months
+-- without sleeping; nothing Redis expires (key TTLs) is computed from it.
+
+-- The civil date (proleptic Gregorian, UTC) of a day counted from 1970-01-01 (H. Hinnant's
+-- days-to-civil algorithm, in whole numbers).
+local function civil(z)
+  z = z + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+                          - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  return y, m, d
+end
+
+-- Now in epoch milliseconds: Redis's TIME plus the offset.
+local function clock_ms(offset)
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(offset)
+end
+
+-- A time (epoch ms) as ISO 8601 in UTC, as Python's datetime.isoformat() writes it.
+local function iso(ms)
+  local day = math.floor(ms / 86400000)
+  local y, m, d = civil(day)
+  local rest = ms - day * 86400000
+  local s = math.floor(rest / 1000)
+  local frac = ''
+  if rest % 1000 ~= 0 then frac = string.format('.%03d000', rest % 1000) end
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d%s+00:00', y, m, d, math.floor(s / 3600),
+                       math.floor(s / 60) % 60, s % 60, frac)
+end
+
+-- The start of the period holding ms, in epoch seconds (calendar month, ISO week beginning on
+-- Monday, or day, in UTC: gateway/credits/clock.py period_start, tested to agree).
+local function period_of(ms, kind)
+  local day = math.floor(ms / 86400000)
+  if kind == 'week' then
+    day = day - (day + 3) % 7  -- 1970-01-01 was a Thursday
+  elseif kind == 'month' then
+    local _, _, d = civil(day)
+    day = day - d + 1
+  end
+  return day * 86400
+end
+
+local H = {uid = ARGV[1], rtxn = ARGV[4], now = clock_ms(ARGV[2])}
+H.pstart = period_of(H.now, ARGV[3])
+
+local function int(n) return string.format('%d', n) end
+
+-- The answer for a user Redis does not hold; now tells the cold path the time on the one clock.
+local function miss() return {'miss', int(H.now)} end
+
+-- The period's spending, as recorded: never past MAX (numeric(12,6) in PostgreSQL). A cap is at
+-- most MAX, so no decision changes.
+local function add_spent(spent, amount) return math.min(spent + amount, MAX) end
+
+-- What a user can spend: the balance less open holds (shown as 0, never below: a renewal or a
+-- downgrade can leave holds larger than the balance).
+local function avail(bal, held) return int(math.max(bal - held, 0)) end
+
+-- The 402 answer when spending amount on top of the open holds would pass the monthly cap or
+-- the balance; nil when it may go ahead.
+local function refuse_spend(bal, spent, held, cap, amount)
+  if cap ~= '' and spent + held + amount > tonumber(cap) then
+    return {'cap', avail(bal, held), int(spent + held), cap}
+  end
+  if bal - held - amount < 0 then return {'nsf', avail(bal, held)} end
+  return nil
+end
+
+-- The ledger event: one stream field, e, holding the values in the order of FIELDS in
+-- persistence/events.py, joined by the unit separator (0x1F), '' for none. extra holds name/value
+-- pairs of the optional fields (model, tin, tout, meta, tier, alloc, cap, reset, ref, actor,
+-- resv).
+local EVENT_POS = {model = 10, tin = 11, tout = 12, meta = 13, tier = 14, alloc = 15, cap = 16,
+                   reset = 17, ref = 18, actor = 19, resv = 20}
+local function emit(stream, t, txn, rid, delta, bal, ver, spent, extra)
+  local ev = {t, H.uid, txn, rid, int(delta), int(bal), tostring(ver), int(H.now), int(spent),
+              '', '', '', '', '', '', '', '', '', '', ''}
+  for i = 1, #extra, 2 do ev[EVENT_POS[extra[i]]] = extra[i + 1] end
+  redis.call('XADD', stream, '*', 'e', table.concat(ev, '\31'))
+end
+
+-- Renew the period (new allocation; unused credits expire, or roll over when roll = 1) when the
+-- current period began after the user's, or at once when forced (an admin reset). Keyed by period
+-- start, so concurrent calls at the boundary renew once, and the period start never moves back,
+-- whatever a caller's clock or a forced reset says. rst, the renewal's time (epoch ms), tells a
+-- refund whether its debit was spent before the renewal. Returns the balance change, or nil when
+-- nothing happened.
+local function renew(key, stream, force, rid, txn, extra)
+  local st = redis.call('HMGET', key, 'bal', 'alloc', 'pstart', 'roll', 'spent')
+  local pstart = tonumber(st[3])
+  if not force and pstart >= H.pstart then return nil end
+  local bal, alloc = tonumber(st[1]), tonumber(st[2])
+  local after = alloc
+  if st[4] == '1' then after = math.min(bal + alloc, MAX) end
+  local start = math.max(pstart, H.pstart)
+  local at = start * 1000
+  if force then at = math.max(at, H.now) end
+  local reset_iso = iso(at)
+  redis.call('HSET', key, 'bal', int(after), 'spent', '0', 'pstart', int(start),
+             'reset', reset_iso, 'rst', int(at))
+  local ver = redis.call('HINCRBY', key, 'ver', 1)
+  local fields = {'reset', reset_iso}
+  for _, v in ipairs(extra or {}) do fields[#fields + 1] = v end
+  emit(stream, 'monthly_reset', txn, rid, after - bal, after, ver, 0, fields)
+  return after - bal
+end
+
+local function auto_renew(key, stream)
+  return renew(key, stream, false, 'sys:reset:' .. int(H.pstart), H.rtxn)
+end
+
+-- Idempotency records: 'fingerprint|txn|delta|balance'. A retry with the same body replays the
+-- stored result; a different body under the same request id is a conflict.
+local function idem_check(key, fp)
+  local seen = redis.call('GET', key)
+  if not seen then return nil end
+  local sfp, txn, delta, bal = string.match(seen, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+  if sfp ~= fp then return {'conflict'} end
+  return {'replay', txn, delta, bal}
+end
+
+local function idem_save(key, fp, txn, delta, bal, ttl)
+  redis.call('SET', key, fp .. '|' .. txn .. '|' .. int(delta) .. '|' .. bal, 'EX', ttl)
+end
+
+-- Return expired holds (score <= now) to the user: they stop counting against the balance.
+-- Each expired hold is removed once, so it is returned exactly once. Returns what is still held.
+local function purge_holds(key, holds)
+  local held = tonumber(redis.call('HGET', key, 'held') or '0')
+  if held == 0 then return 0 end
+  local gone = redis.call('ZRANGEBYSCORE', holds, '-inf', int(H.now))
+  if #gone == 0 then return held end
+  for _, member in ipairs(gone) do
+    held = held - tonumber(string.match(member, '|(%d+)$'))
+  end
+  redis.call('ZREMRANGEBYSCORE', holds, '-inf', int(H.now))
+  redis.call('HSET', key, 'held', int(held))
+  return held
+end
+
+-- The opening every balance-changing script shares, in this order: a request id seen before is
+-- answered from its record (a replay, or a conflict when the body differs); a user missing from
+-- Redis is 'miss' (hydrate first); a full backlog is 'backlog' (nothing changed); then the period
+-- renews if it has ended and expired holds are returned. Returns (answer) to stop with that
+-- answer, or (nil, held, state) to go on, state being the user's {pstart, held, bal, spent, cap,
+-- ver} after any renewal. One HMGET reads all of it: the renewal and the holds are looked at
+-- again only when they have something to do.
+local function open_user(user, idem, fp, stream, holds)
+  local seen = idem_check(idem, fp)
+  if seen then return seen end
+  local st = redis.call('HMGET', user, 'pstart', 'held', 'bal', 'spent', 'cap', 'ver')
+  if not st[3] then return miss() end
+  if redis.call('XLEN', stream) >= BACKLOG_MAX then return {'backlog'} end
+  if tonumber(st[1]) < H.pstart and auto_renew(user, stream) then
+    st = redis.call('HMGET', user, 'pstart', 'held', 'bal', 'spent', 'cap', 'ver')
+  end
+  local held = 0
+  if st[2] and st[2] ~= '0' then held = purge_holds(user, holds) end
+  return nil, held, st
+end
+
+-- Apply one signed credit change (debit < 0, grant > 0) to a user, at most once per request id:
+-- the opening (open_user), cap and balance checks, the update, the ledger event, the record.
+-- Balances returned are what the user can spend: the balance less its holds. Returns
+-- {'ok'|'replay', txn, delta, available}, {'conflict'}, {'nsf', available},
+-- {'cap', available, spent, cap}, {'overflow', available}, {'miss'} or {'backlog'}.
+local function apply_change(user, idem, stream, holds, delta, fp, txn, ttl, rid, event, extra)
+  local stop, held, st = open_user(user, idem, fp, stream, holds)
+  if stop then return stop end
+  local bal, spent = tonumber(st[3]), tonumber(st[4])
+  if delta < 0 then
+    local refused = refuse_spend(bal, spent, held, st[5], -delta)
+    if refused then return refused end
+  end
+  local after = bal + delta
+  if after > MAX then return {'overflow', avail(bal, held)} end
+  if delta < 0 then spent = add_spent(spent, -delta) end
+  local ver = int(tonumber(st[6]) + 1)
+  redis.call('HSET', user, 'bal', int(after), 'spent', int(spent), 'ver', ver)
+  emit(stream, event, txn, rid, delta, after, ver, spent, extra)
+  idem_save(idem, fp, txn, delta, avail(after, held), ttl)
+  return {'ok', txn, int(delta), avail(after, held)}
+end

@@ -1,0 +1,351 @@
+"""The credit service: every balance change is one Lua call. A user missing from Redis is
+hydrated from PostgreSQL (created there first if unknown) and the call is retried once."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from gateway.base.errors import IdempotencyConflict, InsufficientCredits, Unavailable, Unprocessable
+from gateway.base.metrics import HYDRATIONS
+from gateway.credits.clock import Clock, Period, epoch_ms, from_ms, offset_ms, period_start
+from gateway.credits.coalesce import Coalescer
+from gateway.credits.ids import new_id
+from gateway.credits.inputs import encode_metadata
+from gateway.credits.keys import Keys
+from gateway.credits.money import MAX_MICRO, fmt, parse_amount, to_decimal, to_micro
+from gateway.credits.pricing import PriceBook
+from gateway.credits.schemas import (
+    Balance,
+    CommitRequest,
+    DebitRequest,
+    DebitResult,
+    GrantRequest,
+    GrantResult,
+    ResetResult,
+    TierChange,
+    fingerprint,
+)
+from gateway.credits.scripts import Scripts
+from gateway.credits.tiers import TierTable
+from persistence.db import DB_ERRORS
+from persistence.ledger import wait_for_flush
+from persistence.users import UserCreditsError, UserRow, create_user_credits
+
+log = logging.getLogger("metering.service")
+
+
+Args = list[str | int | bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyCall:
+    user_id: str
+    request_id: str
+    delta: int
+    keys: list[str]
+    args: Args  # after the common header
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    status: str  # ok | replay
+    txn: str
+    delta: int
+    balance: int
+
+
+def backlog_full() -> Unavailable:
+    return Unavailable(
+        "the flusher is behind: too many changes are waiting to reach PostgreSQL; "
+        "nothing was changed, retry later"
+    )
+
+
+def applied(res: list[Any], call: ApplyCall) -> Applied:
+    """Interpret the apply script's answer; errors become the matching MeteringError."""
+    status = res[0]
+    if status == "backlog":
+        raise backlog_full()
+    if status in ("ok", "replay"):
+        return Applied(status, res[1], int(res[2]), int(res[3]))
+    if status in ("nsf", "cap"):
+        raise payment_required(res, -call.delta)
+    if status == "overflow":
+        raise Unprocessable(
+            f"this grant would take the balance past the maximum of {fmt(MAX_MICRO)} "
+            f"(available {fmt(int(res[1]))})"
+        )
+    if status == "conflict":
+        raise IdempotencyConflict(
+            f"request_id {call.request_id!r} was already used for this user with a different body"
+        )
+    raise RuntimeError(f"unexpected script result {res!r}")
+
+
+def debit_result(req: DebitRequest, res: Applied) -> DebitResult:
+    return DebitResult(
+        res.txn, req.user_id, fmt(-res.delta), fmt(res.balance), res.status == "replay"
+    )
+
+
+def payment_required(res: list[Any], requested: int) -> InsufficientCredits:
+    """The 402 for a script's 'nsf' or 'cap' answer."""
+    available = int(res[1])
+    if res[0] == "cap":
+        spent, cap = int(res[2]), int(res[3])
+        return InsufficientCredits(
+            f"monthly cap reached: {fmt(spent)} of {fmt(cap)} spent or held this period, "
+            f"{fmt(requested)} requested",
+            available,
+            reason="monthly_cap_reached",
+        )
+    return InsufficientCredits(
+        f"insufficient credits: {fmt(requested)} requested, {fmt(available)} available",
+        available,
+    )
+
+
+class CreditService:
+    def __init__(
+        self,
+        redis: Redis,
+        pool: asyncpg.Pool,
+        keys: Keys,
+        tiers: TierTable,
+        clock: Clock,
+        idempotency_ttl: int,
+        period: Period = "month",
+        pricing_ttl: float = 5.0,
+        max_backlog: int = 500_000,
+    ) -> None:
+        self.redis = redis
+        self.pool = pool
+        self.keys = keys
+        self.tiers = tiers
+        self.clock = clock
+        self.period: Period = period
+        self.scripts = Scripts(redis, max_backlog)
+        self.coalescer = Coalescer(redis)
+        self.idempotency_ttl = idempotency_ttl
+        self.pricing = PriceBook(pool, pricing_ttl)
+
+    # -- hot path -------------------------------------------------------------------------
+
+    async def debit(self, req: DebitRequest) -> DebitResult:
+        call = await self.debit_call(req)
+        res = await self.call(self.scripts.apply, req.user_id, call.keys, call.args)
+        return debit_result(req, applied(res, call))
+
+    async def debit_call(self, req: DebitRequest) -> ApplyCall:
+        """Keys and arguments of the apply script for one debit (also used by batches)."""
+        micro = await self.amount_of(req)
+        extra: Args = []
+        if req.model is not None:
+            extra += ["model", req.model]
+        if req.input_tokens is not None:
+            extra += ["tin", req.input_tokens]
+        if req.output_tokens is not None:
+            extra += ["tout", req.output_tokens]
+        if req.metadata is not None:
+            extra += ["meta", encode_metadata(req.metadata)]
+        fp = fingerprint(
+            "debit", micro, req.model, req.input_tokens, req.output_tokens, req.metadata
+        )
+        return self.apply_call(req.user_id, req.request_id, -micro, fp, "usage", extra)
+
+    async def amount_of(self, req: DebitRequest | CommitRequest) -> int:
+        """The amount sent, or the gateway's price for the model and tokens."""
+        if req.amount is not None:
+            return parse_amount(req.amount)
+        return await self.pricing.price(req.model, req.input_tokens, req.output_tokens)
+
+    async def grant(self, req: GrantRequest, actor: str) -> GrantResult:
+        micro = parse_amount(req.amount)
+        extra: Args = ["actor", actor]
+        if req.reason is not None:
+            extra += ["meta", msgspec.json.encode({"reason": req.reason})]
+        fp = fingerprint("grant", micro, req.kind, req.reason)
+        call = self.apply_call(req.user_id, req.request_id, micro, fp, req.kind, extra)
+        res = applied(await self.call(self.scripts.apply, req.user_id, call.keys, call.args), call)
+        return GrantResult(
+            res.txn, req.user_id, fmt(res.delta), fmt(res.balance), res.status == "replay"
+        )
+
+    def apply_call(
+        self,
+        user_id: str,
+        request_id: str,
+        delta: int,
+        fp: str,
+        event: str,
+        extra: Args,
+        txn: str | None = None,
+    ) -> ApplyCall:
+        keys = [
+            self.keys.user(user_id),
+            self.keys.request(user_id, request_id),
+            self.keys.user_stream(user_id),
+            self.keys.holds(user_id),
+        ]
+        txn = txn or new_id()
+        args: Args = [delta, fp, txn, self.idempotency_ttl, request_id, event, *extra]
+        return ApplyCall(user_id, request_id, delta, keys, args)
+
+    async def _state(self, user_id: str) -> list[Any]:
+        """The balance script's answer: the user's state after any renewal or expired hold."""
+        keys = [self.keys.user(user_id), self.keys.user_stream(user_id), self.keys.holds(user_id)]
+        return list(await self.call(self.scripts.balance, user_id, keys, []))
+
+    async def balance(self, user_id: str) -> Balance:
+        _, bal, alloc, tier, cap, reset, spent, held = await self._state(user_id)
+        return Balance(
+            user_id=user_id,
+            tier=tier,
+            credits_remaining=fmt(int(bal) - int(held)),
+            credits_held=fmt(int(held)),
+            credits_allocated=fmt(int(alloc)),
+            monthly_cap=fmt(int(cap)) if cap else None,
+            last_reset=reset,
+            period_spent=fmt(int(spent)),
+        )
+
+    async def available(self, user_id: str) -> int:
+        """What the user can spend now (micro-credits), never below 0, as the scripts answer."""
+        res = await self._state(user_id)
+        return max(int(res[1]) - int(res[7]), 0)
+
+    async def set_tier(self, user_id: str, tier_name: str, actor: str) -> TierChange:
+        tier = self.tiers.get(tier_name)
+        if tier is None:
+            known = ", ".join(self.tiers.tiers)
+            raise Unprocessable(f"unknown tier {tier_name!r}; known tiers: {known}")
+        keys = [self.keys.user(user_id), self.keys.user_stream(user_id), self.keys.holds(user_id)]
+        txn = new_id()
+        cap = "" if tier.monthly_cap is None else str(tier.monthly_cap)
+        args: Args = [
+            tier.name,
+            tier.allocation,
+            cap,
+            int(tier.rollover),
+            txn,
+            f"sys:tier:{txn}",
+            actor,
+        ]
+        res = await self.call(self.scripts.set_tier, user_id, keys, args)
+        if res[0] == "overflow":
+            raise Unprocessable(
+                f"moving to tier {tier.name!r} would take the balance past {fmt(MAX_MICRO)}"
+            )
+        return TierChange(
+            user_id=user_id,
+            tier=tier.name,
+            credits_allocated=fmt(tier.allocation),
+            credits_remaining=fmt(int(res[3])),
+            monthly_cap=None if tier.monthly_cap is None else fmt(tier.monthly_cap),
+            adjustment=fmt(int(res[2])),
+            transaction_id=res[1] or None,
+        )
+
+    async def reset(self, user_id: str, request_id: str, actor: str) -> ResetResult:
+        """Renew the user's period now (admin), idempotent by request_id."""
+        keys = [
+            self.keys.user(user_id),
+            self.keys.request(user_id, request_id),
+            self.keys.user_stream(user_id),
+            self.keys.holds(user_id),
+        ]
+        txn = new_id()
+        fp = fingerprint("reset")
+        args: Args = ["1", request_id, fp, self.idempotency_ttl, txn, actor]
+        res = await self.call(self.scripts.reset, user_id, keys, args)
+        if res[0] == "conflict":
+            raise IdempotencyConflict(
+                f"request_id {request_id!r} was already used for this user with a different body"
+            )
+        return ResetResult(res[1], user_id, fmt(int(res[2])), fmt(int(res[3])), res[0] == "replay")
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def header(self, user_id: str) -> Args:
+        """The ARGV header every mutating script starts with (see gateway/credits/lua/lib.lua): the
+        scripts read the time from Redis, shifted by the clock's offset (0 in production)."""
+        return [user_id, offset_ms(self.clock), self.period, new_id()]
+
+    async def now(self) -> datetime:
+        """The time on the clock the scripts use (Redis's, shifted by the offset), for what
+        Python decides with money in mind off the hot path (coupons' expiry, idle renewals)."""
+        offset = offset_ms(self.clock)  # before asking: a script's offset is, too
+        seconds, micros = await self.redis.time()
+        return from_ms(int(seconds) * 1000 + int(micros) // 1000 + offset)
+
+    async def call(self, script: AsyncScript, user_id: str, keys: list[str], args: Args) -> Any:
+        """Run a script with the common header; hydrate the user and retry once on 'miss'."""
+        full = [*self.header(user_id), *args]
+        res = await self.coalescer.run(script, keys, full)
+        if res[0] == "miss":
+            await self.hydrate(user_id, int(res[1]))
+            res = await self.coalescer.run(script, keys, full)
+        if res[0] == "backlog":
+            raise backlog_full()
+        return res
+
+    # -- cold path ------------------------------------------------------------------------
+
+    async def hydrate(self, user_id: str, now_ms: int) -> UserRow:
+        """Load the user from PostgreSQL (creating it with the default tier's allocation) and
+        put it in Redis unless another request already did; a newer Redis state always wins.
+        now_ms is the time on the scripts' clock (their 'miss' answer), so a new user's period
+        and first ledger entry sit on the same timeline as everything it does next."""
+        tier = self.tiers.default_tier
+        now = from_ms(now_ms)
+        try:
+            # a flush of the user's shard under way commits first: never load a row that a
+            # batch already read is about to move (gateway/flusher/flush.py flush_shard)
+            async with self.pool.acquire() as conn, conn.transaction():
+                await wait_for_flush(conn, self.keys.user_stream(user_id))
+                row, created = await create_user_credits(
+                    conn,
+                    user_id,
+                    tier=tier.name,
+                    allocation=to_decimal(tier.allocation),
+                    monthly_cap=None if tier.monthly_cap is None else to_decimal(tier.monthly_cap),
+                    last_reset=period_start(now, self.period),
+                    now=now,
+                )
+        except UserCreditsError as exc:
+            raise Unprocessable(str(exc)) from None
+        except DB_ERRORS as exc:
+            log.warning("cannot load user from PostgreSQL: %s", type(exc).__name__)
+            raise Unavailable(
+                "PostgreSQL is unreachable and this user is not cached in Redis; retry later"
+            ) from None
+        HYDRATIONS.inc()
+        if created:
+            log.info("created user_credits row", extra={"user_id": user_id, "tier": tier.name})
+        await self.scripts.hydrate(keys=[self.keys.user(user_id)], args=self.hydrate_args(row, now))
+        return row
+
+    def hydrate_args(self, row: UserRow, now: datetime) -> Args:
+        last_reset = row.last_reset or period_start(now, self.period)
+        pstart = period_start(last_reset, self.period)
+        tier = self.tiers.get(row.tier)
+        return [
+            to_micro(row.credits_remaining),
+            to_micro(row.credits_allocated),
+            row.tier,
+            "" if row.monthly_cap is None else str(to_micro(row.monthly_cap)),
+            last_reset.isoformat(),
+            row.redis_version,
+            int(pstart.timestamp()),
+            to_micro(row.period_spent),
+            int(tier is not None and tier.rollover),
+            epoch_ms(last_reset),
+        ]

@@ -1,0 +1,112 @@
+"""Tiers and their monthly allocations, read from a TOML file."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from decimal import Decimal
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from gateway.credits.money import AmountError, parse_amount
+
+DEFAULT_TIERS_FILE = "tiers.default.toml"
+
+
+class TierConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    name: str
+    allocation: int  # micro-credits
+    monthly_cap: int | None  # micro-credits, None when uncapped
+    rollover: bool = False  # unused credits carry into the next period instead of expiring
+    alerts: tuple[int, ...] = (80, 95)  # low-balance webhooks at these % of the allocation spent
+    alert_depleted: bool = True  # and one when the period's spending has used up the balance
+
+
+@dataclass(frozen=True, slots=True)
+class TierTable:
+    tiers: dict[str, Tier]
+    default: str
+
+    def get(self, name: str) -> Tier | None:
+        return self.tiers.get(name)
+
+    @property
+    def default_tier(self) -> Tier:
+        return self.tiers[self.default]
+
+    def alert_rules(self) -> tuple[list[str], list[str], list[Decimal]]:
+        """(tier, kind, fraction of the allocation) per low-balance alert, as three columns."""
+        rules = [
+            (t.name, f"used_{pct}", Decimal(pct) / 100)
+            for t in self.tiers.values()
+            for pct in t.alerts
+        ] + [(t.name, "depleted", Decimal(1)) for t in self.tiers.values() if t.alert_depleted]
+        return [r[0] for r in rules], [r[1] for r in rules], [r[2] for r in rules]
+
+
+def _micro(value: Any, where: str, *, allow_zero: bool) -> int:
+    if isinstance(value, float):
+        raise TierConfigError(f"{where} must be a decimal string, not a float")
+    if allow_zero and Decimal(str(value)) == 0:
+        return 0
+    try:
+        return parse_amount(str(value), field=where)
+    except AmountError as exc:
+        raise TierConfigError(str(exc)) from None
+
+
+def parse_tiers(text: str) -> TierTable:
+    data = tomllib.loads(text)
+    raw = data.get("tiers")
+    if not isinstance(raw, dict) or not raw:
+        raise TierConfigError("the tiers file needs a [tiers.NAME] table per tier")
+    tiers: dict[str, Tier] = {}
+    for name, spec in raw.items():
+        if not (1 <= len(name) <= 50) or not name.isprintable():
+            raise TierConfigError(
+                f"tier name {name!r} must be 1 to 50 characters, none of them control characters"
+            )
+        alloc = _micro(spec.get("allocation", "0"), f"tiers.{name}.allocation", allow_zero=True)
+        cap_raw = spec.get("monthly_cap")
+        cap = (
+            None
+            if cap_raw is None
+            else _micro(cap_raw, f"tiers.{name}.monthly_cap", allow_zero=True)
+        )
+        rollover = spec.get("rollover", False)
+        if not isinstance(rollover, bool):
+            raise TierConfigError(f"tiers.{name}.rollover must be true or false")
+        alerts = spec.get("alerts", [80, 95])
+        if not isinstance(alerts, list) or not all(
+            isinstance(a, int) and not isinstance(a, bool) and 1 <= a <= 100 for a in alerts
+        ):
+            raise TierConfigError(
+                f"tiers.{name}.alerts must be a list of whole percentages from 1 to 100"
+            )
+        depleted = spec.get("alert_depleted", True)
+        if not isinstance(depleted, bool):
+            raise TierConfigError(f"tiers.{name}.alert_depleted must be true or false")
+        tiers[name] = Tier(
+            name=name,
+            allocation=alloc,
+            monthly_cap=cap,
+            rollover=rollover,
+            alerts=tuple(sorted(set(alerts))),
+            alert_depleted=depleted,
+        )
+    default = data.get("default_tier", "trial")
+    if default not in tiers:
+        raise TierConfigError(f"default_tier {default!r} is not one of the tiers")
+    return TierTable(tiers=tiers, default=default)
+
+
+def load_tiers(path: str | None) -> TierTable:
+    if path:
+        return parse_tiers(Path(path).read_text())
+    return parse_tiers(resources.files("gateway.credits").joinpath(DEFAULT_TIERS_FILE).read_text())

@@ -1,0 +1,324 @@
+"""The ``metering`` command: serve, migrate, flush, inspect."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import logging.config
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from typing import Any
+
+import asyncpg
+from redis.exceptions import RedisError
+
+from gateway.api.auth import LOOPBACK, SCOPES, admin_key_weakness, generate_key, hash_key
+from gateway.base.connect import connect_redis
+from gateway.base.logs import serve_log_config
+from gateway.base.settings import Settings, settings_from_env
+from gateway.credits.keys import Keys
+from gateway.credits.tiers import load_tiers
+from gateway.flusher.background import has_work, make_flusher, run_forever
+from gateway.ops.reconcile import reconcile
+from gateway.ops.supervise import Supervisor
+from persistence import api_keys, db, ledger, users
+from persistence.db import DB_ERRORS
+from persistence.migrate import migration_files, prepare
+
+
+async def _migrate(settings: Settings) -> list[str]:
+    created, applied = await prepare(settings.database_url)
+    if created:
+        print(f"created database {db.split_database(settings.database_url)[0]}", file=sys.stderr)
+    return applied
+
+
+async def _flush(settings: Settings) -> dict[str, Any]:
+    redis = connect_redis(settings.redis_url, settings.redis_timeout)
+    pool = await db.open_pool(settings.database_url, max_size=2)
+    try:
+        flusher = make_flusher(settings, redis, pool, load_tiers(settings.tiers_file))
+        stats = await flusher.flush()
+        return {
+            "events": stats.events,
+            "new_ledger_rows": stats.inserted,
+            "skipped_shards": stats.skipped_shards,
+            "backlog": await flusher.backlog(),
+        }
+    finally:
+        await redis.aclose()
+        await pool.close()
+
+
+async def _inspect(settings: Settings, user_id: str, raw: bool) -> dict[str, Any]:
+    keys = Keys(settings.key_prefix, settings.shards)
+    redis = connect_redis(settings.redis_url, settings.redis_timeout)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        state = await redis.hgetall(keys.user(user_id))
+        row = await users.get_user(conn, user_id)
+        total, n = await ledger.ledger_sum(conn, user_id)
+        out: dict[str, Any] = {
+            "user_id": user_id,
+            "redis_key": keys.user(user_id),
+            "redis": state or None,
+            "postgres": None if row is None else asdict(row),
+            "ledger": {"entries": n, "sum": str(total)},
+            "unflushed_events_in_shard": await redis.xlen(keys.user_stream(user_id)),
+        }
+        if raw:  # every key of this user, as it is in Redis (the layout: gateway/credits/keys.py)
+            requests = [
+                k async for k in redis.scan_iter(match=keys.request(user_id, "*"), count=1000)
+            ]
+            out["raw"] = {
+                keys.user(user_id): state,
+                keys.holds(user_id): await redis.zrange(
+                    keys.holds(user_id), 0, -1, withscores=True
+                ),
+                "idempotency_records": {k: await redis.get(k) for k in sorted(requests)[:100]},
+                "idempotency_record_count": len(requests),
+                keys.user_stream(user_id): await redis.xlen(keys.user_stream(user_id)),
+            }
+        return out
+    finally:
+        await redis.aclose()
+        await conn.close()
+
+
+async def _reconcile(settings: Settings, flush: bool) -> tuple[bool, dict[str, Any]]:
+    redis = connect_redis(settings.redis_url, settings.redis_timeout)
+    pool = await db.open_pool(settings.database_url, max_size=2)
+    keys = Keys(settings.key_prefix, settings.shards)
+    try:
+        if flush:
+            await make_flusher(settings, redis, pool, load_tiers(settings.tiers_file)).flush()
+        report = await reconcile(redis, pool, keys)
+        summary = {"users": report.users, "backlog": report.backlog, "drift": report.drift}
+        return report.ok, summary
+    finally:
+        await redis.aclose()
+        await pool.close()
+
+
+async def _keys(settings: Settings, args: argparse.Namespace) -> tuple[int, str]:
+    """API keys from the command line (audited as cli:<login>)."""
+    actor = f"cli:{getpass.getuser()}"
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        if args.keys_command == "create":
+            key = generate_key()
+            rec = await api_keys.insert_key(conn, args.name, hash_key(key), args.scope, actor)
+            if rec is None:
+                return 1, f"an API key named {args.name!r} already exists"
+            return 0, json.dumps({"key": key, "name": rec.name, "scopes": list(rec.scopes)})
+        if args.keys_command == "list":
+            rows = await api_keys.list_keys(conn)
+            return 0, json.dumps([asdict(k) for k in rows], default=str, indent=2)
+        if await api_keys.revoke_key(conn, args.name, actor):
+            return 0, f"revoked {args.name}"
+        return 1, f"no active API key named {args.name!r}"
+    finally:
+        await conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="metering", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="apply migrations, start the API and the flusher")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument(
+        "--flusher",
+        choices=("process", "inline"),
+        default="process",
+        help="run the flusher and the renewal cron in a process of their own (default), or "
+        "inside each worker",
+    )
+    flusher = sub.add_parser(
+        "flusher", help="run the flusher and the renewal cron until stopped (serve starts one)"
+    )
+    flusher.add_argument("--parent", type=int, help=argparse.SUPPRESS)
+    sub.add_parser("migrate", help="create the database if missing and apply migrations")
+    sub.add_parser("flush", help="flush pending events from Redis to PostgreSQL now")
+    inspect = sub.add_parser("inspect", help="a user's Redis state and Postgres row side by side")
+    inspect.add_argument("user_id")
+    inspect.add_argument("--raw", action="store_true", help="also every Redis key of the user")
+    rec = sub.add_parser(
+        "reconcile", help="compare every user's Redis and PostgreSQL state; exit 1 on drift"
+    )
+    rec.add_argument("--no-flush", action="store_true", help="do not flush pending events first")
+    keys_cmd = sub.add_parser("keys", help="create, list or revoke API keys")
+    keys_sub = keys_cmd.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key; it is printed once")
+    create.add_argument("name")
+    create.add_argument(
+        "--scope",
+        action="append",
+        choices=SCOPES,
+        required=True,
+        help="debit, read or admin; repeat for several",
+    )
+    keys_sub.add_parser("list", help="names, scopes and dates (never the keys)")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by name")
+    revoke.add_argument("name")
+    top = sub.add_parser("top", help="live view of a gateway: debits/s, flush lag, backlog")
+    top.add_argument("--url", default="http://127.0.0.1:8000")
+    top.add_argument(
+        "--key",
+        default=os.environ.get("METERING_API_KEY") or os.environ.get("METERING_ADMIN_KEY"),
+        help="an admin key",
+    )
+    top.add_argument("--interval", type=float, default=1.0)
+    top.add_argument("--once", action="store_true", help="print one view and exit")
+    args = parser.parse_args(argv)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = settings_from_env()
+
+    if args.command == "migrate":
+        applied = asyncio.run(_migrate(settings))
+        print(f"applied: {', '.join(applied) or 'nothing, up to date'}")
+        return 0
+    if args.command == "flusher":
+        log_format = os.environ.get("METERING_LOG_FORMAT", "json")
+        logging.config.dictConfig(serve_log_config(fmt=log_format))
+        asyncio.run(run_forever(settings, parent=args.parent))
+        return 0
+    if args.command == "flush":
+        print(json.dumps(asyncio.run(_flush(settings))))
+        return 0
+    if args.command == "top":
+        from gateway.ops.top import run
+
+        try:
+            return run(args.url, args.key or "", args.interval, args.once)
+        except KeyboardInterrupt:
+            return 0
+    if args.command == "keys":
+        code, out = asyncio.run(_keys(settings, args))
+        print(out)
+        return code
+    if args.command == "reconcile":
+        ok, summary = asyncio.run(_reconcile(settings, flush=not args.no_flush))
+        print(json.dumps(summary, indent=2, default=str))
+        return 0 if ok else 1
+    if args.command == "inspect":
+        print(
+            json.dumps(
+                asyncio.run(_inspect(settings, args.user_id, args.raw)), indent=2, default=str
+            )
+        )
+        return 0
+    # serve
+    import uvicorn
+
+    separate = args.flusher == "process" and has_work(settings)
+    if (args.workers > 1 or separate) and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # the workers', the flusher's and this process's counters go to files here, so
+        # /metrics on any worker sums them all; prometheus_client reads the variable when it is
+        # imported, so this process starts again with it set
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="metering-metrics-")
+        args_again = sys.argv[1:] if argv is None else argv
+        os.execv(sys.executable, [sys.executable, "-m", "gateway.ops.cli", *args_again])  # noqa: S606
+    weakness = admin_key_weakness(settings.admin_key)
+    if weakness and args.host not in LOOPBACK:
+        raise SystemExit(
+            f"METERING_ADMIN_KEY {weakness}; refusing to serve it on {args.host}. Set a random "
+            f"key (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`), or "
+            "serve on 127.0.0.1 for local development"
+        )
+    if weakness:
+        logging.getLogger("metering").warning(
+            "METERING_ADMIN_KEY %s: fine on loopback for development, refused on any other address",
+            weakness,
+        )
+    _migrate_or_wait(settings)
+    if not settings.admin_key:
+        logging.getLogger("metering").warning(
+            "METERING_ADMIN_KEY is not set: only stored API keys will be accepted"
+        )
+    supervisor: Supervisor | None = None
+    if separate:
+        supervisor = Supervisor(
+            [sys.executable, "-m", "gateway.ops.cli", "flusher", "--parent", str(os.getpid())],
+            dict(os.environ),
+        )
+        supervisor.start()
+        # the workers only answer requests
+        os.environ["METERING_FLUSH_INTERVAL"] = "0"
+        os.environ["METERING_RENEW_CRON"] = "off"
+    try:
+        uvicorn.run(
+            "gateway.api.app:create_app",
+            log_config=serve_log_config(fmt=os.environ.get("METERING_LOG_FORMAT", "json")),
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level="info",
+            access_log=False,
+            http="gateway.api.connections:BoundedHttpTools",  # a header-read timeout
+            limit_concurrency=settings.limit_concurrency,
+            timeout_keep_alive=5,
+        )
+    finally:
+        if supervisor is not None:  # it flushes what is pending, then exits
+            supervisor.stop()
+    return 0
+
+
+def _migrate_or_wait(settings: Settings) -> None:
+    """Apply migrations before serving. With PostgreSQL unreachable: start anyway when Redis
+    says the schema is this version's (a restart during an outage: cached users are served, new
+    users get 503 until PostgreSQL is back), else wait for PostgreSQL, saying so every 2 s."""
+    latest = migration_files()[-1][0]
+    log = logging.getLogger("metering.serve")
+    while True:
+        try:
+            asyncio.run(_migrate(settings))
+        except DB_ERRORS as exc:
+            if asyncio.run(_schema_in_redis(settings)) == latest:
+                log.warning(
+                    "PostgreSQL is unreachable (%s); the schema is known current (%s), so "
+                    "serving what Redis holds: new users get 503 until PostgreSQL is back",
+                    type(exc).__name__,
+                    latest,
+                )
+                return
+            log.error(
+                "PostgreSQL is unreachable (%s) and the schema cannot be checked; waiting for "
+                "it (retrying every 2 s)",
+                type(exc).__name__,
+            )
+            time.sleep(2)
+            continue
+        asyncio.run(_schema_in_redis(settings, latest))
+        return
+
+
+async def _schema_in_redis(settings: Settings, applied: str | None = None) -> str | None:
+    """Read (or, with applied, record) the newest migration applied; None when Redis cannot
+    say."""
+    redis = connect_redis(settings.redis_url, settings.redis_timeout)
+    key = Keys(settings.key_prefix, settings.shards).schema()
+    try:
+        if applied is not None:
+            await redis.set(key, applied)
+            return applied
+        value = await redis.get(key)
+        return None if value is None else str(value)
+    except (RedisError, OSError):
+        return None
+    finally:
+        await redis.aclose()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,222 @@
+"""An async client for the LLM proxy side.
+
+    async with MeteringClient("http://127.0.0.1:8000", api_key) as metering:
+        await metering.debit("alice", "0.0125", model="gpt-4o")
+        async with metering.reserve("alice", "0.50") as hold:
+            reply = await call_the_model()
+            await hold.commit(model="gpt-4o", input_tokens=..., output_tokens=...)
+        # not committed (or an exception inside the block): the hold is released
+
+One connection pool per client, bounded timeouts, and retries of 5xx answers, timeouts and
+connection errors with the same request_id, so a retry never charges twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from decimal import Decimal
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+import msgspec
+
+from gateway.credits.schemas import Balance, CommitResult, DebitResult, ReleaseResult, Reservation
+
+T = TypeVar("T")
+Amount = Decimal | str | int
+
+
+class MeteringAPIError(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"{status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+class InsufficientCreditsError(MeteringAPIError):
+    def __init__(self, detail: str, reason: str, credits_remaining: Decimal) -> None:
+        super().__init__(402, detail)
+        self.reason = reason  # insufficient_credits or monthly_cap_reached
+        self.credits_remaining = credits_remaining
+
+
+class MeteringClient:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 2.0,
+        retries: int = 3,
+        backoff: float = 0.05,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            timeout=timeout,
+            transport=transport,
+            headers={"Authorization": f"Bearer {api_key}"},
+        )
+        self.retries = retries
+        self.backoff = backoff
+
+    async def __aenter__(self) -> MeteringClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def debit(
+        self,
+        user_id: str,
+        amount: Amount | None = None,
+        *,
+        request_id: str | None = None,
+        model: str | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> DebitResult:
+        """Charge credits; without an amount the gateway prices model and tokens."""
+        body = _drop_none(
+            {
+                "user_id": user_id,
+                "amount": _str(amount),
+                "request_id": request_id or _rid(),
+                "model": model,
+                "input_tokens": input_tokens,
+                "output_tokens": output_tokens,
+                "metadata": metadata,
+            }
+        )
+        return await self._call("POST", "/api/v1/credits/debit", body, DebitResult)
+
+    async def balance(self, user_id: str) -> Balance:
+        return await self._call(
+            "GET", "/api/v1/credits/balance", None, Balance, params={"user_id": user_id}
+        )
+
+    def reserve(
+        self,
+        user_id: str,
+        amount: Amount,
+        *,
+        request_id: str | None = None,
+        ttl_seconds: int = 300,
+    ) -> Hold:
+        """A hold for a call whose cost is known at its end; use with `async with`."""
+        return Hold(self, user_id, _str(amount) or "0", request_id or _rid(), ttl_seconds)
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        kind: type[T],
+        params: dict[str, str] | None = None,
+    ) -> T:
+        for attempt in range(self.retries + 1):
+            try:
+                r = await self._http.request(method, path, json=body, params=params)
+            except (httpx.TimeoutException, httpx.TransportError):
+                if attempt == self.retries:
+                    raise
+            else:
+                if r.status_code < 500 or attempt == self.retries:
+                    return _answer(r, kind)
+            await asyncio.sleep(self.backoff * 2**attempt)
+        raise AssertionError("unreachable")
+
+
+class Hold:
+    """`async with client.reserve(...) as hold:` reserves on entry and releases on exit unless
+    `await hold.commit(...)` charged it."""
+
+    def __init__(
+        self, client: MeteringClient, user_id: str, amount: str, request_id: str, ttl_seconds: int
+    ) -> None:
+        self.client = client
+        self.body = {
+            "user_id": user_id,
+            "amount": amount,
+            "request_id": request_id,
+            "ttl_seconds": ttl_seconds,
+        }
+        self.reservation: Reservation | None = None
+        self.committed: CommitResult | None = None
+
+    async def __aenter__(self) -> Hold:
+        self.reservation = await self.client._call(
+            "POST", "/api/v1/credits/reservations", self.body, Reservation
+        )
+        return self
+
+    async def commit(
+        self,
+        amount: Amount | None = None,
+        *,
+        model: str | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> CommitResult:
+        assert self.reservation is not None, "use the hold inside `async with`"
+        body = _drop_none(
+            {
+                "amount": _str(amount),
+                "model": model,
+                "input_tokens": input_tokens,
+                "output_tokens": output_tokens,
+                "metadata": metadata,
+            }
+        )
+        path = f"/api/v1/credits/reservations/{self.reservation.reservation_id}/commit"
+        self.committed = await self.client._call("POST", path, body, CommitResult)
+        return self.committed
+
+    async def release(self) -> ReleaseResult:
+        assert self.reservation is not None, "use the hold inside `async with`"
+        path = f"/api/v1/credits/reservations/{self.reservation.reservation_id}"
+        return await self.client._call("DELETE", path, None, ReleaseResult)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.committed is None and self.reservation is not None:
+            await self.release()
+
+
+def _answer(r: httpx.Response, kind: type[T]) -> T:
+    if r.status_code < 300:
+        return msgspec.json.decode(r.content, type=kind)
+    data = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+    detail = str(data.get("detail", r.text))
+    if r.status_code == 402:
+        raise InsufficientCreditsError(
+            detail, data.get("reason", ""), Decimal(data.get("credits_remaining", "0"))
+        )
+    raise MeteringAPIError(r.status_code, detail)
+
+
+def _rid() -> str:
+    return f"sdk-{uuid.uuid4()}"
+
+
+def _str(amount: Amount | None) -> str | None:
+    """The amount in the gateway's grammar: a Decimal without an exponent (str() would give
+    Decimal('1E-7') as '1E-7', which the gateway refuses)."""
+    if amount is None or isinstance(amount, str):
+        return amount
+    return format(Decimal(amount), "f")
+
+
+def _drop_none(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if v is not None}
