@@ -78,21 +78,27 @@ def decoder(kind: Any) -> msgspec.json.Decoder[Any]:
     return msgspec.json.Decoder(kind, dec_hook=decode_amount, float_hook=json_number)
 
 
-def too_deep(value: Any, limit: int) -> bool:
-    """Whether a decoded JSON value nests more than `limit` arrays or objects."""
-    level: list[tuple[Any, int]] = [(value, 1)]
+def _shape(value: Any, limit: int) -> tuple[bool, int]:
+    """Whether a decoded JSON value nests more than `limit` arrays or objects, and how many
+    object keys the walk met (all of them when it is not too deep)."""
+    keys, level = 0, [(value, 1)]
     while level:
         node, depth = level.pop()
         if isinstance(node, dict):
+            keys += len(node)
             children: Any = node.values()
         elif isinstance(node, list):
             children = node
         else:
             continue
         if depth > limit:
-            return True
+            return True, keys
         level.extend((child, depth + 1) for child in children)
-    return False
+    return False, keys
+
+
+def too_deep(value: Any, limit: int) -> bool:
+    return _shape(value, limit)[0]
 
 
 _encode = msgspec.json.Encoder(decimal_format="number").encode
@@ -112,18 +118,8 @@ def check_metadata(metadata: dict[str, Any]) -> None:
         )
     if b"\\u0000" in raw:
         raise ValueError("metadata may not contain NUL characters (\\u0000)")
-    keys, level = 0, [(metadata, 1)]
-    while level:
-        node, depth = level.pop()
-        if isinstance(node, dict):
-            keys += len(node)
-            children: Any = node.values()
-        elif isinstance(node, list):
-            children = node
-        else:
-            continue
-        if depth > METADATA_MAX_DEPTH:
-            raise ValueError(f"metadata nests more than {METADATA_MAX_DEPTH} levels")
-        level.extend((child, depth + 1) for child in children)
+    deep, keys = _shape(metadata, METADATA_MAX_DEPTH)
+    if deep:
+        raise ValueError(f"metadata nests more than {METADATA_MAX_DEPTH} levels")
     if keys > METADATA_MAX_KEYS:
         raise ValueError(f"metadata has {keys} keys; at most {METADATA_MAX_KEYS} are allowed")
