@@ -10,8 +10,6 @@ from typing import Any
 from litestar import Litestar, Request, Response
 from litestar.openapi import OpenAPIConfig
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.api.auth import Authenticator, scope_guard
 from gateway.api.fastpath import DebitFastPath
@@ -20,6 +18,7 @@ from gateway.api.paths import decode_path_params
 from gateway.api.routes import ROUTES
 from gateway.api.routes.body import AmountSchema, MeteringRequest
 from gateway.api.services import Services
+from gateway.base.connect import REDIS_UNAVAILABLE
 from gateway.base.errors import POSTGRES_DOWN, REDIS_DOWN, InsufficientCredits, MeteringError
 from gateway.base.metrics import POSTGRES_ERRORS, REDIS_ERRORS
 from gateway.base.settings import Settings, settings_from_env
@@ -112,8 +111,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
         lifespan=[lifespan],
         exception_handlers={
             MeteringError: metering_error,
-            RedisConnectionError: redis_down,
-            RedisTimeoutError: redis_down,
+            **dict.fromkeys(REDIS_UNAVAILABLE, redis_down),
             **dict.fromkeys(DB_ERRORS, postgres_down),
             HTTP_500_INTERNAL_SERVER_ERROR: internal_error,
         },

@@ -27,11 +27,10 @@ from litestar.types.asgi_types import (
     HTTPResponseBodyEvent,
     HTTPResponseStartEvent,
 )
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.api.auth import authorize
 from gateway.api.paths import routing_path
+from gateway.base.connect import REDIS_UNAVAILABLE
 from gateway.base.errors import POSTGRES_DOWN, REDIS_DOWN, InsufficientCredits, MeteringError
 from gateway.base.metrics import DEBITS, LATENCY, POSTGRES_ERRORS, REDIS_ERRORS, debit_outcome
 from gateway.credits.inputs import MAX_BODY_DEPTH, decoder
@@ -184,7 +183,7 @@ class DebitFastPath:
             )
         except MeteringError as exc:
             return _count(exc.status_code), _error(exc.status_code, exc.detail)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
+        except REDIS_UNAVAILABLE as exc:
             log.error("redis error: %s", type(exc).__name__)
             REDIS_ERRORS.inc()
             return _count(503), _error(503, REDIS_DOWN)

@@ -13,6 +13,27 @@ from typing import Any, cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import (
+    ClusterError,
+    ConnectionError,
+    ReadOnlyError,
+    RedisClusterException,
+    TimeoutError,
+    TryAgainError,
+)
+
+# Redis cannot take the call now, though it may shortly: unreachable or slow (ConnectionError
+# includes BusyLoadingError, a restart loading its data), a replica or a demoted primary that
+# refuses writes (ReadOnlyError), a cluster failing over (ClusterDownError, TryAgainError, a
+# slot without a node). Every one is a 503 with retry advice, never a 500.
+REDIS_UNAVAILABLE: tuple[type[Exception], ...] = (
+    ConnectionError,
+    TimeoutError,
+    ReadOnlyError,
+    ClusterError,
+    TryAgainError,
+    RedisClusterException,
+)
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 # What a client is told when a store fails (by the Litestar handlers and the fast path alike).
 REDIS_DOWN = (
-    "Redis is unreachable or did not answer in time. If the call reached Redis it may have "
-    "been applied: retry with the same request_id (retries are idempotent)"
+    "Redis is unreachable, did not answer in time, or is failing over or read-only. If the call "
+    "reached Redis it may have been applied: retry with the same request_id (retries are "
+    "idempotent)"
 )
 POSTGRES_DOWN = "PostgreSQL is unreachable; retry later"
 
