@@ -12,7 +12,9 @@ metadata is JSON, where control characters are escaped.
 Amounts are micro-credits, ``ts`` is epoch milliseconds, ``spent`` the spending in the period
 after the event, ``meta`` JSON, ``reset`` the ISO start of a period the event renewed, ``ref`` the
 debit a refund returns, ``actor`` the API key name behind an admin action (audited) and ``resv``
-the reservation a committed usage event charges.
+the reservation a committed usage event charges, ``blk`` the user's open credit blocks after the
+event (the flusher makes credit_grants match the newest) and ``draws`` the blocks a charge took
+from (the ledger row's draws column).
 """
 
 from __future__ import annotations
@@ -42,7 +44,11 @@ FIELDS = (
     "ref",
     "actor",
     "resv",  # the reservation a usage event commits
+    "blk",  # the user's open credit blocks after the event: 'rem:id:kind:prio:exp:created',...
+    "draws",  # the blocks a charge drew from: 'id:micro',...
 )
+# Lines written before credit blocks end at resv: read as having neither of the last two.
+BEFORE_BLOCKS = 20
 
 
 def line_of(entry: Mapping[str, str]) -> str:
@@ -57,6 +63,8 @@ def line_of(entry: Mapping[str, str]) -> str:
 def fields(line: str) -> dict[str, str]:
     """An event line as name → value ('' for none)."""
     values = line.split(SEP)
+    if len(values) == BEFORE_BLOCKS:
+        values += [""] * (len(FIELDS) - BEFORE_BLOCKS)
     if len(values) != len(FIELDS):
         raise ValueError(f"an event has {len(values)} values, not {len(FIELDS)}: {line[:200]!r}")
     return dict(zip(FIELDS, values, strict=True))

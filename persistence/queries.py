@@ -1,4 +1,5 @@
-"""Every SQL statement the code runs. Nothing else in the code base holds SQL.
+"""Every SQL statement the code runs (the flush batch's in persistence/batch_queries.py,
+imported here). Nothing else in the code base holds SQL.
 
 The test suite prepares each statement in ``ALL`` on a database migrated from scratch, so a
 column that does not exist, a wrong type or a column/value count mismatch fails CI.
@@ -7,6 +8,19 @@ All statements are parameterized; no value is ever formatted into SQL text.
 
 from __future__ import annotations
 
+from persistence.batch_queries import (  # the flush batch's statements, part of ALL
+    GRANTS_OPEN as GRANTS_OPEN,
+)
+from persistence.batch_queries import (
+    LEDGER_APPLY_BATCH as LEDGER_APPLY_BATCH,
+)
+from persistence.batch_queries import (
+    LEDGER_INSERT_REUSED as LEDGER_INSERT_REUSED,
+)
+from persistence.batch_queries import (
+    LEDGER_UNBOOKED as LEDGER_UNBOOKED,
+)
+
 USER_COLUMNS = (
     "user_id, credits_remaining, credits_allocated, tier, monthly_cap, last_reset, "
     "created_at, updated_at, redis_version, period_spent"
@@ -14,8 +28,8 @@ USER_COLUMNS = (
 
 # $1 user_id, $2 allocation, $3 tier, $4 monthly_cap, $5 last_reset (start of the current period),
 # $6 now (the gateway's clock, so the user's first ledger entry sits on the same timeline).
-# Creates the user with the tier's allocation and its 'allocation' ledger entry, or returns the
-# existing row untouched. ``created`` tells which.
+# Creates the user with the tier's allocation, its 'allocation' ledger entry and its allocation
+# credit block, or returns the existing row untouched. ``created`` tells which.
 USER_CREATE = f"""
 WITH ins AS (
     INSERT INTO user_credits (user_id, credits_remaining, credits_allocated, tier, monthly_cap,
@@ -29,6 +43,9 @@ WITH ins AS (
     SELECT gen_random_uuid(), user_id, 'allocation', credits_remaining, credits_remaining,
            'sys:create', 0, created_at
     FROM ins
+), block AS (
+    INSERT INTO credit_grants (user_id, id, kind, priority, created_at, remaining)
+    SELECT user_id, 'a-create', 'allocation', 10, created_at, credits_remaining FROM ins
 )
 SELECT {USER_COLUMNS}, true AS created FROM ins
 UNION ALL
@@ -38,98 +55,6 @@ LIMIT 1
 
 USER_GET = f"SELECT {USER_COLUMNS} FROM user_credits WHERE user_id = $1"
 
-# A flush batch arrives as one text: the events' lines (persistence/events.py: values joined by
-# 0x1F, '' for none; amounts in micro-credits, times in epoch milliseconds) joined by 0x1E.
-# PostgreSQL splits them, which costs far less than encoding a dozen arrays per batch in Python.
-# A line without exactly 20 values gets no transaction id, and the NOT NULL on the ledger's id
-# fails the batch: nothing is guessed. The conversions here are exact.
-_EVENTS = """
-(SELECT a[1] AS t, a[2] AS u, (CASE WHEN cardinality(a) = 20 THEN a[3] END)::uuid AS tx,
-        a[4] AS rid, a[5]::bigint AS amt, a[6]::bigint AS bal, a[7]::bigint AS ver,
-        a[8]::bigint AS ts, a[9] AS spent, a[10] AS model, a[11] AS tin, a[12] AS tout,
-        a[13] AS meta, a[14] AS tier, a[15] AS alloc, a[16] AS cap, a[17] AS reset,
-        a[18] AS ref, a[19] AS actor, a[20] AS resv
- FROM string_to_table($1::text, chr(30)) AS line, string_to_array(line, chr(31)) AS a) AS e
-"""
-_LEDGER_ROW = """
-INSERT INTO credit_transactions (id, user_id, transaction_type, amount, balance_after,
-                                 request_id, model, input_tokens, output_tokens, metadata,
-                                 redis_version, created_at, refund_of)
-SELECT tx, u, t, amt::numeric / 1000000, bal::numeric / 1000000, {request_id},
-       NULLIF(model, ''), NULLIF(tin, '')::bigint, NULLIF(tout, '')::bigint,
-       NULLIF(meta, '')::jsonb, ver, timestamptz 'epoch' + ts * interval '1 millisecond',
-       NULLIF(ref, '')::uuid
-"""
-
-# One statement per flush batch. Every event goes into the ledger at most once (the primary key
-# is the event's transaction id; (user_id, request_id) is unique too), and each user's row moves
-# to the user's newest state in the batch: the version guard makes replays and stale batches
-# no-ops. Tier, allocation and cap change only with a tier event in the batch; the period start
-# only with a renewal. Returns the new ledger rows, the rows moved and the batch's users.
-LEDGER_APPLY_BATCH = f"""
-WITH e AS MATERIALIZED (SELECT * FROM {_EVENTS}),
-ins AS (
-    {_LEDGER_ROW.format(request_id="rid")}
-    FROM e
-    ON CONFLICT DO NOTHING
-    RETURNING 1
-),
-latest AS (
-    SELECT DISTINCT ON (u) u, bal, ver, COALESCE(NULLIF(spent, '')::bigint, 0) AS spent
-    FROM e ORDER BY u, ver DESC
-),
-tiers AS (
-    SELECT DISTINCT ON (u) u, tier, NULLIF(alloc, '')::bigint AS alloc,
-           NULLIF(cap, '')::bigint AS cap
-    FROM e WHERE tier <> '' ORDER BY u, ver DESC
-),
-resets AS (
-    SELECT DISTINCT ON (u) u, reset::timestamptz AS reset
-    FROM e WHERE reset <> '' ORDER BY u, ver DESC
-),
-moved AS (
-    UPDATE user_credits AS uc
-    SET credits_remaining = l.bal::numeric / 1000000,
-        redis_version = l.ver,
-        tier = COALESCE(t.tier, uc.tier),
-        credits_allocated = COALESCE(t.alloc::numeric / 1000000, uc.credits_allocated),
-        monthly_cap = CASE WHEN t.tier IS NULL THEN uc.monthly_cap
-                           ELSE t.cap::numeric / 1000000 END,
-        period_spent = l.spent::numeric / 1000000,
-        last_reset = COALESCE(r.reset, uc.last_reset),
-        updated_at = now()
-    FROM latest AS l LEFT JOIN tiers AS t USING (u) LEFT JOIN resets AS r USING (u)
-    WHERE uc.user_id = l.u AND uc.redis_version < l.ver
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM ins) AS inserted, (SELECT count(*) FROM moved) AS moved,
-       (SELECT array_agg(u) FROM latest) AS users
-"""
-
-# After LEDGER_APPLY_BATCH inserted fewer rows than the batch ($1, the same lines): the events
-# whose transaction id the ledger does not hold reused a client's request id after Redis forgot
-# it (idempotency TTL); Redis charged them as new requests, so they go in under a derived request
-# id. The others were replays. A system request id (sys:create, sys:reset:..., sys:tier:...) is
-# never booked so: it is unique by construction, and a second one is a fault to look at (see
-# LEDGER_UNBOOKED). Returns what was inserted.
-LEDGER_INSERT_REUSED = f"""
-WITH ins AS (
-    {_LEDGER_ROW.format(request_id="$2 || tx::text")}
-    FROM {_EVENTS}
-    WHERE NOT EXISTS (SELECT 1 FROM credit_transactions c WHERE c.id = e.tx)
-      AND rid NOT LIKE 'sys:%'
-    ON CONFLICT DO NOTHING
-    RETURNING user_id, id
-)
-SELECT user_id, id FROM ins
-"""
-
-# Events of the batch ($1) the ledger still lacks after both inserts: system request ids seen
-# twice. The flusher refuses them (to the dead-letter stream), never books them silently.
-LEDGER_UNBOOKED = f"""
-SELECT u AS user_id, rid FROM {_EVENTS}
-WHERE NOT EXISTS (SELECT 1 FROM credit_transactions c WHERE c.id = e.tx)
-"""
 
 # A debit and what its flushed refunds returned so far (refunds are positive amounts).
 DEBIT_FOR_REFUND = """
@@ -172,11 +97,14 @@ ORDER BY at DESC, id DESC
 LIMIT $5
 """
 
-# Every user with its ledger total, in user_id order after $1, $2 at a time (for reconcile).
+# Every user with its ledger total and open credit blocks ('id:micro', by id), in user_id order
+# after $1, $2 at a time (for reconcile).
 USERS_WITH_LEDGER = """
 SELECT u.user_id, u.credits_remaining, u.redis_version,
        (SELECT COALESCE(sum(t.amount), 0) FROM credit_transactions t
-        WHERE t.user_id = u.user_id) AS ledger
+        WHERE t.user_id = u.user_id) AS ledger,
+       (SELECT string_agg(g.id || ':' || (g.remaining * 1000000)::bigint, ',' ORDER BY g.id)
+        FROM credit_grants g WHERE g.user_id = u.user_id AND g.closed_at IS NULL) AS blocks
 FROM user_credits u
 WHERE u.user_id > $1
 ORDER BY u.user_id

@@ -71,6 +71,27 @@ async def create_user_credits(
     raise UserCreditsError(f"user {user_id!r} could not be created or read")
 
 
+@dataclass(frozen=True, slots=True)
+class GrantRow:
+    """An open credit block (docs/credit-blocks.md)."""
+
+    user_id: str
+    id: str
+    kind: str
+    priority: int
+    expires_at: datetime | None
+    created_at: datetime
+    remaining: Decimal
+
+
+async def open_grants(conn: Executor, user_ids: list[str]) -> dict[str, list[GrantRow]]:
+    """The users' open credit blocks, by user."""
+    out: dict[str, list[GrantRow]] = {u: [] for u in user_ids}
+    for rec in await conn.fetch(queries.GRANTS_OPEN, user_ids):
+        out[rec["user_id"]].append(GrantRow(**{k: rec[k] for k in GrantRow.__slots__}))
+    return out
+
+
 async def get_user(conn: Executor, user_id: str) -> UserRow | None:
     rec = await conn.fetchrow(queries.USER_GET, user_id)
     return None if rec is None else _row(rec)
@@ -90,6 +111,7 @@ class UserBooks:
     credits_remaining: Decimal
     redis_version: int
     ledger: Decimal  # sum of the user's ledger entries
+    blocks: str | None  # the open credit blocks, 'id:micro' by id, joined by ','
 
 
 async def users_with_ledger(conn: Executor, after_user: str, limit: int) -> list[UserBooks]:

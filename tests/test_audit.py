@@ -51,7 +51,8 @@ async def test_admin_actions_are_audited_with_the_actor(
             ("bootstrap-admin", "key.create", None, None),
             ("ops-alice", "credit.grant", "u", "2.000000"),
             ("ops-alice", "credit.allocate", "u", "15.000000"),
-            ("ops-alice", "credit.monthly_reset", "u", "-1.000000"),  # 21 back to 20
+            # the allocation block (19 left of 20) renews to 20; the purchase of 2 stays: 21 -> 22
+            ("ops-alice", "credit.monthly_reset", "u", "1.000000"),
             ("ops-alice", "credit.refund", "u", "1.000000"),
             ("ops-alice", "pricing.set", None, None),
             ("ops-alice", "key.revoke", None, None),

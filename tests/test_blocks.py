@@ -1,13 +1,12 @@
-"""Credit blocks in Lua (gateway/credits/lua/blocks.lua), the first piece of docs/credit-blocks.md:
-the spending order and the draw, against a plain Python statement of the same rule, on real
-Redis and fakeredis. (The operations do not use blocks yet.)"""
+"""Credit blocks in Lua (gateway/credits/lua/lib.lua, docs/credit-blocks.md): the spending order
+and the draw on the blocks text, against a plain Python statement of the same rule, on real
+Redis and fakeredis."""
 
 from __future__ import annotations
 
 import json
 import math
 import random
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,20 +14,23 @@ import fakeredis
 import pytest
 import redis as redis_sync
 
-from gateway.credits.scripts import blocks_source, source
+from gateway.credits.scripts import source
 from tests.conftest import REDIS_URL
 
 PROBE = """
-local user = KEYS[1]
+local blocks = {}
 for _, b in ipairs(cjson.decode(ARGV[5])) do
-  redis.call('HSET', user, 'g:' .. b[1], b[2] .. '|' .. b[3] .. '|' .. b[4] .. '|' .. b[5] ..
-             '|' .. b[6])
+  blocks[#blocks + 1] = {id = b[1], kind = b[2], prio = b[3], exp = b[4], created = b[5],
+                         rem = b[6]}
 end
-redis.call('HSET', user, 'bal', '0')  -- a field that is not a block
+local text = join_blocks(blocks)
 local order = {}
-for _, b in ipairs(blocks_of(user)) do order[#order + 1] = b.id end
-local draws = draw(user, tonumber(ARGV[6]))
-return {cjson.encode(order), draws and table.concat(draws, ',') or 'short', blocks_text(user)}
+for _, b in ipairs(parse_blocks(text)) do order[#order + 1] = b.id end
+local after, draws = draw(text, tonumber(ARGV[6]))
+local left = {}
+for _, b in ipairs(parse_blocks(after or text)) do left[#left + 1] = b.id .. ':' .. int(b.rem) end
+return {cjson.encode(order), draws and table.concat(draws, ',') or 'short',
+        table.concat(left, ',')}
 """
 
 
@@ -70,11 +72,8 @@ def expected(blocks: list[Block], amount: int) -> tuple[list[str], str, str]:
 
 
 def run(r: Any, blocks: list[Block], amount: int) -> tuple[list[str], str, str]:
-    probe = r.register_script(source("lib") + blocks_source() + PROBE)
-    user = f"tb{uuid.uuid4().hex[:8]}:u"
-    order, draws, after = probe(
-        keys=[user], args=["u", 0, "month", "tx", json.dumps(blocks), amount]
-    )
+    probe = r.register_script(source("lib") + PROBE)
+    order, draws, after = probe(keys=[], args=["u", 0, "month", "tx", json.dumps(blocks), amount])
     return json.loads(order), draws, after
 
 

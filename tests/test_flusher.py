@@ -145,7 +145,7 @@ async def test_a_malformed_event_fails_its_batch_and_changes_nothing(
         async with pool.acquire() as conn, conn.transaction():
             await apply_events(conn, [good[1], short])
     assert await usage_rows(pool) == 0
-    with pytest.raises(ValueError, match="19 values, not 20"):
+    with pytest.raises(ValueError, match="21 values, not 22"):
         fields(short)
 
 

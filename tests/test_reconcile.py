@@ -58,8 +58,10 @@ async def test_reconcile_passes_then_finds_each_kind_of_drift(
     assert problems == sorted(
         [
             ("a", "Redis and PostgreSQL differ"),
+            ("a", "credit blocks in Redis do not sum to the balance"),
             ("b", "ledger does not sum to the PostgreSQL balance"),
             ("b", "Redis and PostgreSQL differ"),
+            ("b", "credit blocks in PostgreSQL do not sum to the balance"),
             (keys.user("ghost"), "in Redis but not in PostgreSQL"),
         ]
     )

@@ -4,13 +4,15 @@ names a missing column, or a column/value count mismatch like the seed's, fails 
 from __future__ import annotations
 
 import re
+import uuid
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from persistence import queries
+from persistence import db, queries
 from persistence.migrate import migrate, migration_files
+from tests.conftest import PG_SERVER
 
 ROOT = Path(__file__).resolve().parent.parent
 SQL_WORDS = re.compile(
@@ -45,13 +47,14 @@ async def test_the_seed_bug_is_caught_by_preparing(database_url: str) -> None:
 
 
 def test_no_sql_outside_the_queries_module() -> None:
-    """SQL lives in persistence/queries.py only, so the test above sees all of it."""
+    """SQL lives in persistence/queries.py (and the flush batch's in batch_queries.py, which
+    queries.py imports), so the test above sees all of it."""
     offenders = []
     for path in [
         *ROOT.joinpath("gateway").rglob("*.py"),
         *ROOT.joinpath("persistence").rglob("*.py"),
     ]:
-        if path.name == "queries.py":
+        if path.name in ("queries.py", "batch_queries.py"):
             continue
         if SQL_WORDS.search(path.read_text()):
             offenders.append(str(path.relative_to(ROOT)))
@@ -103,3 +106,35 @@ def test_database_names_are_checked_before_use(name: str) -> None:
 
     with pytest.raises(ValueError, match="must match"):
         quote_ident(name)
+
+
+async def test_the_blocks_migration_gives_existing_users_their_blocks() -> None:
+    """0011: a user's allocation left (up to its balance) becomes the allocation block, the rest
+    of its balance a purchase block without expiry; the blocks sum to the balance."""
+    url = f"{PG_SERVER}/metering_mig_{uuid.uuid4().hex[:8]}"
+    await db.ensure_database(url)
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(queries.MIGRATIONS_TABLE)
+        for version, sql in migration_files():
+            if version.startswith("0011"):
+                break
+            await conn.execute(sql)
+            await conn.execute(queries.MIGRATION_RECORD, version)
+        await conn.execute(
+            "INSERT INTO user_credits (user_id, credits_remaining, credits_allocated, tier) "
+            "VALUES ('rich', 25, 5, 'trial'), ('spent', 2, 5, 'trial'), ('none', 0, 5, 'trial')"
+        )
+        assert [v[:4] for v in await migrate(conn)] == ["0011"]
+        rows = await conn.fetch(
+            "SELECT user_id, kind, remaining FROM credit_grants ORDER BY user_id, kind"
+        )
+        assert [(r["user_id"], r["kind"], r["remaining"]) for r in rows] == [
+            ("none", "allocation", 0),
+            ("rich", "allocation", 5),
+            ("rich", "purchase", 20),
+            ("spent", "allocation", 2),
+        ]
+    finally:
+        await conn.close()
+        await db.drop_database(url)

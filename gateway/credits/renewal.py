@@ -9,7 +9,7 @@ import logging
 
 from gateway.credits.clock import period_start
 from gateway.credits.service import CreditService
-from persistence.users import users_to_renew
+from persistence.users import open_grants, users_to_renew
 
 log = logging.getLogger("metering.renewal")
 
@@ -23,14 +23,12 @@ async def renew_idle(service: CreditService, batch: int = 250) -> int:
     after, renewed = "", 0
     while rows := await users_to_renew(service.pool, began, after, batch):
         keys = service.keys
+        grants = await open_grants(service.pool, [row.user_id for row in rows])
         calls = []  # queued in order in one tick: the coalescer sends them as one pipeline
         for row in rows:
             user = keys.user(row.user_id)
-            calls.append(
-                service.coalescer.run(
-                    service.scripts.hydrate, [user], service.hydrate_args(row, now)
-                )
-            )
+            args = service.hydrate_args(row, now, grants[row.user_id])
+            calls.append(service.coalescer.run(service.scripts.hydrate, [user], args))
             calls.append(
                 service.coalescer.run(
                     service.scripts.reset,

@@ -27,13 +27,6 @@ def source(name: str, max_backlog: int = 500_000) -> str:
     return f"{constants}{_file('lib')}\n{_file(name)}"
 
 
-def blocks_source() -> str:
-    """gateway/credits/lua/blocks.lua, credit blocks' storage and draw. No operation includes it
-    yet (docs/credit-blocks.md: wired in by the next step): defining its functions costs each
-    script call ~0.5 us in Redis (15.0 -> 15.4 us per apply, measured), not paid for unused code."""
-    return _file("blocks")
-
-
 NAMES = (
     "apply",
     "apply_many",

@@ -37,7 +37,13 @@ from gateway.credits.scripts import Scripts
 from gateway.credits.tiers import TierTable
 from persistence.db import DB_ERRORS
 from persistence.ledger import wait_for_flush
-from persistence.users import UserCreditsError, UserRow, create_user_credits
+from persistence.users import (
+    GrantRow,
+    UserCreditsError,
+    UserRow,
+    create_user_credits,
+    open_grants,
+)
 
 log = logging.getLogger("metering.service")
 
@@ -69,6 +75,9 @@ def backlog_full() -> Unavailable:
     )
 
 
+MAX_BLOCKS = 100  # open credit blocks a user may hold (lib.lua MAX_BLOCKS)
+
+
 def applied(res: list[Any], call: ApplyCall) -> Applied:
     """Interpret the apply script's answer; errors become the matching MeteringError."""
     status = res[0]
@@ -83,11 +92,36 @@ def applied(res: list[Any], call: ApplyCall) -> Applied:
             f"this grant would take the balance past the maximum of {fmt(MAX_MICRO)} "
             f"(available {fmt(int(res[1]))})"
         )
+    if status == "blocks":
+        raise Unprocessable(
+            f"this user holds the most open credit blocks allowed ({MAX_BLOCKS}); spend or "
+            f"close some before granting more (available {fmt(int(res[1]))})"
+        )
     if status == "conflict":
         raise IdempotencyConflict(
             f"request_id {call.request_id!r} was already used for this user with a different body"
         )
     raise RuntimeError(f"unexpected script result {res!r}")
+
+
+def block_args(grants: list[GrantRow]) -> Args:
+    """Open credit blocks as hydrate.lua takes them: one text, as lib.lua keeps it ('blks'):
+    'remaining:id:kind:priority:expires_ms:created_ms' entries in spending order (priority,
+    earliest expiry with none last, oldest, id), joined by ','."""
+    entries = []
+    for g in grants:
+        expires = 0 if g.expires_at is None else epoch_ms(g.expires_at)
+        order = (g.priority, expires or float("inf"), epoch_ms(g.created_at), g.id)
+        entries.append(
+            (
+                order,
+                f"{to_micro(g.remaining)}:{g.id}:{g.kind}:{g.priority}:{expires}:"
+                f"{epoch_ms(g.created_at)}",
+            )
+        )
+    # none (a row written without its blocks): no argument, so the first change makes them
+    # from the balance (lib.lua blocks_or_legacy) rather than claim there are none
+    return [",".join(e for _, e in sorted(entries))] if entries else []
 
 
 def debit_result(req: DebitRequest, res: Applied) -> DebitResult:
@@ -320,6 +354,7 @@ class CreditService:
                     last_reset=period_start(now, self.period),
                     now=now,
                 )
+                grants = (await open_grants(conn, [user_id]))[user_id]
         except UserCreditsError as exc:
             raise Unprocessable(str(exc)) from None
         except DB_ERRORS as exc:
@@ -330,10 +365,12 @@ class CreditService:
         HYDRATIONS.inc()
         if created:
             log.info("created user_credits row", extra={"user_id": user_id, "tier": tier.name})
-        await self.scripts.hydrate(keys=[self.keys.user(user_id)], args=self.hydrate_args(row, now))
+        args = self.hydrate_args(row, now, grants)
+        await self.scripts.hydrate(keys=[self.keys.user(user_id)], args=args)
         return row
 
-    def hydrate_args(self, row: UserRow, now: datetime) -> Args:
+    def hydrate_args(self, row: UserRow, now: datetime, grants: list[GrantRow]) -> Args:
+        """hydrate.lua's arguments: the row, then its open credit blocks as id/value pairs."""
         last_reset = row.last_reset or period_start(now, self.period)
         pstart = period_start(last_reset, self.period)
         tier = self.tiers.get(row.tier)
@@ -348,4 +385,5 @@ class CreditService:
             to_micro(row.period_spent),
             int(tier is not None and tier.rollover),
             epoch_ms(last_reset),
+            *block_args(grants),
         ]

@@ -1,8 +1,9 @@
 """Compare every user's Redis state with its PostgreSQL row and ledger (after a flush).
 
 Drift is any of: a balance or version that differs between Redis and PostgreSQL once nothing
-is left to flush, a ledger that does not sum to the balance, a negative balance, or a user
-present on one side only. `metering reconcile` prints each drift and exits 1 when there is any.
+is left to flush, a ledger that does not sum to the balance, credit blocks that do not sum to it
+or differ between the two, a negative balance, or a user present on one side only.
+`metering reconcile` prints each drift and exits 1 when there is any.
 """
 
 from __future__ import annotations
@@ -42,14 +43,16 @@ async def reconcile(redis: Redis, pool: asyncpg.Pool, keys: Keys) -> Report:
     while rows := await users_with_ledger(pool, after, PAGE):
         async with redis.pipeline(transaction=False) as pipe:
             for row in rows:
-                pipe.hmget(keys.user(row.user_id), ["bal", "ver"])
-            states = await pipe.execute()
-        for row, (bal, ver) in zip(rows, states, strict=True):
+                pipe.hgetall(keys.user(row.user_id))
+            states: list[dict[str, str]] = await pipe.execute()
+        for row, state in zip(rows, states, strict=True):
             seen.add(keys.user(row.user_id))
             report.users += 1
+            bal, ver = state.get("bal"), state.get("ver")
             _check(
                 report, row.user_id, row.credits_remaining, row.redis_version, row.ledger, bal, ver
             )
+            _check_blocks(report, row.user_id, row.credits_remaining, row.blocks, state)
         after = rows[-1].user_id
     async for key in redis.scan_iter(match=f"{keys.prefix}:{{s*}}:u:*", count=1000):
         if key not in seen:
@@ -88,4 +91,41 @@ def _check(
             redis_version=ver,
             postgres=str(pg_bal),
             postgres_version=pg_ver,
+        )
+
+
+def _check_blocks(
+    report: Report, user: str, pg_bal: Decimal, pg_blocks: str | None, state: dict[str, str]
+) -> None:
+    """Credit blocks (docs/credit-blocks.md): they sum to the balance in PostgreSQL and in Redis,
+    and once nothing is left to flush both hold the same blocks with the same remainders. A user
+    without any in PostgreSQL (a row imported into user_credits) or in Redis (loaded before
+    blocks) is not compared until its first change gives it blocks."""
+    listed = dict(part.split(":") for part in (pg_blocks or "").split(",") if part)
+    # a row written without blocks (imported into user_credits) gets them at its first change
+    if pg_blocks is not None and sum(int(v) for v in listed.values()) != to_micro(pg_bal):
+        report.drift.append(
+            {
+                "user_id": user,
+                "problem": "credit blocks in PostgreSQL do not sum to the balance",
+                "blocks": pg_blocks,
+                "postgres": str(pg_bal),
+            }
+        )
+    if "blks" not in state:
+        return  # not in Redis, or loaded before blocks and untouched since: nothing to compare
+    entries = [e.split(":") for e in state["blks"].split(",") if e]
+    held = {e[1]: e[0] for e in entries}  # 'remaining:id:...' (lib.lua)
+    if sum(int(v) for v in held.values()) != int(state.get("bal", "0")):
+        report.drift.append(
+            {"user_id": user, "problem": "credit blocks in Redis do not sum to the balance"}
+        )
+    if report.backlog == 0 and pg_blocks is not None and held != listed:
+        report.drift.append(
+            {
+                "user_id": user,
+                "problem": "credit blocks differ between Redis and PostgreSQL",
+                "redis": ",".join(f"{k}:{v}" for k, v in sorted(held.items())),
+                "postgres": pg_blocks,
+            }
         )

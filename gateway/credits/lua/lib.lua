@@ -86,40 +86,172 @@ local function refuse_spend(bal, spent, held, cap, amount)
   return nil
 end
 
+-- Credit blocks (docs/credit-blocks.md): a user's balance is the sum of its open blocks, kept in
+-- spending order in one field of the user hash, 'blks': entries
+-- 'remaining:id:kind:priority:expires_ms:created_ms' joined by ',' (expires_ms 0: never), the
+-- same text the ledger event carries. 'bal' stays the sum, so every check still reads one
+-- field; a debit rewrites only the entries it draws from (drawn from the front), so its cost
+-- hardly grows with the number of blocks. A user loaded before blocks has no 'blks'.
+local BLOCK_PRIORITY = {allocation = 10, rollover = 15, bonus = 20, adjustment = 25,
+                        purchase = 30}
+local MAX_BLOCKS = 100
+
+local function entry_of(b)
+  return int(b.rem) .. ':' .. b.id .. ':' .. b.kind .. ':' .. int(b.prio) .. ':' .. int(b.exp) ..
+         ':' .. int(b.created)
+end
+
+-- Spending order: priority ascending, then the earliest expiry (none last), the oldest, the id.
+local function spends_before(a, b)
+  if a.prio ~= b.prio then return a.prio < b.prio end
+  local ea, eb = a.exp, b.exp
+  if ea == 0 then ea = math.huge end
+  if eb == 0 then eb = math.huge end
+  if ea ~= eb then return ea < eb end
+  if a.created ~= b.created then return a.created < b.created end
+  return a.id < b.id
+end
+
+local function parse_blocks(text)
+  local out = {}
+  for e in string.gmatch(text or '', '[^,]+') do
+    local rem, id, kind, prio, exp, created =
+      string.match(e, '^([^:]*):([^:]*):([^:]*):([^:]*):([^:]*):([^:]*)$')
+    out[#out + 1] = {id = id, kind = kind, prio = tonumber(prio), exp = tonumber(exp),
+                     created = tonumber(created), rem = tonumber(rem)}
+  end
+  return out
+end
+
+-- The blocks as text, sorted into spending order first.
+local function join_blocks(blocks)
+  table.sort(blocks, spends_before)
+  local parts = {}
+  for i, b in ipairs(blocks) do parts[i] = entry_of(b) end
+  return table.concat(parts, ',')
+end
+
+local function new_block(id, kind, amount)
+  if not BLOCK_PRIORITY[kind] then kind = 'adjustment' end
+  return {id = id, kind = kind, prio = BLOCK_PRIORITY[kind], exp = 0, created = H.now,
+          rem = amount}
+end
+
+-- A user's blocks text ('blks'); for a user loaded before blocks (nil), its blocks made from
+-- its balance as the migration made PostgreSQL's: the allocation left (up to the balance) as
+-- the allocation block, the rest as a purchase.
+local function blocks_or_legacy(text, bal, alloc)
+  if text then return text end
+  local a = math.min(bal, alloc)
+  local blocks = {new_block('a-' .. H.rtxn, 'allocation', a)}
+  if bal > a then blocks[2] = new_block('p-' .. H.rtxn, 'purchase', bal - a) end
+  return join_blocks(blocks)
+end
+
+-- Take amount from the blocks text, front first: entries it empties close (an allocation
+-- block stays, empty, until its period ends); the entries after the last one drawn are kept
+-- as they are, unread. Returns the new text and the draws ('id:micro' strings), or nil when the
+-- blocks hold less.
+local function draw(text, amount)
+  -- the common case first, with one anchored match: the front block covers the amount
+  local rem, id = string.match(text, '^(%d+):([^:,]*)')
+  if rem and tonumber(rem) > amount then
+    return int(tonumber(rem) - amount) .. string.sub(text, #rem + 1), {id .. ':' .. int(amount)}
+  end
+  local out, draws, left, pos, n = {}, {}, amount, 1, #text
+  while left > 0 and pos <= n do
+    local stop = string.find(text, ',', pos, true) or (n + 1)
+    local e = string.sub(text, pos, stop - 1)
+    local digits, tail = string.match(e, '^(%d+)(:.*)$')
+    local rem = tonumber(digits)
+    local take = math.min(rem, left)
+    if take > 0 then
+      left, rem = left - take, rem - take
+      draws[#draws + 1] = string.match(tail, '^:([^:]*)') .. ':' .. int(take)
+      if rem > 0 or string.find(tail, ':allocation:', 1, true) then
+        out[#out + 1] = int(rem) .. tail
+      end
+    else
+      out[#out + 1] = e
+    end
+    pos = stop + 1
+  end
+  if left > 0 then return nil end
+  if pos <= n then out[#out + 1] = string.sub(text, pos) end
+  return table.concat(out, ','), draws
+end
+
+-- Credit amount back as a refund: to the user's non-expiring adjustment block, or a new one
+-- (id), or, when the user holds MAX_BLOCKS, to the block spent last. Returns the new text.
+local function credit_back(text, id, amount)
+  local blocks, to = parse_blocks(text), nil
+  for _, b in ipairs(blocks) do
+    if b.kind == 'adjustment' and b.exp == 0 then to = b end
+  end
+  if not to and #blocks < MAX_BLOCKS then
+    to = new_block(id, 'adjustment', 0)
+    blocks[#blocks + 1] = to
+  end
+  to = to or blocks[#blocks]
+  to.rem = to.rem + amount
+  return join_blocks(blocks)
+end
+
 -- The ledger event: one stream field, e, holding the values in the order of FIELDS in
 -- persistence/events.py, joined by the unit separator (0x1F), '' for none. extra holds name/value
 -- pairs of the optional fields (model, tin, tout, meta, tier, alloc, cap, reset, ref, actor,
--- resv).
+-- resv, blk: the user's blocks after the event ('blks'), draws: the blocks a charge took).
 local EVENT_POS = {model = 10, tin = 11, tout = 12, meta = 13, tier = 14, alloc = 15, cap = 16,
-                   reset = 17, ref = 18, actor = 19, resv = 20}
+                   reset = 17, ref = 18, actor = 19, resv = 20, blk = 21, draws = 22}
 local function emit(stream, t, txn, rid, delta, bal, ver, spent, extra)
   local ev = {t, H.uid, txn, rid, int(delta), int(bal), tostring(ver), int(H.now), int(spent),
-              '', '', '', '', '', '', '', '', '', '', ''}
+              '', '', '', '', '', '', '', '', '', '', '', '', ''}
   for i = 1, #extra, 2 do ev[EVENT_POS[extra[i]]] = extra[i + 1] end
   redis.call('XADD', stream, '*', 'e', table.concat(ev, '\31'))
 end
 
--- Renew the period (new allocation; unused credits expire, or roll over when roll = 1) when the
--- current period began after the user's, or at once when forced (an admin reset). Keyed by period
--- start, so concurrent calls at the boundary renew once, and the period start never moves back,
--- whatever a caller's clock or a forced reset says. rst, the renewal's time (epoch ms), tells a
--- refund whether its debit was spent before the renewal. Returns the balance change, or nil when
--- nothing happened.
+-- Renew the period when the current period began after the user's, or at once when forced (an
+-- admin reset): the allocation block closes (its remainder expires, or for roll = 1 moves to
+-- the rollover block) and a new one opens with the allocation; purchases, bonuses, adjustments
+-- and rollovers are untouched. Keyed by period start, so concurrent calls at the boundary renew
+-- once, and the period start never moves back, whatever a caller's clock or a forced reset
+-- says. rst, the renewal's time (epoch ms), tells a refund whether its debit was spent before
+-- the renewal. Returns the balance change, or nil when nothing happened.
 local function renew(key, stream, force, rid, txn, extra)
-  local st = redis.call('HMGET', key, 'bal', 'alloc', 'pstart', 'roll', 'spent')
+  local st = redis.call('HMGET', key, 'bal', 'alloc', 'pstart', 'roll', 'spent', 'blks')
   local pstart = tonumber(st[3])
   if not force and pstart >= H.pstart then return nil end
   local bal, alloc = tonumber(st[1]), tonumber(st[2])
-  local after = alloc
-  if st[4] == '1' then after = math.min(bal + alloc, MAX) end
+  local closed, kept, roll = 0, {}, nil
+  for _, b in ipairs(parse_blocks(blocks_or_legacy(st[6], bal, alloc))) do
+    if b.kind == 'allocation' then
+      closed = closed + b.rem
+    else
+      if b.kind == 'rollover' and b.exp == 0 then roll = b end
+      kept[#kept + 1] = b
+    end
+  end
+  local rest = bal - closed
+  if st[4] == '1' and closed > 0 then
+    if not roll then
+      roll = new_block('r-' .. txn, 'rollover', 0)
+      kept[#kept + 1] = roll
+    end
+    roll.rem = roll.rem + closed
+    rest = bal
+  end
+  local fresh = new_block(txn, 'allocation', math.max(math.min(alloc, MAX - rest), 0))
+  kept[#kept + 1] = fresh
+  local blks = join_blocks(kept)
+  local after = rest + fresh.rem
   local start = math.max(pstart, H.pstart)
   local at = start * 1000
   if force then at = math.max(at, H.now) end
   local reset_iso = iso(at)
   redis.call('HSET', key, 'bal', int(after), 'spent', '0', 'pstart', int(start),
-             'reset', reset_iso, 'rst', int(at))
+             'reset', reset_iso, 'rst', int(at), 'blks', blks)
   local ver = redis.call('HINCRBY', key, 'ver', 1)
-  local fields = {'reset', reset_iso}
+  local fields = {'reset', reset_iso, 'blk', blks}
   for _, v in ipairs(extra or {}) do fields[#fields + 1] = v end
   emit(stream, 'monthly_reset', txn, rid, after - bal, after, ver, 0, fields)
   return after - bal
@@ -163,16 +295,18 @@ end
 -- Redis is 'miss' (hydrate first); a full backlog is 'backlog' (nothing changed); then the period
 -- renews if it has ended and expired holds are returned. Returns (answer) to stop with that
 -- answer, or (nil, held, state) to go on, state being the user's {pstart, held, bal, spent, cap,
--- ver} after any renewal. One HMGET reads all of it: the renewal and the holds are looked at
+-- ver, blks, alloc} after any renewal. One HMGET reads all of it: the renewal and the holds are looked at
 -- again only when they have something to do.
 local function open_user(user, idem, fp, stream, holds)
   local seen = idem_check(idem, fp)
   if seen then return seen end
-  local st = redis.call('HMGET', user, 'pstart', 'held', 'bal', 'spent', 'cap', 'ver')
+  local st = redis.call('HMGET', user, 'pstart', 'held', 'bal', 'spent', 'cap', 'ver', 'blks',
+                       'alloc')
   if not st[3] then return miss() end
   if redis.call('XLEN', stream) >= BACKLOG_MAX then return {'backlog'} end
   if tonumber(st[1]) < H.pstart and auto_renew(user, stream) then
-    st = redis.call('HMGET', user, 'pstart', 'held', 'bal', 'spent', 'cap', 'ver')
+    st = redis.call('HMGET', user, 'pstart', 'held', 'bal', 'spent', 'cap', 'ver', 'blks',
+                    'alloc')
   end
   local held = 0
   if st[2] and st[2] ~= '0' then held = purge_holds(user, holds) end
@@ -183,7 +317,9 @@ end
 -- the opening (open_user), cap and balance checks, the update, the ledger event, the record.
 -- Balances returned are what the user can spend: the balance less its holds. Returns
 -- {'ok'|'replay', txn, delta, available}, {'conflict'}, {'nsf', available},
--- {'cap', available, spent, cap}, {'overflow', available}, {'miss'} or {'backlog'}.
+-- {'cap', available, spent, cap}, {'overflow', available}, {'blocks', available} (a grant to a
+-- user holding MAX_BLOCKS), {'miss'} or {'backlog'}. A debit draws from the blocks in order; a
+-- grant opens a block of its kind (id: its transaction id).
 local function apply_change(user, idem, stream, holds, delta, fp, txn, ttl, rid, event, extra)
   local stop, held, st = open_user(user, idem, fp, stream, holds)
   if stop then return stop end
@@ -194,9 +330,25 @@ local function apply_change(user, idem, stream, holds, delta, fp, txn, ttl, rid,
   end
   local after = bal + delta
   if after > MAX then return {'overflow', avail(bal, held)} end
-  if delta < 0 then spent = add_spent(spent, -delta) end
+  local blks, draws = blocks_or_legacy(st[7], bal, tonumber(st[8])), nil
+  if delta < 0 then
+    spent = add_spent(spent, -delta)
+    blks, draws = draw(blks, -delta)
+    if not blks then return redis.error_reply('credit blocks hold less than the balance') end
+  else
+    local blocks = parse_blocks(blks)
+    if #blocks >= MAX_BLOCKS then return {'blocks', avail(bal, held)} end
+    blocks[#blocks + 1] = new_block(txn, event, delta)
+    blks = join_blocks(blocks)
+  end
   local ver = int(tonumber(st[6]) + 1)
-  redis.call('HSET', user, 'bal', int(after), 'spent', int(spent), 'ver', ver)
+  redis.call('HSET', user, 'bal', int(after), 'spent', int(spent), 'ver', ver, 'blks', blks)
+  extra[#extra + 1] = 'blk'
+  extra[#extra + 1] = blks
+  if draws then
+    extra[#extra + 1] = 'draws'
+    extra[#extra + 1] = table.concat(draws, ',')
+  end
   emit(stream, event, txn, rid, delta, after, ver, spent, extra)
   idem_save(idem, fp, txn, delta, avail(after, held), ttl)
   return {'ok', txn, int(delta), avail(after, held)}

@@ -1,4 +1,6 @@
--- Return all or part of a debit, never more than was charged across all its refunds.
+-- Return all or part of a debit, never more than was charged across all its refunds. The
+-- credits go to the user's non-expiring adjustment block (lib.lua credit_back), whatever blocks
+-- the debit drew from (docs/credit-blocks.md: refunds to the drawn blocks come later).
 -- The debit's refund tracker (KEYS[5]) counts its refunds while it lives; once it is gone (it
 -- expires, or Redis lost it), only PostgreSQL's sum read after the user's shard was flushed is
 -- trusted (ARGV[14] = '1'), since refunds not yet flushed are missing from any earlier read:
@@ -30,10 +32,11 @@ if bal + amount > MAX then return {'overflow', avail(bal, held)} end
 bal = bal + amount
 local rst = tonumber(redis.call('HGET', KEYS[1], 'rst') or tonumber(st[1]) * 1000)
 if tonumber(ARGV[13]) >= rst then spent = math.max(spent - amount, 0) end
+local blks = credit_back(blocks_or_legacy(st[7], bal - amount, tonumber(st[8])), ARGV[7], amount)
 local ver = int(tonumber(st[6]) + 1)
-redis.call('HSET', KEYS[1], 'bal', int(bal), 'spent', int(spent), 'ver', ver)
+redis.call('HSET', KEYS[1], 'bal', int(bal), 'spent', int(spent), 'ver', ver, 'blks', blks)
 redis.call('SET', KEYS[5], int(done + amount), 'EX', tonumber(ARGV[8]))
 emit(KEYS[3], 'refund', ARGV[7], ARGV[9], amount, bal, ver, spent,
-     {'ref', ARGV[12], 'actor', ARGV[15]})
+     {'ref', ARGV[12], 'actor', ARGV[15], 'blk', blks})
 idem_save(KEYS[2], ARGV[6], ARGV[7], amount, avail(bal, held), tonumber(ARGV[8]))
 return {'ok', ARGV[7], int(amount), avail(bal, held)}
