@@ -28,7 +28,7 @@ from gateway.credits.money import MICRO
 from loadtests.bench.drain import flusher_drain, prepare_database
 from loadtests.bench.report import Report, ratios
 from loadtests.bench.runners import paced_rate, run_scenario, uvicorn, wanted, wrk
-from loadtests.bench.scenarios import ADMIN, BIG, ROOT, SCENARIOS, USERS
+from loadtests.bench.scenarios import ADMIN, BIG, BLOCK_COUNTS, ROOT, SCENARIOS, USERS
 from loadtests.servers import PrivatePostgres, PrivateRedis, ServerProcess
 
 
@@ -81,6 +81,8 @@ def main() -> int:
         client = redis_sync.Redis.from_url(rd.url)
         client.mset({f"naive:bench-{i}": BIG * MICRO for i in range(USERS)})
         client.mset({f"naive:broke-{i}": 0 for i in range(USERS)})
+        for n in BLOCK_COUNTS:  # the baselines have no blocks: the same users, one balance
+            client.mset({f"naive:blk{n}-{i}": BIG * MICRO for i in range(USERS)})
         client.close()
         targets = [
             (

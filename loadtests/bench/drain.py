@@ -14,7 +14,7 @@ from gateway.credits.keys import Keys
 from gateway.credits.money import MICRO
 from gateway.credits.scripts import Scripts
 from gateway.flusher.flush import Flusher
-from loadtests.bench.scenarios import BIG, USERS
+from loadtests.bench.scenarios import BIG, BLOCK_COUNTS, USERS
 from persistence import db
 from persistence.migrate import prepare
 
@@ -35,6 +35,33 @@ async def prepare_database(url: str, users: int) -> None:
             "balance_after, request_id) SELECT gen_random_uuid(), user_id, 'allocation', "
             "credits_remaining, credits_remaining, 'sys:create' FROM user_credits"
         )
+        for n in BLOCK_COUNTS:  # users holding n credit blocks: an allocation, n - 1 purchases
+            await conn.execute(
+                "INSERT INTO user_credits (user_id, credits_remaining, credits_allocated, tier) "
+                "SELECT $3::text || i, $1, $1::numeric / $4::int, 'enterprise' "
+                "FROM generate_series(0, $2 - 1) i",
+                BIG,
+                users,
+                f"blk{n}-",
+                n,
+            )
+            await conn.execute(
+                "INSERT INTO credit_grants (user_id, id, kind, priority, created_at, remaining) "
+                "SELECT $2::text || i, 'g' || b, CASE WHEN b = 0 THEN 'allocation' ELSE 'purchase' END, "
+                "CASE WHEN b = 0 THEN 10 ELSE 30 END, now(), $1::numeric / $3::int "
+                "FROM generate_series(0, $4 - 1) i, generate_series(0, $3::int - 1) b",
+                BIG,
+                f"blk{n}-",
+                n,
+                users,
+            )
+            await conn.execute(
+                "INSERT INTO credit_transactions (id, user_id, transaction_type, amount, "
+                "balance_after, request_id) SELECT gen_random_uuid(), user_id, 'allocation', "
+                "credits_remaining, credits_remaining, 'sys:create' FROM user_credits "
+                "WHERE user_id LIKE $1",
+                f"blk{n}-%",
+            )
     finally:
         await conn.close()
 

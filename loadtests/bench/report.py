@@ -36,7 +36,8 @@ def ratios(results: list[Result]) -> dict[str, float]:
     """The gateway's debits/s over each baseline's, per scenario the baselines run."""
     by = {(r.target, r.scenario): r.debits_per_s for r in results}
     out: dict[str, float] = {}
-    for scenario in ("1000 users", "one hot user"):
+    flat_out = {r.scenario for r in results if r.target != "gateway" and r.of_peak is None}
+    for scenario in sorted(flat_out):
         gw = by.get(("gateway", scenario))
         for base in ("naive", "pg-direct"):
             if gw and by.get((base, scenario)):

@@ -10,6 +10,7 @@ LUA = ROOT / "wrk" / "debit.lua"
 ADMIN = "bench-admin-key"
 USERS = 1000
 BIG = 900_000  # credits each benchmark user starts with
+BLOCK_COUNTS = (3, 20)  # users holding this many credit blocks (the others hold one)
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,14 @@ SCENARIOS = [
         paced=0.7,
     ),
     Scenario("one hot user", {"USERS": "1", "PREFIX": "bench"}, baselines=True),
+    *(
+        Scenario(
+            f"1000 users, {n} blocks each",
+            {"USERS": str(USERS), "PREFIX": f"blk{n}"},
+            baselines=True,
+        )
+        for n in BLOCK_COUNTS
+    ),
     Scenario(
         "batch (100 per request)",
         {"USERS": str(USERS), "PREFIX": "bench", "BATCH": "100"},
