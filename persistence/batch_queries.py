@@ -71,40 +71,45 @@ moved AS (
     WHERE uc.user_id = l.u AND uc.redis_version < l.ver
     RETURNING uc.user_id AS u
 ),
--- every block the batch shows for a moved user, at its newest listing: the user's newest event
--- lists its open blocks; only other events than usage open blocks, so theirs are read too (a
--- block opened and spent within the batch); a usage event's listing is read only when newest.
--- Open when the newest event lists it, closed otherwise. An event from before blocks lists none
--- and moves no block.
-listed AS (
-    SELECT DISTINCT ON (x.u, p[2]) x.u, p[2] AS id, p[3] AS kind, p[4]::smallint AS prio,
+-- Credit blocks of the users the batch moves. An event lists the user's blocks after it: all of
+-- them, or (a charge, its text starting with '+') only those its draw changed. Each block's
+-- newest mention gives its remainder; it is closed when that mention empties it (but an
+-- allocation block, which stays until its period ends) or when a newer full listing leaves it
+-- out. Open rows the batch does not mention close when the batch has a full listing for the
+-- user. An event from before blocks (no blk) mentions none.
+mentions AS (
+    SELECT e.u, p[2] AS id, p[3] AS kind, p[4]::smallint AS prio,
            NULLIF(p[5], '0')::bigint AS exp, p[6]::bigint AS created, p[1]::bigint AS rem,
-           x.ver
-    FROM (SELECT u, blk, ver FROM latest
-          UNION ALL
-          SELECT u, blk, ver FROM e WHERE t <> 'usage') AS x
-         JOIN moved USING (u),
-         string_to_table(NULLIF(x.blk, ''), ',') AS y, string_to_array(y, ':') AS p
-    ORDER BY x.u, p[2], x.ver DESC
+           e.ver
+    FROM e JOIN moved USING (u),
+         string_to_table(NULLIF(ltrim(e.blk, '+'), ''), ',') AS y, string_to_array(y, ':') AS p
+),
+listed AS (
+    SELECT DISTINCT ON (u, id) * FROM mentions ORDER BY u, id, ver DESC
+),
+fulls AS (
+    SELECT DISTINCT ON (u) u, ver FROM e JOIN moved USING (u)
+    WHERE e.blk IS NOT NULL AND left(e.blk, 1) <> '+'
+    ORDER BY u, ver DESC
 ),
 kept AS (
     INSERT INTO credit_grants AS g (user_id, id, kind, priority, expires_at, created_at,
                                     remaining, redis_version, closed_at)
     SELECT b.u, b.id, b.kind, b.prio, timestamptz 'epoch' + b.exp * interval '1 millisecond',
            timestamptz 'epoch' + b.created * interval '1 millisecond',
-           CASE WHEN b.ver = l.ver THEN b.rem::numeric / 1000000 ELSE 0 END, l.ver,
-           CASE WHEN b.ver <> l.ver THEN timestamptz 'epoch' + l.ts * interval '1 millisecond' END
-    FROM listed AS b JOIN latest AS l USING (u)
-    WHERE l.blk IS NOT NULL
+           CASE WHEN c.closed THEN 0 ELSE b.rem::numeric / 1000000 END, l.ver,
+           CASE WHEN c.closed THEN timestamptz 'epoch' + l.ts * interval '1 millisecond' END
+    FROM listed AS b JOIN latest AS l USING (u) LEFT JOIN fulls AS f USING (u),
+         LATERAL (SELECT (b.rem = 0 AND b.kind <> 'allocation') OR f.ver > b.ver AS closed) AS c
     ON CONFLICT (user_id, id) DO UPDATE
     SET remaining = EXCLUDED.remaining, redis_version = EXCLUDED.redis_version,
         closed_at = EXCLUDED.closed_at
     RETURNING 1
 ),
--- the moved users' open rows the batch did not list at all: closed before it (a set difference,
--- hashed, rather than a lookup per row)
+-- the open rows of users with a full listing in the batch that the batch does not mention (a
+-- set difference, hashed, rather than a lookup per row)
 unlisted AS (
-    SELECT g.user_id, g.id FROM credit_grants AS g JOIN moved ON g.user_id = moved.u
+    SELECT g.user_id, g.id FROM credit_grants AS g JOIN fulls ON g.user_id = fulls.u
     WHERE g.closed_at IS NULL
     EXCEPT
     SELECT u, id FROM listed
@@ -114,7 +119,7 @@ closed AS (
     SET closed_at = timestamptz 'epoch' + l.ts * interval '1 millisecond', remaining = 0,
         redis_version = l.ver
     FROM unlisted AS c JOIN latest AS l ON l.u = c.user_id
-    WHERE g.user_id = c.user_id AND g.id = c.id AND l.blk IS NOT NULL
+    WHERE g.user_id = c.user_id AND g.id = c.id
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM ins) AS inserted, (SELECT count(*) FROM moved) AS moved,

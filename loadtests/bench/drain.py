@@ -47,7 +47,8 @@ async def prepare_database(url: str, users: int) -> None:
             )
             await conn.execute(
                 "INSERT INTO credit_grants (user_id, id, kind, priority, created_at, remaining) "
-                "SELECT $2::text || i, 'g' || b, CASE WHEN b = 0 THEN 'allocation' ELSE 'purchase' END, "
+                "SELECT $2::text || i, 'g' || b, "
+                "CASE WHEN b = 0 THEN 'allocation' ELSE 'purchase' END, "
                 "CASE WHEN b = 0 THEN 10 ELSE 30 END, now(), $1::numeric / $3::int "
                 "FROM generate_series(0, $4 - 1) i, generate_series(0, $3::int - 1) b",
                 BIG,

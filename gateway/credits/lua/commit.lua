@@ -36,15 +36,17 @@ if charge > hold and st[3] ~= '' and spent + others + charge > tonumber(st[3]) t
 end
 -- always checked: a renewal or a tier change may have lowered the balance under the holds
 if bal - others - charge < 0 then return {'nsf', avail(bal, held)} end
-local blks, draws = draw(blocks_or_legacy(st[4], bal, tonumber(st[5])), charge)
+local blks, draws, listed = draw(blocks_or_legacy(st[4], bal, tonumber(st[5])), charge)
 if not blks then return redis.error_reply('credit blocks hold less than the balance') end
+listed = '+' .. listed  -- only what changed (the flusher reads '+' as a patch)
+if not st[4] then listed = blks end  -- blocks just made from the balance: all of them
 redis.call('ZREM', KEYS[3], member)
 bal = bal - charge
 spent = add_spent(spent, charge)
 redis.call('HSET', KEYS[2], 'bal', int(bal), 'spent', int(spent), 'held', int(others),
            'blks', blks)
 local ver = redis.call('HINCRBY', KEYS[2], 'ver', 1)
-local extra = {'resv', ARGV[7], 'blk', blks, 'draws', table.concat(draws, ',')}
+local extra = {'resv', ARGV[7], 'blk', listed, 'draws', table.concat(draws, ',')}
 for i = 8, #ARGV do extra[#extra + 1] = ARGV[i] end
 emit(KEYS[4], 'usage', ARGV[6], r[7], -charge, bal, ver, spent, extra)
 redis.call('HSET', KEYS[1], 'st', 'committed', 'tx', ARGV[6], 'charged', ARGV[5],

@@ -150,15 +150,19 @@ end
 
 -- Take amount from the blocks text, front first: entries it empties close (an allocation
 -- block stays, empty, until its period ends); the entries after the last one drawn are kept
--- as they are, unread. Returns the new text and the draws ('id:micro' strings), or nil when the
+-- as they are, unread. Returns the new text, the draws ('id:micro' strings) and the entries the
+-- draw changed (a closed one with remaining 0: what a usage event carries), or nil when the
 -- blocks hold less.
 local function draw(text, amount)
   -- the common case first, with one anchored match: the front block covers the amount
   local rem, id = string.match(text, '^(%d+):([^:,]*)')
   if rem and tonumber(rem) > amount then
-    return int(tonumber(rem) - amount) .. string.sub(text, #rem + 1), {id .. ':' .. int(amount)}
+    local tail = string.sub(text, #rem + 1)
+    local stop = string.find(tail, ',', 1, true)
+    local changed = int(tonumber(rem) - amount) .. (stop and string.sub(tail, 1, stop - 1) or tail)
+    return int(tonumber(rem) - amount) .. tail, {id .. ':' .. int(amount)}, changed
   end
-  local out, draws, left, pos, n = {}, {}, amount, 1, #text
+  local out, draws, changed, left, pos, n = {}, {}, {}, amount, 1, #text
   while left > 0 and pos <= n do
     local stop = string.find(text, ',', pos, true) or (n + 1)
     local e = string.sub(text, pos, stop - 1)
@@ -168,6 +172,7 @@ local function draw(text, amount)
     if take > 0 then
       left, rem = left - take, rem - take
       draws[#draws + 1] = string.match(tail, '^:([^:]*)') .. ':' .. int(take)
+      changed[#changed + 1] = int(rem) .. tail
       if rem > 0 or string.find(tail, ':allocation:', 1, true) then
         out[#out + 1] = int(rem) .. tail
       end
@@ -178,7 +183,7 @@ local function draw(text, amount)
   end
   if left > 0 then return nil end
   if pos <= n then out[#out + 1] = string.sub(text, pos) end
-  return table.concat(out, ','), draws
+  return table.concat(out, ','), draws, table.concat(changed, ',')
 end
 
 -- Credit amount back as a refund: to the user's non-expiring adjustment block, or a new one
@@ -200,7 +205,9 @@ end
 -- The ledger event: one stream field, e, holding the values in the order of FIELDS in
 -- persistence/events.py, joined by the unit separator (0x1F), '' for none. extra holds name/value
 -- pairs of the optional fields (model, tin, tout, meta, tier, alloc, cap, reset, ref, actor,
--- resv, blk: the user's blocks after the event ('blks'), draws: the blocks a charge took).
+-- resv, blk: the user's blocks after the event ('blks'; a charge carries only the entries its
+-- draw changed, marked by a leading '+', so its size does not grow with the blocks held),
+-- draws: the blocks a charge took).
 local EVENT_POS = {model = 10, tin = 11, tout = 12, meta = 13, tier = 14, alloc = 15, cap = 16,
                    reset = 17, ref = 18, actor = 19, resv = 20, blk = 21, draws = 22}
 local function emit(stream, t, txn, rid, delta, bal, ver, spent, extra)
@@ -330,11 +337,13 @@ local function apply_change(user, idem, stream, holds, delta, fp, txn, ttl, rid,
   end
   local after = bal + delta
   if after > MAX then return {'overflow', avail(bal, held)} end
-  local blks, draws = blocks_or_legacy(st[7], bal, tonumber(st[8])), nil
+  local blks, draws, listed = blocks_or_legacy(st[7], bal, tonumber(st[8])), nil, nil
   if delta < 0 then
     spent = add_spent(spent, -delta)
-    blks, draws = draw(blks, -delta)
+    blks, draws, listed = draw(blks, -delta)
     if not blks then return redis.error_reply('credit blocks hold less than the balance') end
+    listed = '+' .. listed  -- only what changed (the flusher reads '+' as a patch)
+    if not st[7] then listed = blks end  -- blocks just made from the balance: all of them
   else
     local blocks = parse_blocks(blks)
     if #blocks >= MAX_BLOCKS then return {'blocks', avail(bal, held)} end
@@ -344,7 +353,7 @@ local function apply_change(user, idem, stream, holds, delta, fp, txn, ttl, rid,
   local ver = int(tonumber(st[6]) + 1)
   redis.call('HSET', user, 'bal', int(after), 'spent', int(spent), 'ver', ver, 'blks', blks)
   extra[#extra + 1] = 'blk'
-  extra[#extra + 1] = blks
+  extra[#extra + 1] = listed or blks
   if draws then
     extra[#extra + 1] = 'draws'
     extra[#extra + 1] = table.concat(draws, ',')
