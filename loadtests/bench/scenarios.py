@@ -39,6 +39,7 @@ SCENARIOS = [
             f"1000 users, {n} blocks each",
             {"USERS": str(USERS), "PREFIX": f"blk{n}"},
             baselines=True,
+            warm=True,  # their users loaded first, as "1000 users"'s are by the warm-up
         )
         for n in BLOCK_COUNTS
     ),
