@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import fakeredis
 import httpx
 import msgspec
 import pytest
@@ -217,6 +218,20 @@ async def running(app: Litestar) -> AsyncIterator[None]:
     finally:
         stop.set()
         await task
+
+
+@pytest.fixture(params=["fakeredis", "redis"])
+def r(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A synchronous client for unit tests of the Lua scripts: fakeredis, and the real Redis
+    (keys under 'ts' deleted afterwards)."""
+    if request.param == "fakeredis":
+        yield fakeredis.FakeRedis(decode_responses=True)
+        return
+    client = redis_sync.Redis.from_url(REDIS_URL, decode_responses=True)
+    yield client
+    for key in client.scan_iter(match="ts*"):
+        client.delete(key)
+    client.close()
 
 
 @pytest.fixture

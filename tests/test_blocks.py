@@ -7,15 +7,11 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Iterator
 from typing import Any
 
-import fakeredis
 import pytest
-import redis as redis_sync
 
 from gateway.credits.scripts import source
-from tests.conftest import REDIS_URL
 
 PROBE = """
 local blocks = {}
@@ -32,18 +28,6 @@ for _, b in ipairs(parse_blocks(after or text)) do left[#left + 1] = b.id .. ':'
 return {cjson.encode(order), draws and table.concat(draws, ',') or 'short',
         table.concat(left, ',')}
 """
-
-
-@pytest.fixture(params=["fakeredis", "redis"])
-def r(request: pytest.FixtureRequest) -> Iterator[Any]:
-    if request.param == "fakeredis":
-        yield fakeredis.FakeRedis(decode_responses=True)
-        return
-    client = redis_sync.Redis.from_url(REDIS_URL, decode_responses=True)
-    yield client
-    for key in client.scan_iter(match="tb*"):
-        client.delete(key)
-    client.close()
 
 
 Block = tuple[str, str, int, int, int, int]  # id, kind, priority, expires_ms, created_ms, rem

@@ -8,11 +8,9 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import fakeredis
 import pytest
 import redis as redis_sync
 
@@ -22,18 +20,6 @@ from gateway.credits.money import MAX_MICRO
 from gateway.credits.scripts import source
 from persistence.events import FIELDS, fields, line_of
 from tests.conftest import REDIS_URL
-
-
-@pytest.fixture(params=["fakeredis", "redis"])
-def r(request: pytest.FixtureRequest) -> Iterator[Any]:
-    if request.param == "fakeredis":
-        yield fakeredis.FakeRedis(decode_responses=True)
-        return
-    client = redis_sync.Redis.from_url(REDIS_URL, decode_responses=True)
-    yield client
-    for key in client.scan_iter(match="ts*"):
-        client.delete(key)
-    client.close()
 
 
 @pytest.fixture
