@@ -33,7 +33,7 @@ from gateway.credits.schemas import (
     TierChange,
     fingerprint,
 )
-from gateway.credits.scripts import Scripts
+from gateway.credits.scripts import MAX_BLOCKS, Scripts
 from gateway.credits.tiers import TierTable
 from persistence.db import DB_ERRORS
 from persistence.ledger import wait_for_flush
@@ -73,9 +73,6 @@ def backlog_full() -> Unavailable:
         "the flusher is behind: too many changes are waiting to reach PostgreSQL; "
         "nothing was changed, retry later"
     )
-
-
-MAX_BLOCKS = 100  # open credit blocks a user may hold (lib.lua MAX_BLOCKS)
 
 
 def applied(res: list[Any], call: ApplyCall) -> Applied:

@@ -28,7 +28,7 @@ if r[1] == 'expired' or not redis.call('ZSCORE', KEYS[3], member) then
 end
 local hold = tonumber(r[2])
 local charge = tonumber(ARGV[5])
-local st = redis.call('HMGET', KEYS[2], 'bal', 'spent', 'cap', 'blks', 'alloc')
+local st = redis.call('HMGET', KEYS[2], 'bal', 'spent', 'cap', 'blks')
 local bal, spent = tonumber(st[1]), tonumber(st[2])
 local others = held - hold
 if charge > hold and st[3] ~= '' and spent + others + charge > tonumber(st[3]) then
@@ -36,7 +36,7 @@ if charge > hold and st[3] ~= '' and spent + others + charge > tonumber(st[3]) t
 end
 -- always checked: a renewal or a tier change may have lowered the balance under the holds
 if bal - others - charge < 0 then return {'nsf', avail(bal, held)} end
-local blks, draws, listed = draw(blocks_or_legacy(st[4], bal, tonumber(st[5])), charge)
+local blks, draws, listed = draw(blocks_or_legacy(KEYS[2], st[4], bal), charge)
 if not blks then return redis.error_reply('credit blocks hold less than the balance') end
 listed = '+' .. listed  -- only what changed (the flusher reads '+' as a patch)
 if not st[4] then listed = blks end  -- blocks just made from the balance: all of them

@@ -1,5 +1,6 @@
 -- Shared by every script (prepended when the scripts are loaded; MAX, the numeric(12,6) maximum,
--- and BACKLOG_MAX, the most unflushed events a shard may hold, are injected before it).
+-- BACKLOG_MAX, the most unflushed events a shard may hold, and MAX_BLOCKS, the most open credit
+-- blocks a user may hold, are injected before it; gateway/credits/scripts.py).
 -- Every mutating script starts with the same ARGV header, filled by the service:
 --   ARGV[1] user_id  ARGV[2] clock offset (ms, 0 in production; tests move time with it)
 --   ARGV[3] the allocation period: 'month', 'week' or 'day'
@@ -94,7 +95,6 @@ end
 -- hardly grows with the number of blocks. A user loaded before blocks has no 'blks'.
 local BLOCK_PRIORITY = {allocation = 10, rollover = 15, bonus = 20, adjustment = 25,
                         purchase = 30}
-local MAX_BLOCKS = 100
 
 local function entry_of(b)
   return int(b.rem) .. ':' .. b.id .. ':' .. b.kind .. ':' .. int(b.prio) .. ':' .. int(b.exp) ..
@@ -139,9 +139,10 @@ end
 
 -- A user's blocks text ('blks'); for a user loaded before blocks (nil), its blocks made from
 -- its balance as the migration made PostgreSQL's: the allocation left (up to the balance) as
--- the allocation block, the rest as a purchase.
-local function blocks_or_legacy(text, bal, alloc)
+-- the allocation block, the rest as a purchase. alloc is read only then, when not given.
+local function blocks_or_legacy(user, text, bal, alloc)
   if text then return text end
+  alloc = alloc or tonumber(redis.call('HGET', user, 'alloc'))
   local a = math.min(bal, alloc)
   local blocks = {new_block('a-' .. H.rtxn, 'allocation', a)}
   if bal > a then blocks[2] = new_block('p-' .. H.rtxn, 'purchase', bal - a) end
@@ -230,7 +231,7 @@ local function renew(key, stream, force, rid, txn, extra)
   if not force and pstart >= H.pstart then return nil end
   local bal, alloc = tonumber(st[1]), tonumber(st[2])
   local closed, kept, roll = 0, {}, nil
-  for _, b in ipairs(parse_blocks(blocks_or_legacy(st[6], bal, alloc))) do
+  for _, b in ipairs(parse_blocks(blocks_or_legacy(key, st[6], bal, alloc))) do
     if b.kind == 'allocation' then
       closed = closed + b.rem
     else
@@ -302,18 +303,16 @@ end
 -- Redis is 'miss' (hydrate first); a full backlog is 'backlog' (nothing changed); then the period
 -- renews if it has ended and expired holds are returned. Returns (answer) to stop with that
 -- answer, or (nil, held, state) to go on, state being the user's {pstart, held, bal, spent, cap,
--- ver, blks, alloc} after any renewal. One HMGET reads all of it: the renewal and the holds are looked at
+-- ver, blks} after any renewal. One HMGET reads all of it: the renewal and the holds are looked at
 -- again only when they have something to do.
 local function open_user(user, idem, fp, stream, holds)
   local seen = idem_check(idem, fp)
   if seen then return seen end
-  local st = redis.call('HMGET', user, 'pstart', 'held', 'bal', 'spent', 'cap', 'ver', 'blks',
-                       'alloc')
+  local st = redis.call('HMGET', user, 'pstart', 'held', 'bal', 'spent', 'cap', 'ver', 'blks')
   if not st[3] then return miss() end
   if redis.call('XLEN', stream) >= BACKLOG_MAX then return {'backlog'} end
   if tonumber(st[1]) < H.pstart and auto_renew(user, stream) then
-    st = redis.call('HMGET', user, 'pstart', 'held', 'bal', 'spent', 'cap', 'ver', 'blks',
-                    'alloc')
+    st = redis.call('HMGET', user, 'pstart', 'held', 'bal', 'spent', 'cap', 'ver', 'blks')
   end
   local held = 0
   if st[2] and st[2] ~= '0' then held = purge_holds(user, holds) end
@@ -337,7 +336,7 @@ local function apply_change(user, idem, stream, holds, delta, fp, txn, ttl, rid,
   end
   local after = bal + delta
   if after > MAX then return {'overflow', avail(bal, held)} end
-  local blks, draws, listed = blocks_or_legacy(st[7], bal, tonumber(st[8])), nil, nil
+  local blks, draws, listed = blocks_or_legacy(user, st[7], bal), nil, nil
   if delta < 0 then
     spent = add_spent(spent, -delta)
     blks, draws, listed = draw(blks, -delta)

@@ -32,7 +32,7 @@ if bal + amount > MAX then return {'overflow', avail(bal, held)} end
 bal = bal + amount
 local rst = tonumber(redis.call('HGET', KEYS[1], 'rst') or tonumber(st[1]) * 1000)
 if tonumber(ARGV[13]) >= rst then spent = math.max(spent - amount, 0) end
-local blks = credit_back(blocks_or_legacy(st[7], bal - amount, tonumber(st[8])), ARGV[7], amount)
+local blks = credit_back(blocks_or_legacy(KEYS[1], st[7], bal - amount), ARGV[7], amount)
 local ver = int(tonumber(st[6]) + 1)
 redis.call('HSET', KEYS[1], 'bal', int(bal), 'spent', int(spent), 'ver', ver, 'blks', blks)
 redis.call('SET', KEYS[5], int(done + amount), 'EX', tonumber(ARGV[8]))

@@ -19,7 +19,7 @@ end
 local bal = tonumber(s[1])
 -- the allocation block moves by the allocations' difference, never below 0 nor the balance past
 -- MAX; the other blocks are untouched
-local blocks, ablock = parse_blocks(blocks_or_legacy(s[7], bal, tonumber(s[2]))), nil
+local blocks, ablock = parse_blocks(blocks_or_legacy(KEYS[1], s[7], bal, tonumber(s[2]))), nil
 for _, b in ipairs(blocks) do
   if b.kind == 'allocation' then ablock = b end
 end
