@@ -60,7 +60,7 @@ def main() -> int:
             row = [10**12, 10**12, "t", "", began.isoformat(), 0, int(began.timestamp()), 0, 0]
             hydrate(keys=[user], args=[*row, epoch_ms(began), blocks(n, 10**12)])
             keys = [user, f"{prefix}:r:{n}:RID", f"{prefix}:s", f"{prefix}:h{n}"]
-            args: list[object] = ["u", 0, "month", "renew", -1, "fp", "tx", 60, "RID", "usage"]
+            args: list[object] = ["u", 0, "month", "renew", -1, "fp", "tx", 60, "RID", "usage", ""]
             cost = per_call(r, apply, keys, args, 8)
             print(f"debit, {n:2d} block(s):           {cost:6.2f} us per call ({cost / base:.1f}x)")
     finally:

@@ -80,7 +80,7 @@ moved AS (
 mentions AS (
     SELECT e.u, p[2] AS id, p[3] AS kind, p[4]::smallint AS prio,
            NULLIF(p[5], '0')::bigint AS exp, p[6]::bigint AS created, p[1]::bigint AS rem,
-           e.ver
+           NULLIF(p[7], '')::bigint AS amt, e.ver
     FROM e JOIN moved USING (u),
          string_to_table(NULLIF(ltrim(e.blk, '+'), ''), ',') AS y, string_to_array(y, ':') AS p
 ),
@@ -94,16 +94,17 @@ fulls AS (
 ),
 kept AS (
     INSERT INTO credit_grants AS g (user_id, id, kind, priority, expires_at, created_at,
-                                    remaining, redis_version, closed_at)
+                                    remaining, amount, redis_version, closed_at)
     SELECT b.u, b.id, b.kind, b.prio, timestamptz 'epoch' + b.exp * interval '1 millisecond',
            timestamptz 'epoch' + b.created * interval '1 millisecond',
-           CASE WHEN c.closed THEN 0 ELSE b.rem::numeric / 1000000 END, l.ver,
+           CASE WHEN c.closed THEN 0 ELSE b.rem::numeric / 1000000 END,
+           b.amt::numeric / 1000000, l.ver,
            CASE WHEN c.closed THEN timestamptz 'epoch' + l.ts * interval '1 millisecond' END
     FROM listed AS b JOIN latest AS l USING (u) LEFT JOIN fulls AS f USING (u),
          LATERAL (SELECT (b.rem = 0 AND b.kind <> 'allocation') OR f.ver > b.ver AS closed) AS c
     ON CONFLICT (user_id, id) DO UPDATE
     SET remaining = EXCLUDED.remaining, redis_version = EXCLUDED.redis_version,
-        closed_at = EXCLUDED.closed_at
+        closed_at = EXCLUDED.closed_at, amount = COALESCE(EXCLUDED.amount, g.amount)
     RETURNING 1
 ),
 -- the open rows of users with a full listing in the batch that the batch does not mention (a
@@ -130,7 +131,8 @@ SELECT (SELECT count(*) FROM ins) AS inserted, (SELECT count(*) FROM moved) AS m
 # A user's open credit blocks as hydrate.lua takes them (the cold path, in the transaction that
 # read the user's row: both are at the same flushed version).
 GRANTS_OPEN = """
-SELECT user_id, id, kind, priority, expires_at, created_at, remaining FROM credit_grants
+SELECT user_id, id, kind, priority, expires_at, created_at, remaining, amount
+FROM credit_grants
 WHERE user_id = ANY($1::varchar[]) AND closed_at IS NULL
 ORDER BY user_id, id
 """

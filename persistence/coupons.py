@@ -24,6 +24,7 @@ class CouponRow:
     expires_at: datetime | None
     active: bool
     created_at: datetime
+    credits_expire_after_days: int | None  # a redemption's credits expire after (None: never)
 
 
 def _row(rec: asyncpg.Record | None) -> CouponRow | None:
@@ -38,10 +39,18 @@ async def insert_coupon(
     expires_at: datetime | None,
     now: datetime,
     actor: str,
+    credits_expire_after_days: int | None = None,
 ) -> CouponRow | None:
     """None when the code is taken."""
     rec = await conn.fetchrow(
-        queries.COUPON_INSERT, code, credits, max_uses, expires_at, now, actor
+        queries.COUPON_INSERT,
+        code,
+        credits,
+        max_uses,
+        expires_at,
+        now,
+        actor,
+        credits_expire_after_days,
     )
     return _row(rec)
 

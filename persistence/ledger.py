@@ -148,6 +148,8 @@ class DebitRecord:
     amount: Decimal  # negative for a debit
     created_at: datetime
     refunded: Decimal  # positive: what flushed refunds of it returned
+    draws: str  # the blocks it drew from, 'id:micro' in drawing order ('' before blocks)
+    blocks: str  # those blocks' kind, priority and times (queries.DEBIT_FOR_REFUND)
 
 
 async def debit_for_refund(conn: Executor, transaction_id: str) -> DebitRecord | None:
@@ -155,5 +157,11 @@ async def debit_for_refund(conn: Executor, transaction_id: str) -> DebitRecord |
     if rec is None:
         return None
     return DebitRecord(
-        rec["user_id"], rec["transaction_type"], rec["amount"], rec["created_at"], rec["refunded"]
+        rec["user_id"],
+        rec["transaction_type"],
+        rec["amount"],
+        rec["created_at"],
+        rec["refunded"],
+        rec["draws"] or "",
+        rec["blocks"] or "",
     )

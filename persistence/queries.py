@@ -57,10 +57,21 @@ USER_GET = f"SELECT {USER_COLUMNS} FROM user_credits WHERE user_id = $1"
 
 
 # A debit and what its flushed refunds returned so far (refunds are positive amounts).
+# A debit to refund: its amount, time, the refunds of it flushed so far, the blocks it drew
+# from ('id:micro' in drawing order) and those blocks as credit_grants holds them
+# ('id:kind:priority:expires_ms:created_ms:granted_micro', for lib.lua credit_back).
 DEBIT_FOR_REFUND = """
-SELECT d.user_id, d.transaction_type, d.amount, d.created_at,
+SELECT d.user_id, d.transaction_type, d.amount, d.created_at, d.draws,
        (SELECT COALESCE(sum(r.amount), 0) FROM credit_transactions r WHERE r.refund_of = d.id)
-           AS refunded
+           AS refunded,
+       (SELECT string_agg(concat_ws(':', g.id, g.kind, g.priority,
+                                    COALESCE(floor(extract(epoch FROM g.expires_at) * 1000), 0),
+                                    floor(extract(epoch FROM g.created_at) * 1000),
+                                    COALESCE(g.amount * 1000000, 0)::bigint), ',')
+        FROM credit_grants g
+        WHERE g.user_id = d.user_id
+          AND g.id IN (SELECT split_part(x, ':', 1) FROM string_to_table(d.draws, ',') AS x))
+           AS blocks
 FROM credit_transactions d
 WHERE d.id = $1
 """
@@ -70,6 +81,26 @@ USERS_TO_RENEW = f"""
 SELECT {USER_COLUMNS} FROM user_credits
 WHERE last_reset < $1 AND user_id > $2
 ORDER BY user_id
+LIMIT $3
+"""
+
+# Users holding a block past its expiry in PostgreSQL (idle users: an active one expires its
+# blocks in its next Lua call), in user_id order; credit_grants_expiring finds them.
+USERS_WITH_DUE_BLOCKS = f"""
+SELECT {USER_COLUMNS} FROM user_credits
+WHERE user_id IN (SELECT user_id FROM credit_grants
+                  WHERE closed_at IS NULL AND expires_at <= $1 AND user_id > $2)
+ORDER BY user_id
+LIMIT $3
+"""
+
+# A user's blocks that are closed in PostgreSQL or absent from $2 (the ids Redis holds open:
+# closed there, not flushed yet), newest first, for GET .../grants?include=closed.
+GRANTS_CLOSED = """
+SELECT id, kind, priority, expires_at, created_at, remaining, amount, closed_at
+FROM credit_grants
+WHERE user_id = $1 AND (closed_at IS NOT NULL OR NOT id = ANY($2::text[]))
+ORDER BY closed_at DESC NULLS FIRST, created_at DESC, id
 LIMIT $3
 """
 
@@ -171,20 +202,24 @@ SELECT model, input_per_million, output_per_million, updated_at FROM model_prici
 """
 
 # $4 is the acting key's name: the audit row is written by the same statement.
-COUPON_COLUMNS = "code, credits, max_uses, uses, expires_at, active, created_at"
+COUPON_COLUMNS = (
+    "code, credits, max_uses, uses, expires_at, active, created_at, credits_expire_after_days"
+)
 
 # $6 is the acting key's name, audited by the same statement, on PostgreSQL's clock like every
 # other admin action written here ($5, the gateway's time, dates the coupon).
 COUPON_INSERT = f"""
 WITH c AS (
-    INSERT INTO coupons (code, credits, max_uses, expires_at, created_by, created_at)
-    VALUES ($1, $2, $3, $4, $6, $5)
+    INSERT INTO coupons (code, credits, max_uses, expires_at, created_by, created_at,
+                         credits_expire_after_days)
+    VALUES ($1, $2, $3, $4, $6, $5, $7)
     ON CONFLICT (code) DO NOTHING
     RETURNING {COUPON_COLUMNS}
 ), a AS (
     INSERT INTO audit_log (id, actor, action, target, amount, details)
     SELECT gen_random_uuid(), $6, 'coupon.create', code, credits,
-           jsonb_build_object('max_uses', max_uses, 'expires_at', expires_at)
+           jsonb_build_object('max_uses', max_uses, 'expires_at', expires_at,
+                              'credits_expire_after_days', credits_expire_after_days)
     FROM c
 )
 SELECT {COUPON_COLUMNS} FROM c
@@ -309,6 +344,22 @@ WHERE u.user_id = ANY($1::varchar[])
            THEN u.period_spent > 0 AND u.credits_remaining <= 0
            ELSE u.credits_allocated > 0 AND u.period_spent >= u.credits_allocated * a.fraction
       END
+ON CONFLICT (user_id, period_start, kind) DO NOTHING
+"""
+
+# credits.expiring: one webhook per open credit block that expires after $1 (now, on the
+# scripts' clock) and at most $2 seconds later and holds at least $3 (micro); keyed by the
+# block (its creation time as period_start, 'expiring:ID' as kind), so each is sent once.
+WEBHOOK_QUEUE_EXPIRING = """
+INSERT INTO webhook_outbox (user_id, period_start, kind, payload)
+SELECT g.user_id, g.created_at, 'expiring:' || g.id,
+       jsonb_build_object(
+           'type', 'credits.expiring', 'user_id', g.user_id, 'grant_id', g.id,
+           'kind', g.kind, 'remaining', g.remaining::text, 'expires_at', g.expires_at)
+FROM credit_grants AS g
+WHERE g.closed_at IS NULL AND g.expires_at > $1
+  AND g.expires_at <= $1 + make_interval(secs => $2)
+  AND g.remaining * 1000000 >= $3
 ON CONFLICT (user_id, period_start, kind) DO NOTHING
 """
 

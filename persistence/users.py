@@ -82,6 +82,7 @@ class GrantRow:
     expires_at: datetime | None
     created_at: datetime
     remaining: Decimal
+    amount: Decimal | None  # all that was put in the block (None: rows from before it was kept)
 
 
 async def open_grants(conn: Executor, user_ids: list[str]) -> dict[str, list[GrantRow]]:
@@ -90,6 +91,28 @@ async def open_grants(conn: Executor, user_ids: list[str]) -> dict[str, list[Gra
     for rec in await conn.fetch(queries.GRANTS_OPEN, user_ids):
         out[rec["user_id"]].append(GrantRow(**{k: rec[k] for k in GrantRow.__slots__}))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedGrant:
+    """A spent or expired credit block (closed_at None: closed in Redis, not flushed yet)."""
+
+    id: str
+    kind: str
+    priority: int
+    expires_at: datetime | None
+    created_at: datetime
+    remaining: Decimal
+    amount: Decimal | None
+    closed_at: datetime | None
+
+
+async def closed_grants(
+    conn: Executor, user_id: str, open_ids: list[str], limit: int
+) -> list[ClosedGrant]:
+    """The user's newest closed blocks: closed in PostgreSQL, or not among open_ids."""
+    rows = await conn.fetch(queries.GRANTS_CLOSED, user_id, open_ids, limit)
+    return [ClosedGrant(**dict(r)) for r in rows]
 
 
 async def get_user(conn: Executor, user_id: str) -> UserRow | None:
@@ -102,6 +125,14 @@ async def users_to_renew(
 ) -> list[UserRow]:
     """Users whose last renewal is older than the current period, in user_id order."""
     rows = await conn.fetch(queries.USERS_TO_RENEW, period_began, after_user, limit)
+    return [_row(r) for r in rows]
+
+
+async def users_with_due_blocks(
+    conn: Executor, now: datetime, after_user: str, limit: int
+) -> list[UserRow]:
+    """Users with an open block whose expiry is at or before now, in user_id order."""
+    rows = await conn.fetch(queries.USERS_WITH_DUE_BLOCKS, now, after_user, limit)
     return [_row(r) for r in rows]
 
 

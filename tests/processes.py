@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
+import asyncpg
 import redis
+import redis.asyncio as aioredis
 
+from gateway.credits.keys import Keys
 from loadtests.servers import GatewayProcess
 from persistence import db
 from tests.conftest import ADMIN_KEY, PG_SERVER, REDIS_URL
@@ -26,6 +29,44 @@ class Running:
     @property
     def url(self) -> str:
         return self.process.url
+
+
+@contextmanager
+def sibling(first: Running, **env: str) -> Iterator[GatewayProcess]:
+    """A second `metering serve` on the first one's database and key prefix (the same Redis),
+    started, stopped afterwards."""
+    process = GatewayProcess(
+        {
+            "METERING_DATABASE_URL": first.database,
+            "METERING_REDIS_URL": REDIS_URL,
+            "METERING_ADMIN_KEY": ADMIN_KEY,
+            "METERING_KEY_PREFIX": first.prefix,
+            "METERING_RENEW_CRON": "off",
+            **env,
+        }
+    )
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@asynccontextmanager
+async def flushed(first: Running) -> AsyncIterator[tuple[asyncpg.Pool, aioredis.Redis, Keys]]:
+    """The instance's PostgreSQL and Redis after a flush of everything waiting: for the checks
+    at the end of a test of several processes."""
+    from gateway.flusher.flush import Flusher
+
+    redis = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    pool = await db.open_pool(first.database, max_size=2)
+    keys = Keys(first.prefix, 16)
+    try:
+        await Flusher(redis, pool, keys, 5000).flush()
+        yield pool, redis, keys
+    finally:
+        await redis.aclose()
+        await pool.close()
 
 
 @contextmanager

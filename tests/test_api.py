@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from gateway.credits.clock import period_start
+from gateway.credits.clock import period_end, period_start
 from gateway.credits.keys import Keys
 from gateway.credits.money import fmt
 from tests.books import assert_books_balance
@@ -113,6 +113,8 @@ async def test_balance_creates_unknown_user_with_default_tier(
         "last_reset": period_start(clock.now).isoformat(),
         "period_spent": "0.000000",
         "credits_held": "0.000000",
+        # the allocation ends with the period (the trial tier does not roll it over)
+        "expiring": {"amount": "5.000000", "at": period_end(clock.now).isoformat()},
     }
     assert await pool.fetchval("SELECT tier FROM user_credits WHERE user_id='newbie'") == "trial"
 

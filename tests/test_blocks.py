@@ -17,7 +17,7 @@ PROBE = """
 local blocks = {}
 for _, b in ipairs(cjson.decode(ARGV[5])) do
   blocks[#blocks + 1] = {id = b[1], kind = b[2], prio = b[3], exp = b[4], created = b[5],
-                         rem = b[6]}
+                         rem = b[6], amt = b[6]}
 end
 local text = join_blocks(blocks)
 local order = {}

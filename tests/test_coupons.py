@@ -54,6 +54,30 @@ async def test_create_check_and_redeem(
     assert await pool.fetchval("SELECT uses FROM coupons WHERE code = 'WELCOME10'") == 1
 
 
+async def test_a_coupons_credits_expire_the_given_days_after_each_redemption(
+    client: Client, pool: asyncpg.Pool, clock: FakeClock
+) -> None:
+    """credits_expire_after_days = 7: each redemption's bonus block expires 7 days after that
+    redemption (on the scripts' clock), not after the coupon's creation."""
+    r = await create(client, code="WEEK", credits="2", credits_expire_after_days=7)
+    assert r.status_code == 201 and r.json()["credits_expire_after_days"] == 7
+    assert (await redeem(client, "WEEK", "early", "r")).status_code == 200
+    clock.advance(days=3)
+    assert (await redeem(client, "WEEK", "late", "r")).status_code == 200
+    clock.advance(days=4, seconds=1)  # early's week is over, late's is not
+    shown = {}
+    for user in ("early", "late"):
+        got = await client.get("/api/v1/credits/balance", params={"user_id": user})
+        shown[user] = got.json()["credits_remaining"]
+    assert shown == {"early": "5.000000", "late": "7.000000"}
+    await client.app.state.services.flusher.flush()
+    expired = await pool.fetch(
+        "SELECT user_id, amount FROM credit_transactions WHERE transaction_type = 'expiry'"
+    )
+    assert [tuple(e) for e in expired] == [("early", -2)]
+    assert (await create(client, credits="1", credits_expire_after_days=0)).status_code == 400
+
+
 async def test_max_uses_holds_under_concurrency(client: Client, pool: asyncpg.Pool) -> None:
     await create(client, code="FIVE", credits="1", max_uses=5)
     results = await asyncio.gather(*(redeem(client, "FIVE", f"u{i}", "r") for i in range(50)))

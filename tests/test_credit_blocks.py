@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import asyncpg
 import httpx
 import pytest
 
+from gateway.credits.clock import period_start
 from tests.conftest import BACKENDS, Client, FakeClock
 
 pytestmark = pytest.mark.parametrize("redis_backend", BACKENDS, indirect=True)
@@ -131,19 +133,95 @@ async def test_a_tier_change_moves_only_the_allocation_block(
     assert await open_blocks(pool, "g") == {"allocation": 0, "purchase": 20}
 
 
-async def test_a_refund_goes_to_an_adjustment_block_that_outlives_the_period(
+async def refund(c: Client, user: str, debit_id: str, rid: str, amount: str | None = None) -> dict:
+    body = {"user_id": user, "transaction_id": debit_id, "request_id": rid}
+    if amount is not None:
+        body["amount"] = amount
+    return dict((await post(c, "/api/v1/credits/refund", body)).json())
+
+
+async def returned_to(pool: asyncpg.Pool, user: str) -> list[str]:
+    """Each flushed refund's draws: where its credits went ('block:-micro')."""
+    rows = await pool.fetch(
+        "SELECT draws FROM credit_transactions WHERE user_id = $1 AND transaction_type = "
+        "'refund' ORDER BY redis_version",
+        user,
+    )
+    return [r["draws"] for r in rows]
+
+
+async def test_a_refund_returns_credits_to_the_blocks_the_debit_drew_last_first(
     client: Client, pool: asyncpg.Pool
 ) -> None:
-    d = await debit(client, "f", "2", "d1")
-    await post(
-        client,
-        "/api/v1/credits/refund",
-        {"user_id": "f", "transaction_id": d.json()["transaction_id"], "request_id": "rf"},
-    )
-    reset = await post(client, "/api/v1/credits/f/reset", {"request_id": "rs"})
-    assert reset.json()["credits_remaining"] == "7.000000"  # 5 renewed + the 2 refunded
+    """A debit of 7.00 drew the allocation's 5.00 and 2.00 of the purchase. Refunds undo the
+    draw from its end: 1.50 goes back to the purchase, then 1.00 = 0.50 to the purchase and
+    0.50 to the allocation; never more than was charged; finance's net draws add up."""
+    await grant(client, "f", "20", "buy")
+    d = (await debit(client, "f", "7", "d1")).json()["transaction_id"]
+    await refund(client, "f", d, "rf1", "1.5")
+    second = await refund(client, "f", d, "rf2", "1")
+    assert second["credits_remaining"] == "20.500000" and second["expired"] == "0.000000"
     await client.app.state.services.flusher.flush()
-    assert await open_blocks(pool, "f") == {"allocation": 5, "adjustment": 2}
+    buy = await pool.fetchval(
+        "SELECT id FROM credit_grants WHERE user_id = 'f' AND kind = 'purchase'"
+    )
+    alloc = await pool.fetchval(
+        "SELECT id FROM credit_grants WHERE user_id = 'f' AND kind = 'allocation'"
+    )
+    assert await returned_to(pool, "f") == [f"{buy}:-1500000", f"{buy}:-500000,{alloc}:-500000"]
+    assert await open_blocks(pool, "f") == {"allocation": Decimal("0.5"), "purchase": 20}
+    assert await drawn_by_kind(pool, "f") == {"allocation": Decimal("4.5"), "purchase": 0}
+    over = await client.post(
+        "/api/v1/credits/refund",
+        json={"user_id": "f", "transaction_id": d, "request_id": "rf3", "amount": "4.6"},
+    )
+    assert over.status_code == 422 and "4.500000" in over.text  # never more than charged
+    rest = await refund(client, "f", d, "rf4")  # all that is left: 4.50
+    assert rest["refunded"] == "4.500000" and rest["credits_remaining"] == "25.000000"
+
+
+async def test_a_refund_reopens_a_spent_block_and_a_bonus_expired_since_expires_again(
+    client: Client, pool: asyncpg.Pool, clock: FakeClock
+) -> None:
+    """A debit that emptied a bonus (expiring in a day) reopens it when refunded before the
+    day is out; refunded after its expiry, the bonus's share is returned and expires again at
+    once: the refund entry names the bonus, an expiry entry takes the share back, the balance
+    grows only by the rest (the answer's 'expired' says how much)."""
+    clock.now = period_start(clock.now) + timedelta(days=10)  # no renewal in between
+    at = clock.now + timedelta(days=1)
+    body = {
+        "user_id": "e",
+        "amount": "2",
+        "request_id": "promo",
+        "kind": "bonus",
+        "expires_at": at.isoformat(),
+        "priority": 0,
+    }
+    bonus = (await post(client, "/api/v1/credits/grant", body)).json()["transaction_id"]
+    d1 = (await debit(client, "e", "3", "d1")).json()["transaction_id"]  # bonus 2 + alloc 1
+    await debit(client, "e", "1", "d2")  # alloc 1: 3.00 left, all allocation
+    # 1.50 of d1: 1.00 back to the allocation, 0.50 reopens the spent bonus
+    assert (await refund(client, "e", d1, "r1", "1.5"))["credits_remaining"] == "4.500000"
+    await client.app.state.services.flusher.flush()
+    assert await open_blocks(pool, "e") == {"allocation": 4, "bonus": Decimal("0.5")}
+    clock.advance(days=1)  # the bonus's 0.50 expires
+    d3 = (await debit(client, "e", "0.5", "d3")).json()
+    assert d3["credits_remaining"] == "3.500000"
+    late = await refund(client, "e", d1, "r2")  # 1.50 left, all of it the bonus's
+    assert (late["refunded"], late["expired"]) == ("1.500000", "1.500000")
+    assert late["credits_remaining"] == "3.500000"
+    await client.app.state.services.flusher.flush()
+    rows = await pool.fetch(
+        "SELECT transaction_type, amount, draws FROM credit_transactions "
+        "WHERE user_id = 'e' AND transaction_type IN ('refund', 'expiry') "
+        "ORDER BY redis_version"
+    )
+    assert [tuple(r) for r in rows] == [
+        ("refund", Decimal("1.5"), f"a-create:-1000000,{bonus}:-500000"),
+        ("expiry", Decimal("-0.5"), f"{bonus}:500000"),
+        ("refund", Decimal("1.5"), f"{bonus}:-1500000"),
+        ("expiry", Decimal("-1.5"), f"{bonus}:1500000"),
+    ]
 
 
 async def test_a_rollover_tier_moves_the_unused_allocation_to_a_rollover_block(

@@ -10,28 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from gateway.credits.keys import Keys
-from loadtests.servers import GatewayProcess
-from persistence import db
 from tests.books import assert_books_balance
-from tests.conftest import ADMIN_KEY, REDIS_URL
-from tests.processes import gateway_process
+from tests.conftest import ADMIN_KEY
+from tests.processes import flushed, gateway_process, sibling
 
 
 def test_two_instances_share_the_work_and_the_books_balance() -> None:
     with gateway_process(METERING_FLUSH_INTERVAL="0.1") as first:
-        second = GatewayProcess(
-            {
-                "METERING_DATABASE_URL": first.database,
-                "METERING_REDIS_URL": REDIS_URL,
-                "METERING_ADMIN_KEY": ADMIN_KEY,
-                "METERING_KEY_PREFIX": first.prefix,
-                "METERING_FLUSH_INTERVAL": "0.1",
-                "METERING_RENEW_CRON": "off",
-            }
-        )
-        second.start()
-        try:
+        with sibling(first, METERING_FLUSH_INTERVAL="0.1") as second:
             urls = itertools.cycle([first.url, second.url])
             jobs = [(next(urls), i) for i in range(600)]
 
@@ -46,30 +32,13 @@ def test_two_instances_share_the_work_and_the_books_balance() -> None:
 
             with ThreadPoolExecutor(max_workers=16) as pool:
                 results = list(pool.map(debit, jobs))
-        finally:
-            second.stop()
         assert Counter(code for code, _ in results) == {200: 600}
         assert len({txn for _, txn in results}) == 300  # a retry on the other instance replays
 
         async def books() -> None:
-            from redis.asyncio import Redis
-
-            from gateway.flusher.flush import Flusher
-
-            redis = Redis.from_url(REDIS_URL, decode_responses=True)
-            pool = await db.open_pool(first.database, max_size=2)
-            keys = Keys(first.prefix, 16)
-            try:
-                await Flusher(redis, pool, keys, 5000).flush()
-                assert (
-                    await pool.fetchval(
-                        "SELECT count(*) FROM credit_transactions WHERE transaction_type='usage'"
-                    )
-                    == 300
-                )
+            async with flushed(first) as (pool, redis, keys):
+                usage = "SELECT count(*) FROM credit_transactions WHERE transaction_type='usage'"
+                assert await pool.fetchval(usage) == 300
                 assert await assert_books_balance(pool, redis, keys) == 10
-            finally:
-                await redis.aclose()
-                await pool.close()
 
         asyncio.run(books())

@@ -34,6 +34,10 @@ monthly_cap = "1"
 [tiers.saver]
 allocation = "2"
 rollover = true
+[tiers.bounded]
+allocation = "2"
+rollover = true
+max_rollover = "3"
 [tiers.trial]
 allocation = "5"
 """
@@ -96,6 +100,40 @@ async def test_rollover_tier_carries_unused_credits(
     assert (await balance(gw, "s"))["credits_remaining"] == "3.500000"  # 1.5 left + 2
     await gw.app.state.services.flusher.flush()
     await assert_books_balance(pool, redis, keys)
+
+
+async def test_rollover_respects_max_rollover_and_the_ledger_shows_what_expired(
+    gw: Client, clock: FakeClock, pool: asyncpg.Pool, redis: Redis, keys: Keys
+) -> None:
+    """max_rollover = 3: unused allocation (2.00 a period, none spent) rolls over until the
+    rollover block holds 3.00; the rest of each closing allocation expires, as the renewal's
+    draws say. Purchases are untouched throughout."""
+    await gw.put("/api/v1/credits/b/tier", json={"tier": "bounded"})
+    await gw.post(
+        "/api/v1/credits/grant",
+        json={"user_id": "b", "amount": "10", "request_id": "buy", "kind": "purchase"},
+    )
+    seen = []
+    for _ in range(3):
+        clock.next_period(seconds=1)
+        seen.append((await balance(gw, "b"))["credits_remaining"])
+    # rollover 2 (+2 new), then 3 (1 of 2 rolled, 1 expired), then 3 (2 expired): + 10 bought
+    assert seen == ["14.000000", "15.000000", "15.000000"]
+    await gw.app.state.services.flusher.flush()
+    rows = await pool.fetch(
+        "SELECT amount, draws FROM credit_transactions WHERE user_id = 'b' "
+        "AND transaction_type = 'monthly_reset' ORDER BY created_at"
+    )
+    expired = [sum(int(d.split(":")[1]) for d in (r["draws"] or "").split(",") if d) for r in rows]
+    assert expired == [0, 1_000_000, 2_000_000]
+    assert [r["amount"] for r in rows] == [2, 1, 0]  # the net change of each renewal
+    blocks = await pool.fetch(
+        "SELECT kind, remaining FROM credit_grants WHERE user_id = 'b' AND closed_at IS NULL "
+        "ORDER BY kind"
+    )
+    assert [tuple(b) for b in blocks] == [("allocation", 2), ("purchase", 10), ("rollover", 3)]
+    tiers = (await gw.get("/api/v1/tiers")).json()["tiers"]
+    assert next(t for t in tiers if t["name"] == "bounded")["max_rollover"] == "3.000000"
 
 
 async def test_monthly_cap_is_402_with_its_reason_and_renews(

@@ -110,7 +110,8 @@ def test_database_names_are_checked_before_use(name: str) -> None:
 
 async def test_the_blocks_migration_gives_existing_users_their_blocks() -> None:
     """0011: a user's allocation left (up to its balance) becomes the allocation block, the rest
-    of its balance a purchase block without expiry; the blocks sum to the balance."""
+    of its balance a purchase block without expiry; the blocks sum to the balance. 0012: each
+    block keeps what was put in it (its remainder, for blocks made so)."""
     url = f"{PG_SERVER}/metering_mig_{uuid.uuid4().hex[:8]}"
     await db.ensure_database(url)
     conn = await asyncpg.connect(url)
@@ -125,15 +126,15 @@ async def test_the_blocks_migration_gives_existing_users_their_blocks() -> None:
             "INSERT INTO user_credits (user_id, credits_remaining, credits_allocated, tier) "
             "VALUES ('rich', 25, 5, 'trial'), ('spent', 2, 5, 'trial'), ('none', 0, 5, 'trial')"
         )
-        assert [v[:4] for v in await migrate(conn)] == ["0011"]
+        assert [v[:4] for v in await migrate(conn)][:2] == ["0011", "0012"]
         rows = await conn.fetch(
-            "SELECT user_id, kind, remaining FROM credit_grants ORDER BY user_id, kind"
+            "SELECT user_id, kind, remaining, amount FROM credit_grants ORDER BY user_id, kind"
         )
-        assert [(r["user_id"], r["kind"], r["remaining"]) for r in rows] == [
-            ("none", "allocation", 0),
-            ("rich", "allocation", 5),
-            ("rich", "purchase", 20),
-            ("spent", "allocation", 2),
+        assert [tuple(r) for r in rows] == [
+            ("none", "allocation", 0, 0),
+            ("rich", "allocation", 5, 5),
+            ("rich", "purchase", 20, 20),
+            ("spent", "allocation", 2, 2),
         ]
     finally:
         await conn.close()

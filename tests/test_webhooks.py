@@ -7,6 +7,7 @@ import asyncio
 import json
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -220,3 +221,47 @@ def test_bad_alert_thresholds_are_refused(alerts: str) -> None:
     text = f'default_tier = "t"\n[tiers.t]\nallocation = "1"\nalerts = {alerts}\n'
     with pytest.raises(TierConfigError, match="alerts"):
         parse_tiers(text)
+
+
+async def test_a_block_expiring_soon_sends_one_credits_expiring_webhook(
+    settings: Settings, clock: FakeClock, pool: asyncpg.Pool, receiver: Receiver
+) -> None:
+    """METERING_EXPIRING_NOTICE 1 day, METERING_EXPIRING_MIN 1.00: of three bonuses, the one
+    of 2.00 expiring in 12 hours is announced once (however often the cron runs); the one of
+    0.50 is too small, the one expiring in 3 days too far off until the clock gets there."""
+    from gateway.flusher.webhooks import queue_expiring
+
+    async with gateway(settings, clock, webhook_url=receiver.url, webhook_secret=SECRET) as c:
+        for rid, amount, hours in (("soon", "2", 12), ("small", "0.5", 12), ("later", "2", 72)):
+            at = (clock.now + timedelta(hours=hours)).isoformat()
+            body = {
+                "user_id": "w",
+                "amount": amount,
+                "request_id": rid,
+                "kind": "bonus",
+                "expires_at": at,
+            }
+            assert (await c.post("/api/v1/credits/grant", json=body)).status_code == 200
+        await c.app.state.services.flusher.flush()
+        service = c.app.state.services.credits
+        assert await queue_expiring(pool, await service.now(), 86400, 1_000_000) == 1
+        assert await queue_expiring(pool, await service.now(), 86400, 1_000_000) == 0
+        clock.advance(hours=50)  # "later" is 22 hours away now; "soon" expired
+        await c.get("/api/v1/credits/balance", params={"user_id": "w"})
+        await c.app.state.services.flusher.flush()
+        assert await queue_expiring(pool, await service.now(), 86400, 1_000_000) == 1
+        sender = WebhookSender(pool, receiver.url, SECRET)
+        try:
+            assert (await sender.send_due()).delivered == 2
+        finally:
+            await sender.aclose()
+    alerts = receiver.alerts()
+    assert [(a["type"], a["remaining"]) for a in alerts] == [("credits.expiring", "2.000000")] * 2
+    assert len({a["grant_id"] for a in alerts}) == 2
+    assert {a["kind"] for a in alerts} == {"bonus"}
+
+
+@pytest.mark.parametrize("value", ["-1", "abc", "0.0000001"])
+def test_bad_expiring_settings_are_refused(value: str) -> None:
+    with pytest.raises(SystemExit, match="METERING_EXPIRING_MIN"):
+        settings_from_env({"METERING_EXPIRING_MIN": value})

@@ -11,6 +11,7 @@ from gateway.api.auth import Authenticator
 from gateway.base.settings import Settings
 from gateway.credits.batch import BatchService
 from gateway.credits.coupons import CouponService
+from gateway.credits.grants import GrantsService
 from gateway.credits.history import HistoryService
 from gateway.credits.refunds import RefundService
 from gateway.credits.reservations import ReservationService
@@ -30,6 +31,7 @@ class Services:
     batch: BatchService
     history: HistoryService
     coupons: CouponService
+    grants: GrantsService
     settings: Settings
 
     @classmethod
@@ -48,4 +50,5 @@ class Services:
             batch=BatchService(credits),
             history=HistoryService(credits),
             coupons=CouponService(credits, flusher),
+            grants=GrantsService(credits),
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
 from typing import Literal
 
 import msgspec
@@ -45,6 +46,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_url: str | None = None  # low-balance alerts are POSTed here (none when unset)
     webhook_secret: str | None = None  # HMAC-SHA256 key signing each webhook
     webhook_max_attempts: int = 12  # tries per webhook (backoff 2 s doubling, at most 1 h)
+    # credits.expiring webhooks: one per credit block holding at least expiring_min credits
+    # whose expiry is at most expiring_notice seconds away (queued by the renewal cron's runs)
+    expiring_notice: float = 3 * 86400.0
+    expiring_min: str = "1.00"
     # seconds added to Redis's time, the one clock for money: 0 in production; drills and tests
     # set it on every instance alike to cross a period boundary without waiting
     clock_offset: float = 0.0
@@ -77,6 +82,8 @@ _ENV = {
     "webhook_url": "METERING_WEBHOOK_URL",
     "webhook_secret": "METERING_WEBHOOK_SECRET",
     "webhook_max_attempts": "METERING_WEBHOOK_MAX_ATTEMPTS",
+    "expiring_notice": "METERING_EXPIRING_NOTICE",
+    "expiring_min": "METERING_EXPIRING_MIN",
     "clock_offset": "METERING_CLOCK_OFFSET",
 }
 
@@ -98,9 +105,27 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: object)
                 f"invalid configuration: METERING_RENEW_CRON {settings.renew_cron!r} is not a "
                 f"crontab (minute hour day month weekday) or 'off': {exc}"
             ) from None
+    try:
+        expiring_min_micro(settings)
+    except ValueError as exc:
+        raise SystemExit(f"invalid configuration: METERING_EXPIRING_MIN: {exc}") from None
+    if settings.expiring_notice < 0:
+        raise SystemExit("invalid configuration: METERING_EXPIRING_NOTICE must be >= 0 seconds")
     if settings.webhook_url and not settings.webhook_secret:
         raise SystemExit(
             "invalid configuration: METERING_WEBHOOK_URL needs METERING_WEBHOOK_SECRET "
             "(webhooks are signed with it)"
         )
     return settings
+
+
+def expiring_min_micro(settings: Settings) -> int:
+    """METERING_EXPIRING_MIN in micro-credits: a decimal with at most 6 places, >= 0."""
+    try:
+        value = Decimal(settings.expiring_min)
+    except InvalidOperation:
+        raise ValueError(f"{settings.expiring_min!r} is not a decimal amount") from None
+    micro = value.scaleb(6)
+    if not value.is_finite() or value < 0 or micro != micro.to_integral_value():
+        raise ValueError(f"{settings.expiring_min!r} must be >= 0 with at most 6 decimal places")
+    return int(micro)

@@ -79,7 +79,7 @@ class BatchService:
         groups: dict[str, tuple[list[int], list[str], list[list[Any]]]] = {}
         for n, call in enumerate(calls):
             user_key, idem_key, stream, holds = call.keys
-            delta, fp, txn, _, rid, _, *extra = call.args  # every item is a usage event
+            delta, fp, txn, _, rid, _, _, *extra = call.args  # every item is a usage event
             group = groups.get(stream)
             if group is None:
                 group = groups[stream] = ([], [stream], [])

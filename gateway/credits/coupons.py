@@ -11,17 +11,17 @@ from datetime import datetime
 import msgspec
 
 from gateway.base.errors import Conflict, IdempotencyConflict, NotFound, Unavailable
-from gateway.credits.ids import new_id
-from gateway.credits.keys import shard_of
-from gateway.credits.money import fmt, parse_amount, to_decimal, to_micro
-from gateway.credits.schemas import (
+from gateway.credits.coupon_schemas import (
     Coupon,
     CouponCheck,
     CouponRequest,
     RedeemRequest,
     RedeemResult,
-    fingerprint,
 )
+from gateway.credits.ids import new_id
+from gateway.credits.keys import shard_of
+from gateway.credits.money import fmt, parse_amount, to_decimal, to_micro
+from gateway.credits.schemas import fingerprint
 from gateway.credits.service import CreditService, applied
 from gateway.credits.settling import Settles
 from persistence import coupons as db
@@ -37,6 +37,7 @@ def _coupon(c: CouponRow) -> Coupon:
         expires_at=c.expires_at.isoformat() if c.expires_at else None,
         active=c.active,
         created_at=c.created_at.isoformat(),
+        credits_expire_after_days=c.credits_expire_after_days,
     )
 
 
@@ -59,6 +60,7 @@ class CouponService:
             req.expires_at,
             await self.credits.now(),
             actor,
+            req.credits_expire_after_days,
         )
         if row is None:
             raise Conflict(f"a coupon with code {code!r} already exists")
@@ -129,9 +131,13 @@ class CouponService:
         replayed = found.status == "replay"
         if not found.granted:
             taken: IdempotencyConflict | None = None
+            # read before the row lock is taken: inside, a second connection per redemption
+            # could exhaust the pool while every settling waits for one
+            coupon = await db.get_coupon(self.credits.pool, code)
+            days = None if coupon is None else coupon.credits_expire_after_days
             async with db.settling(self.credits.pool, code, user) as settling:
                 if not settling.granted and not (replayed and await self._made(settling, req, txn)):
-                    taken = await self._grant(settling, code, req, micro, fp, txn)
+                    taken = await self._grant(settling, code, req, micro, fp, txn, days)
                 if taken is None:
                     await settling.done()
             if taken is not None:  # raised once the undo is committed (inside, it rolled back)
@@ -147,15 +153,24 @@ class CouponService:
         )
 
     async def _grant(
-        self, settling: db.Settling, code: str, req: RedeemRequest, micro: int, fp: str, txn: str
+        self,
+        settling: db.Settling,
+        code: str,
+        req: RedeemRequest,
+        micro: int,
+        fp: str,
+        txn: str,
+        days: int | None,
     ) -> IdempotencyConflict | None:
         """Make the redemption's grant in Redis (a replay when Redis already has it under this
         request id). A request id another request holds undoes the redemption (the use is given
         back): the conflict to answer (409) is returned, for the caller to raise after the
         undo is committed."""
         meta = msgspec.json.encode({"coupon": code})
+        # the credits' expiry counts from the grant, on the scripts' clock ('+ms')
+        spec = "" if days is None else f":+{days * 86_400_000}"
         call = self.credits.apply_call(
-            req.user_id, req.request_id, micro, fp, "bonus", ["meta", meta], txn=txn
+            req.user_id, req.request_id, micro, fp, "bonus", ["meta", meta], txn=txn, spec=spec
         )
         try:
             answer = await self.credits.call(

@@ -1,4 +1,6 @@
-"""Refunds: return all or part of a debit, never more than it charged across all its refunds.
+"""Refunds: return all or part of a debit, never more than it charged across all its refunds,
+to the credit blocks it drew from (lib.lua credit_back; docs/credit-blocks.md says where a
+refund of an expired block goes).
 
 The debit is looked up in PostgreSQL (its amount and the refunds already flushed); a debit too
 recent to be flushed is flushed first, on demand. The refund itself is one Lua call that keeps a
@@ -56,6 +58,8 @@ class RefundService:
                 epoch_ms(debit.created_at),
                 int(flushed),
                 actor,
+                debit.draws,
+                debit.blocks,
             ]
             res = await self.credits.call(self.credits.scripts.refund, user, script_keys, args)
             if res[0] != "recount" or flushed:
@@ -73,6 +77,7 @@ class RefundService:
                 refunded=fmt(int(res[2])),
                 credits_remaining=fmt(int(res[3])),
                 replayed=status == "replay",
+                expired=fmt(int(res[4]) if len(res) > 4 else 0),
             )
         if status == "conflict":
             raise IdempotencyConflict(

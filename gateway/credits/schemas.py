@@ -52,7 +52,7 @@ KEY_NAME_PATTERN = r"^[\x21-\x7e]+\Z"
 RESERVATION_ID_PATTERN = r"^rv[0-9]{1,5}_[0-9a-f]{32}\Z"
 
 
-def _check_request_id(request_id: str) -> None:
+def check_request_id(request_id: str) -> None:
     if request_id.startswith(RESERVED_REQUEST_PREFIX):
         raise ValueError(f"request_id may not start with {RESERVED_REQUEST_PREFIX!r} (reserved)")
 
@@ -90,7 +90,7 @@ class DebitRequest(Priced, kw_only=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_request_id(self.request_id)
+        check_request_id(self.request_id)
 
 
 class BatchDebitRequest(Struct, forbid_unknown_fields=True):
@@ -110,23 +110,38 @@ class BatchResult(Struct):
     results: list[BatchItem]
 
 
+def check_expiry(expires_at: datetime | None) -> None:
+    if expires_at is not None:
+        if expires_at.tzinfo is None:
+            raise ValueError("expires_at needs a time zone (e.g. 2026-12-31T23:59:59Z)")
+        if in_range(expires_at) is None:
+            raise ValueError(f"expires_at must be {TIME_RANGE}")
+
+
 class GrantRequest(Struct, forbid_unknown_fields=True):
+    """A grant opens a credit block of its kind (docs/credit-blocks.md): it never expires unless
+    expires_at (RFC 3339, in the future) is given, and is spent in the order of its priority
+    (0-100, lower first; by default allocation 10, bonus 20, adjustment 25, purchase 30)."""
+
     user_id: UserId
     amount: AmountIn
     request_id: RequestId
     kind: Literal["purchase", "bonus", "adjustment"] = "purchase"
     reason: Annotated[str, Meta(max_length=1000, pattern=r"^[^\x00]*\Z")] | None = None
+    expires_at: datetime | None = None
+    priority: Annotated[int, Meta(ge=0, le=100)] | None = None
 
     def __post_init__(self) -> None:
         parse_amount(self.amount)
-        _check_request_id(self.request_id)
+        check_request_id(self.request_id)
+        check_expiry(self.expires_at)
 
 
 class ResetRequest(Struct, forbid_unknown_fields=True):
     request_id: RequestId
 
     def __post_init__(self) -> None:
-        _check_request_id(self.request_id)
+        check_request_id(self.request_id)
 
 
 class ResetResult(Struct):
@@ -146,7 +161,7 @@ class RefundRequest(Struct, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         if self.amount is not None:
             parse_amount(self.amount)
-        _check_request_id(self.request_id)
+        check_request_id(self.request_id)
 
 
 class RefundResult(Struct):
@@ -156,6 +171,9 @@ class RefundResult(Struct):
     refunded: str
     credits_remaining: str
     replayed: bool
+    # the part of the refund returned to blocks that had expired since the debit: it expired
+    # again at once (an 'expiry' entry), so the balance grew by refunded - expired
+    expired: str = "0.000000"
 
 
 class ReserveRequest(Struct, forbid_unknown_fields=True):
@@ -166,7 +184,7 @@ class ReserveRequest(Struct, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         parse_amount(self.amount)
-        _check_request_id(self.request_id)
+        check_request_id(self.request_id)
 
 
 class CommitRequest(Priced, kw_only=True, forbid_unknown_fields=True):
@@ -288,68 +306,6 @@ class AuditPage(Struct):
     next_cursor: str | None
 
 
-CouponCode = Annotated[
-    str,
-    Meta(
-        min_length=3,
-        max_length=64,
-        pattern=r"^[A-Za-z0-9_-]+\Z",
-        description="3 to 64 letters, digits, '_' or '-'",
-    ),
-]
-
-
-class CouponRequest(Struct, forbid_unknown_fields=True):
-    credits: AmountIn
-    code: CouponCode | None = None  # generated when absent
-    max_uses: Annotated[int, Meta(ge=1, le=10**9)] | None = None
-    expires_at: datetime | None = None
-
-    def __post_init__(self) -> None:
-        parse_amount(self.credits, field="credits")
-        if self.expires_at is not None:
-            if self.expires_at.tzinfo is None:
-                raise ValueError("expires_at needs a time zone (e.g. 2026-12-31T23:59:59Z)")
-            if in_range(self.expires_at) is None:
-                raise ValueError(f"expires_at must be {TIME_RANGE}")
-
-
-class Coupon(Struct):
-    code: str
-    credits: str
-    max_uses: int | None
-    uses: int
-    expires_at: str | None
-    active: bool
-    created_at: str
-
-
-class CouponCheck(Struct):
-    code: str
-    valid: bool
-    reason: str | None
-    credits: str | None
-    remaining_uses: int | None
-    expires_at: str | None
-
-
-class RedeemRequest(Struct, forbid_unknown_fields=True):
-    user_id: UserId
-    request_id: RequestId
-
-    def __post_init__(self) -> None:
-        _check_request_id(self.request_id)
-
-
-class RedeemResult(Struct):
-    code: str
-    user_id: str
-    transaction_id: str
-    granted: str
-    credits_remaining: str
-    replayed: bool
-
-
 class TierRequest(Struct, forbid_unknown_fields=True):
     tier: Annotated[str, Meta(min_length=1, max_length=50)]
 
@@ -384,6 +340,12 @@ class Balance(Struct):
     last_reset: str
     period_spent: str
     credits_held: str
+    expiring: Expiring | None = None  # the next credits to expire, if any
+
+
+class Expiring(Struct):
+    amount: str
+    at: str
 
 
 class TierChange(Struct):
@@ -402,6 +364,7 @@ class TierInfo(Struct):
     monthly_cap: str | None
     default: bool
     rollover: bool
+    max_rollover: str | None = None  # the most a rollover block holds (None: no limit)
 
 
 class TierList(Struct):

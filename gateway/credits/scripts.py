@@ -43,6 +43,7 @@ NAMES = (
     "commit",
     "release",
     "refund",
+    "blocks",
 )
 
 
@@ -57,6 +58,7 @@ class Scripts:
     commit: AsyncScript
     release: AsyncScript
     refund: AsyncScript
+    blocks: AsyncScript
 
     def __init__(self, redis: Any, max_backlog: int = 500_000) -> None:
         for name in NAMES:

@@ -15,7 +15,15 @@ from redis.commands.core import AsyncScript
 
 from gateway.base.errors import IdempotencyConflict, InsufficientCredits, Unavailable, Unprocessable
 from gateway.base.metrics import HYDRATIONS
-from gateway.credits.clock import Clock, Period, epoch_ms, from_ms, offset_ms, period_start
+from gateway.credits.clock import (
+    Clock,
+    Period,
+    epoch_ms,
+    from_ms,
+    offset_ms,
+    period_end,
+    period_start,
+)
 from gateway.credits.coalesce import Coalescer
 from gateway.credits.ids import new_id
 from gateway.credits.inputs import encode_metadata
@@ -27,6 +35,7 @@ from gateway.credits.schemas import (
     CommitRequest,
     DebitRequest,
     DebitResult,
+    Expiring,
     GrantRequest,
     GrantResult,
     ResetResult,
@@ -34,7 +43,7 @@ from gateway.credits.schemas import (
     fingerprint,
 )
 from gateway.credits.scripts import MAX_BLOCKS, Scripts
-from gateway.credits.tiers import TierTable
+from gateway.credits.tiers import TierTable, roll_flag
 from persistence.db import DB_ERRORS
 from persistence.ledger import wait_for_flush
 from persistence.users import (
@@ -89,6 +98,10 @@ def applied(res: list[Any], call: ApplyCall) -> Applied:
             f"this grant would take the balance past the maximum of {fmt(MAX_MICRO)} "
             f"(available {fmt(int(res[1]))})"
         )
+    if status == "past":
+        raise Unprocessable(
+            f"expires_at must be in the future (now is {from_ms(int(res[1])).isoformat()})"
+        )
     if status == "blocks":
         raise Unprocessable(
             f"this user holds the most open credit blocks allowed ({MAX_BLOCKS}); spend or "
@@ -103,22 +116,27 @@ def applied(res: list[Any], call: ApplyCall) -> Applied:
 
 def block_args(grants: list[GrantRow]) -> Args:
     """Open credit blocks as hydrate.lua takes them: one text, as lib.lua keeps it ('blks'):
-    'remaining:id:kind:priority:expires_ms:created_ms' entries in spending order (priority,
-    earliest expiry with none last, oldest, id), joined by ','."""
+    'remaining:id:kind:priority:expires_ms:created_ms:granted' entries in spending order
+    (priority, earliest expiry with none last, oldest, id), joined by ','; then their earliest
+    expiry (epoch ms, 0: none), 'nexp'."""
     entries = []
     for g in grants:
         expires = 0 if g.expires_at is None else epoch_ms(g.expires_at)
+        granted = g.remaining if g.amount is None else g.amount
         order = (g.priority, expires or float("inf"), epoch_ms(g.created_at), g.id)
         entries.append(
             (
                 order,
                 f"{to_micro(g.remaining)}:{g.id}:{g.kind}:{g.priority}:{expires}:"
-                f"{epoch_ms(g.created_at)}",
+                f"{epoch_ms(g.created_at)}:{to_micro(granted)}",
             )
         )
     # none (a row written without its blocks): no argument, so the first change makes them
     # from the balance (lib.lua blocks_or_legacy) rather than claim there are none
-    return [",".join(e for _, e in sorted(entries))] if entries else []
+    if not entries:
+        return []
+    nexp = min((o[1] for o, _ in entries if o[1] != float("inf")), default=0)
+    return [",".join(e for _, e in sorted(entries)), int(nexp)]
 
 
 def debit_result(req: DebitRequest, res: Applied) -> DebitResult:
@@ -203,8 +221,11 @@ class CreditService:
         extra: Args = ["actor", actor]
         if req.reason is not None:
             extra += ["meta", msgspec.json.encode({"reason": req.reason})]
-        fp = fingerprint("grant", micro, req.kind, req.reason)
-        call = self.apply_call(req.user_id, req.request_id, micro, fp, req.kind, extra)
+        expires = None if req.expires_at is None else epoch_ms(req.expires_at)
+        block = [expires, req.priority] if expires or req.priority is not None else []
+        fp = fingerprint("grant", micro, req.kind, req.reason, *block)
+        spec = f"{'' if req.priority is None else req.priority}:{expires or ''}"
+        call = self.apply_call(req.user_id, req.request_id, micro, fp, req.kind, extra, spec=spec)
         res = applied(await self.call(self.scripts.apply, req.user_id, call.keys, call.args), call)
         return GrantResult(
             res.txn, req.user_id, fmt(res.delta), fmt(res.balance), res.status == "replay"
@@ -219,7 +240,10 @@ class CreditService:
         event: str,
         extra: Args,
         txn: str | None = None,
+        spec: str = "",
     ) -> ApplyCall:
+        """spec: a grant's block, 'priority:expires_ms' (lib.lua apply_change); expires_ms may be
+        '+ms', from now on the scripts' clock."""
         keys = [
             self.keys.user(user_id),
             self.keys.request(user_id, request_id),
@@ -227,7 +251,7 @@ class CreditService:
             self.keys.holds(user_id),
         ]
         txn = txn or new_id()
-        args: Args = [delta, fp, txn, self.idempotency_ttl, request_id, event, *extra]
+        args: Args = [delta, fp, txn, self.idempotency_ttl, request_id, event, spec, *extra]
         return ApplyCall(user_id, request_id, delta, keys, args)
 
     async def _state(self, user_id: str) -> list[Any]:
@@ -236,7 +260,7 @@ class CreditService:
         return list(await self.call(self.scripts.balance, user_id, keys, []))
 
     async def balance(self, user_id: str) -> Balance:
-        _, bal, alloc, tier, cap, reset, spent, held = await self._state(user_id)
+        _, bal, alloc, tier, cap, reset, spent, held, *blocks = await self._state(user_id)
         return Balance(
             user_id=user_id,
             tier=tier,
@@ -246,7 +270,21 @@ class CreditService:
             monthly_cap=fmt(int(cap)) if cap else None,
             last_reset=reset,
             period_spent=fmt(int(spent)),
+            expiring=self.expiring(reset, *blocks),
         )
+
+    def expiring(self, reset: str, nexp: str, due: str, arem: str, roll: str) -> Expiring | None:
+        """The next credits to expire: a block's remainder at its expires_at (balance.lua's
+        nexp and due), or the allocation left at the period's end when that comes first (a
+        tier without rollover), or both when they fall together."""
+        at, amount = int(nexp), int(due)
+        if not roll.startswith("1") and int(arem):
+            ends = epoch_ms(period_end(datetime.fromisoformat(reset), self.period))
+            if not at or ends < at:
+                at, amount = ends, 0
+            if ends == at:
+                amount += int(arem)
+        return Expiring(fmt(amount), from_ms(at).isoformat()) if at and amount else None
 
     async def available(self, user_id: str) -> int:
         """What the user can spend now (micro-credits), never below 0, as the scripts answer."""
@@ -265,7 +303,7 @@ class CreditService:
             tier.name,
             tier.allocation,
             cap,
-            int(tier.rollover),
+            roll_flag(tier),
             txn,
             f"sys:tier:{txn}",
             actor,
@@ -380,7 +418,7 @@ class CreditService:
             row.redis_version,
             int(pstart.timestamp()),
             to_micro(row.period_spent),
-            int(tier is not None and tier.rollover),
+            roll_flag(tier),
             epoch_ms(last_reset),
             *block_args(grants),
         ]

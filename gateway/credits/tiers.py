@@ -24,8 +24,16 @@ class Tier:
     allocation: int  # micro-credits
     monthly_cap: int | None  # micro-credits, None when uncapped
     rollover: bool = False  # unused credits carry into the next period instead of expiring
+    max_rollover: int | None = None  # micro: the most the rollover block holds (None: no limit)
     alerts: tuple[int, ...] = (80, 95)  # low-balance webhooks at these % of the allocation spent
     alert_depleted: bool = True  # and one when the period's spending has used up the balance
+
+
+def roll_flag(tier: Tier | None) -> str:
+    """The user hash's 'roll' (lib.lua renew): '0' no rollover, '1' unbounded, '1:MICRO'."""
+    if tier is None or not tier.rollover:
+        return "0"
+    return "1" if tier.max_rollover is None else f"1:{tier.max_rollover}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +90,14 @@ def parse_tiers(text: str) -> TierTable:
         rollover = spec.get("rollover", False)
         if not isinstance(rollover, bool):
             raise TierConfigError(f"tiers.{name}.rollover must be true or false")
+        max_raw = spec.get("max_rollover")
+        if max_raw is not None and not rollover:
+            raise TierConfigError(f"tiers.{name}.max_rollover needs rollover = true")
+        max_roll = (
+            None
+            if max_raw is None
+            else _micro(max_raw, f"tiers.{name}.max_rollover", allow_zero=True)
+        )
         alerts = spec.get("alerts", [80, 95])
         if not isinstance(alerts, list) or not all(
             isinstance(a, int) and not isinstance(a, bool) and 1 <= a <= 100 for a in alerts
@@ -97,6 +113,7 @@ def parse_tiers(text: str) -> TierTable:
             allocation=alloc,
             monthly_cap=cap,
             rollover=rollover,
+            max_rollover=max_roll,
             alerts=tuple(sorted(set(alerts))),
             alert_depleted=depleted,
         )

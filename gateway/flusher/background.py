@@ -24,14 +24,14 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.base.connect import connect_redis
-from gateway.base.settings import Settings
+from gateway.base.settings import Settings, expiring_min_micro
 from gateway.credits.clock import Clock, configured, system_clock
 from gateway.credits.keys import Keys
 from gateway.credits.renewal import renew_idle
 from gateway.credits.service import CreditService
 from gateway.credits.tiers import TierTable, load_tiers
 from gateway.flusher.flush import Flusher, FlushLoop
-from gateway.flusher.webhooks import WebhookSender
+from gateway.flusher.webhooks import WebhookSender, queue_expiring
 from persistence.db import open_pool
 
 log = logging.getLogger("metering.background")
@@ -89,7 +89,7 @@ class Background:
             self.scheduler.add_job(
                 _renew_job,
                 CronTrigger.from_crontab(self.settings.renew_cron, timezone="UTC"),
-                args=[self.service],
+                args=[self.service, self.settings if self.webhooks is not None else None],
                 max_instances=1,
                 coalesce=True,
                 id="renew",
@@ -149,9 +149,18 @@ async def _send_job(sender: WebhookSender) -> None:
         log.exception("sending webhooks failed; tried again in a second")
 
 
-async def _renew_job(service: CreditService) -> None:
+async def _renew_job(service: CreditService, webhooks: Settings | None) -> None:
+    """Renew idle users and expire their due blocks; with webhooks on, queue the
+    credits.expiring notices of blocks expiring soon."""
     try:
         await renew_idle(service)
+        if webhooks is not None:
+            await queue_expiring(
+                service.pool,
+                await service.now(),
+                webhooks.expiring_notice,
+                expiring_min_micro(webhooks),
+            )
     except Exception:
         log.exception("renewing idle users failed; retried at the next run")
 

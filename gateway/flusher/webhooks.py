@@ -19,6 +19,7 @@ import hmac
 import logging
 import time
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 import httpx
@@ -28,6 +29,16 @@ from persistence import queries
 log = logging.getLogger("metering.webhooks")
 
 LEASE_SECONDS = 60.0
+
+
+async def queue_expiring(
+    pool: asyncpg.Pool, now: datetime, notice_seconds: float, min_micro: int
+) -> int:
+    """Queue a credits.expiring webhook for each open block of at least min_micro credits that
+    expires within notice_seconds of now (once per block, however often this runs); returns
+    how many were queued."""
+    status = await pool.execute(queries.WEBHOOK_QUEUE_EXPIRING, now, notice_seconds, min_micro)
+    return int(status.split()[-1])
 
 
 def sign(secret: str, body: bytes, at: int) -> str:

@@ -22,7 +22,9 @@ from gateway.api.auth import LOOPBACK, SCOPES, admin_key_weakness, generate_key,
 from gateway.base.connect import connect_redis
 from gateway.base.logs import serve_log_config
 from gateway.base.settings import Settings, settings_from_env
+from gateway.credits.clock import from_ms
 from gateway.credits.keys import Keys
+from gateway.credits.money import fmt, to_micro
 from gateway.credits.tiers import load_tiers
 from gateway.flusher.background import has_work, make_flusher, run_forever
 from gateway.ops.reconcile import reconcile
@@ -56,6 +58,36 @@ async def _flush(settings: Settings) -> dict[str, Any]:
         await pool.close()
 
 
+def _blocks_side_by_side(text: str | None, rows: list[users.GrantRow]) -> list[dict[str, Any]]:
+    """The user's open credit blocks, one row per block id: Redis's remainder (its 'blks', in
+    spending order) beside PostgreSQL's (credit_grants); None where a side lacks it."""
+    out: dict[str, dict[str, Any]] = {}
+    for entry in (text or "").split(","):
+        if entry:
+            rem, block_id, kind, prio, exp, _, *_granted = entry.split(":")
+            out[block_id] = {
+                "id": block_id,
+                "kind": kind,
+                "priority": int(prio),
+                "expires_at": from_ms(int(exp)).isoformat() if int(exp) else None,
+                "redis": fmt(int(rem)),
+                "postgres": None,
+            }
+    for g in rows:
+        row = out.setdefault(
+            g.id,
+            {
+                "id": g.id,
+                "kind": g.kind,
+                "priority": g.priority,
+                "expires_at": None if g.expires_at is None else g.expires_at.isoformat(),
+                "redis": None,
+            },
+        )
+        row["postgres"] = fmt(to_micro(g.remaining))
+    return list(out.values())
+
+
 async def _inspect(settings: Settings, user_id: str, raw: bool) -> dict[str, Any]:
     keys = Keys(settings.key_prefix, settings.shards)
     redis = connect_redis(settings.redis_url, settings.redis_timeout)
@@ -71,6 +103,9 @@ async def _inspect(settings: Settings, user_id: str, raw: bool) -> dict[str, Any
             "postgres": None if row is None else asdict(row),
             "ledger": {"entries": n, "sum": str(total)},
             "unflushed_events_in_shard": await redis.xlen(keys.user_stream(user_id)),
+            "blocks": _blocks_side_by_side(
+                str(state.get("blks") or ""), (await users.open_grants(conn, [user_id]))[user_id]
+            ),
         }
         if raw:  # every key of this user, as it is in Redis (the layout: gateway/credits/keys.py)
             requests = [

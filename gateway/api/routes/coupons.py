@@ -9,7 +9,13 @@ from litestar.datastructures import State
 from litestar.params import JSONBody, PathParameter, QueryParameter
 
 from gateway.api.routes.common import AnyRequest, actor, errors, services
-from gateway.credits.schemas import Coupon, CouponCheck, CouponRequest, RedeemRequest, RedeemResult
+from gateway.credits.coupon_schemas import (
+    Coupon,
+    CouponCheck,
+    CouponRequest,
+    RedeemRequest,
+    RedeemResult,
+)
 
 CodePath = Annotated[str, PathParameter(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+\Z")]
 

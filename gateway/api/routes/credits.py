@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from litestar import Controller, get, post, put
 from litestar.datastructures import State
@@ -10,6 +10,7 @@ from litestar.params import JSONBody, QueryParameter
 
 from gateway.api.fastpath import BATCH_MAX_BODY
 from gateway.api.routes.common import AnyRequest, UserIdPath, UserIdQuery, actor, errors, services
+from gateway.credits.grants import GrantList
 from gateway.credits.money import fmt
 from gateway.credits.schemas import (
     Balance,
@@ -107,6 +108,18 @@ class CreditsController(Controller):
         """The user's ledger in PostgreSQL, newest first; pass next_cursor for the next page."""
         return await services(state).history.transactions(user_id, limit, cursor)
 
+    @get("/credits/{user_id:str}/grants", opt={"scope": "read"}, responses=errors(404))
+    async def grants(
+        self,
+        user_id: UserIdPath,
+        state: State,
+        include: Annotated[Literal["open", "closed"], QueryParameter()] = "open",
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
+    ) -> GrantList:
+        """The user's credit blocks: the open ones in spending order (from Redis), and with
+        include=closed also up to `limit` spent or expired ones, newest first."""
+        return await services(state).grants.grants(user_id, include == "closed", limit)
+
     @get("/credits/{user_id:str}/usage", opt={"scope": "read"}, responses=errors(404))
     async def usage(
         self,
@@ -132,6 +145,7 @@ class CreditsController(Controller):
                     None if t.monthly_cap is None else fmt(t.monthly_cap),
                     t.name == table.default,
                     t.rollover,
+                    None if t.max_rollover is None else fmt(t.max_rollover),
                 )
                 for t in table.tiers.values()
             ]

@@ -19,7 +19,7 @@ if r[1] == 'committed' then
 end
 if r[1] == 'released' then return {'released'} end
 if redis.call('XLEN', KEYS[4]) >= BACKLOG_MAX then return {'backlog'} end
-auto_renew(KEYS[2], KEYS[4])
+catch_up(KEYS[2], KEYS[4])
 local held = purge_holds(KEYS[2], KEYS[3])
 local member = ARGV[7] .. '|' .. r[2]
 if r[1] == 'expired' or not redis.call('ZSCORE', KEYS[3], member) then

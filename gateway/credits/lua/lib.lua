@@ -89,16 +89,19 @@ end
 
 -- Credit blocks (docs/credit-blocks.md): a user's balance is the sum of its open blocks, kept in
 -- spending order in one field of the user hash, 'blks': entries
--- 'remaining:id:kind:priority:expires_ms:created_ms' joined by ',' (expires_ms 0: never), the
--- same text the ledger event carries. 'bal' stays the sum, so every check still reads one
--- field; a debit rewrites only the entries it draws from (drawn from the front), so its cost
--- hardly grows with the number of blocks. A user loaded before blocks has no 'blks'.
+-- 'remaining:id:kind:priority:expires_ms:created_ms:granted' joined by ',' (expires_ms 0: never;
+-- granted: all that was put in the block; an entry written before it had six values), the same
+-- text the ledger event carries. 'bal' stays the sum, so every check still reads one field; a
+-- debit rewrites only the entries it draws from (drawn from the front), so its cost hardly grows
+-- with the number of blocks. 'nexp' is the earliest expiry of an open block (0: none), so a call
+-- knows from one field whether a block is due to expire. A user loaded before blocks has no
+-- 'blks'.
 local BLOCK_PRIORITY = {allocation = 10, rollover = 15, bonus = 20, adjustment = 25,
                         purchase = 30}
 
 local function entry_of(b)
   return int(b.rem) .. ':' .. b.id .. ':' .. b.kind .. ':' .. int(b.prio) .. ':' .. int(b.exp) ..
-         ':' .. int(b.created)
+         ':' .. int(b.created) .. ':' .. int(b.amt)
 end
 
 -- Spending order: priority ascending, then the earliest expiry (none last), the oldest, the id.
@@ -115,10 +118,11 @@ end
 local function parse_blocks(text)
   local out = {}
   for e in string.gmatch(text or '', '[^,]+') do
-    local rem, id, kind, prio, exp, created =
-      string.match(e, '^([^:]*):([^:]*):([^:]*):([^:]*):([^:]*):([^:]*)$')
+    local rem, id, kind, prio, exp, created, amt =
+      string.match(e, '^([^:]*):([^:]*):([^:]*):([^:]*):([^:]*):([^:]*):?([^:]*)$')
     out[#out + 1] = {id = id, kind = kind, prio = tonumber(prio), exp = tonumber(exp),
-                     created = tonumber(created), rem = tonumber(rem)}
+                     created = tonumber(created), rem = tonumber(rem),
+                     amt = tonumber(amt) or tonumber(rem)}
   end
   return out
 end
@@ -131,10 +135,20 @@ local function join_blocks(blocks)
   return table.concat(parts, ',')
 end
 
-local function new_block(id, kind, amount)
+-- A new block: priority by kind unless given (prio), expiring at exp (epoch ms, 0 or nil: never).
+local function new_block(id, kind, amount, prio, exp)
   if not BLOCK_PRIORITY[kind] then kind = 'adjustment' end
-  return {id = id, kind = kind, prio = BLOCK_PRIORITY[kind], exp = 0, created = H.now,
-          rem = amount}
+  return {id = id, kind = kind, prio = prio or BLOCK_PRIORITY[kind], exp = exp or 0,
+          created = H.now, rem = amount, amt = amount}
+end
+
+-- The earliest expiry of the blocks (epoch ms), 0 when none expires ('nexp').
+local function next_expiry(blocks)
+  local nxt = 0
+  for _, b in ipairs(blocks) do
+    if b.exp > 0 and (nxt == 0 or b.exp < nxt) then nxt = b.exp end
+  end
+  return nxt
 end
 
 -- A user's blocks text ('blks'); for a user loaded before blocks (nil), its blocks made from
@@ -187,20 +201,73 @@ local function draw(text, amount)
   return table.concat(out, ','), draws, table.concat(changed, ',')
 end
 
--- Credit amount back as a refund: to the user's non-expiring adjustment block, or a new one
--- (id), or, when the user holds MAX_BLOCKS, to the block spent last. Returns the new text.
-local function credit_back(text, id, amount)
-  local blocks, to = parse_blocks(text), nil
-  for _, b in ipairs(blocks) do
-    if b.kind == 'adjustment' and b.exp == 0 then to = b end
+-- Return amount of a debit to the blocks it drew from (docs/credit-blocks.md, refunds): draws,
+-- the debit's 'id:micro' in drawing order, are undone from their end, after the done micro
+-- its earlier refunds returned, so a refund gives back what a smaller debit would not have
+-- drawn. A block still open gets its share back; a closed one that could still be spent (its
+-- expiry not reached, not a past period's allocation) reopens with its share, as meta (the
+-- drawn blocks as PostgreSQL holds them: 'id:kind:priority:expires_ms:created_ms:granted')
+-- describes it; the share of a block that has expired since (or of a past period's allocation)
+-- is returned and expires again at once. What the draws do not cover (a debit from before
+-- blocks, or a user already holding MAX_BLOCKS) goes to the user's non-expiring adjustment
+-- block (opened as id). Returns the new text, the returns ('id:-micro', the refund event's
+-- draws), the shares that expire again ('id:micro') and their sum.
+local function credit_back(text, draws, meta, done, amount, id)
+  local drawn = {}
+  for d in string.gmatch(draws or '', '[^,]+') do
+    local bid, micro = string.match(d, '^(.*):(%d+)$')
+    drawn[#drawn + 1] = {bid, tonumber(micro)}
   end
-  if not to and #blocks < MAX_BLOCKS then
-    to = new_block(id, 'adjustment', 0)
-    blocks[#blocks + 1] = to
+  local known = {}
+  for m in string.gmatch(meta or '', '[^,]+') do
+    local bid, kind, prio, exp, created, amt =
+      string.match(m, '^([^:]*):([^:]*):([^:]*):([^:]*):([^:]*):([^:]*)$')
+    known[bid] = {id = bid, kind = kind, prio = tonumber(prio), exp = tonumber(exp),
+                  created = tonumber(created), amt = tonumber(amt), rem = 0}
   end
-  to = to or blocks[#blocks]
-  to.rem = to.rem + amount
-  return join_blocks(blocks)
+  local blocks, open = parse_blocks(text), {}
+  for _, b in ipairs(blocks) do open[b.id] = b end
+  local returns, gone, lost, left, skip = {}, {}, 0, amount, done
+  for i = #drawn, 1, -1 do
+    if left == 0 then break end
+    local bid, took = drawn[i][1], drawn[i][2]
+    local give = math.min(math.max(took - skip, 0), left)
+    skip = math.max(skip - took, 0)
+    if give > 0 then
+      local b, k = open[bid], known[bid]
+      if not b and k and k.kind ~= 'allocation' and (k.exp == 0 or k.exp > H.now)
+         and #blocks < MAX_BLOCKS then
+        b = k
+        blocks[#blocks + 1] = b
+        open[bid] = b
+      end
+      if b then
+        b.rem = b.rem + give
+        if b.amt < b.rem then b.amt = b.rem end
+        returns[#returns + 1] = bid .. ':-' .. int(give)
+        left = left - give
+      elseif k then  -- expired since (or a past period's allocation): it expires again
+        returns[#returns + 1] = bid .. ':-' .. int(give)
+        gone[#gone + 1] = bid .. ':' .. int(give)
+        lost = lost + give
+        left = left - give
+      end
+    end
+  end
+  if left > 0 then
+    local to = nil
+    for _, b in ipairs(blocks) do
+      if b.kind == 'adjustment' and b.exp == 0 then to = b end
+    end
+    if not to and #blocks < MAX_BLOCKS then
+      to = new_block(id, 'adjustment', 0)
+      blocks[#blocks + 1] = to
+    end
+    to = to or blocks[#blocks]
+    to.rem, to.amt = to.rem + left, to.amt + left
+    returns[#returns + 1] = to.id .. ':-' .. int(left)
+  end
+  return join_blocks(blocks), table.concat(returns, ','), table.concat(gone, ','), lost
 end
 
 -- The ledger event: one stream field, e, holding the values in the order of FIELDS in
@@ -219,34 +286,47 @@ local function emit(stream, t, txn, rid, delta, bal, ver, spent, extra)
 end
 
 -- Renew the period when the current period began after the user's, or at once when forced (an
--- admin reset): the allocation block closes (its remainder expires, or for roll = 1 moves to
--- the rollover block) and a new one opens with the allocation; purchases, bonuses, adjustments
--- and rollovers are untouched. Keyed by period start, so concurrent calls at the boundary renew
--- once, and the period start never moves back, whatever a caller's clock or a forced reset
--- says. rst, the renewal's time (epoch ms), tells a refund whether its debit was spent before
--- the renewal. Returns the balance change, or nil when nothing happened.
+-- admin reset): the allocation block closes (its remainder expires, or for a rollover tier,
+-- roll '1' or '1:MAX_ROLLOVER' (micro), moves to the rollover block, which then holds at most
+-- MAX_ROLLOVER; the rest expires) and a new one opens with the allocation; purchases, bonuses,
+-- adjustments and rollovers are untouched. The event's draws say what expired from each closed
+-- block. Keyed by period start, so concurrent calls at the boundary renew once, and the period
+-- start never moves back, whatever a caller's clock or a forced reset says. rst, the renewal's
+-- time (epoch ms), tells a refund whether its debit was spent before the renewal. Returns the
+-- balance change, or nil when nothing happened.
 local function renew(key, stream, force, rid, txn, extra)
   local st = redis.call('HMGET', key, 'bal', 'alloc', 'pstart', 'roll', 'spent', 'blks')
   local pstart = tonumber(st[3])
   if not force and pstart >= H.pstart then return nil end
   local bal, alloc = tonumber(st[1]), tonumber(st[2])
-  local closed, kept, roll = 0, {}, nil
+  local closing, kept, roll = {}, {}, nil
   for _, b in ipairs(parse_blocks(blocks_or_legacy(key, st[6], bal, alloc))) do
     if b.kind == 'allocation' then
-      closed = closed + b.rem
+      closing[#closing + 1] = b
     else
       if b.kind == 'rollover' and b.exp == 0 then roll = b end
       kept[#kept + 1] = b
     end
   end
-  local rest = bal - closed
-  if st[4] == '1' and closed > 0 then
-    if not roll then
-      roll = new_block('r-' .. txn, 'rollover', 0)
-      kept[#kept + 1] = roll
+  local rolls, cap = string.match(st[4] or '0', '^(%d)(.*)$')
+  local room = 0
+  if rolls == '1' then
+    room = tonumber(string.sub(cap, 2)) or MAX
+    if roll then room = room - roll.rem end
+  end
+  local rest, gone = bal, {}
+  for _, b in ipairs(closing) do
+    local moved = math.max(math.min(b.rem, room), 0)
+    room = room - moved
+    if moved > 0 then
+      if not roll then
+        roll = new_block('r-' .. txn, 'rollover', 0)
+        kept[#kept + 1] = roll
+      end
+      roll.rem, roll.amt = roll.rem + moved, roll.amt + moved
     end
-    roll.rem = roll.rem + closed
-    rest = bal
+    rest = rest - (b.rem - moved)
+    if b.rem > moved then gone[#gone + 1] = b.id .. ':' .. int(b.rem - moved) end
   end
   local fresh = new_block(txn, 'allocation', math.max(math.min(alloc, MAX - rest), 0))
   kept[#kept + 1] = fresh
@@ -260,13 +340,65 @@ local function renew(key, stream, force, rid, txn, extra)
              'reset', reset_iso, 'rst', int(at), 'blks', blks)
   local ver = redis.call('HINCRBY', key, 'ver', 1)
   local fields = {'reset', reset_iso, 'blk', blks}
+  if #gone > 0 then
+    fields[#fields + 1] = 'draws'
+    fields[#fields + 1] = table.concat(gone, ',')
+  end
   for _, v in ipairs(extra or {}) do fields[#fields + 1] = v end
   emit(stream, 'monthly_reset', txn, rid, after - bal, after, ver, 0, fields)
   return after - bal
 end
 
+-- A transaction id derived from the call's renewal id (H.rtxn, a version 7 uuid, used only if
+-- the call renews) by setting its version nibble to n: unique as that id is, and apart from it,
+-- for the other system entries one call may write (expiry '8', a refund's re-expiry '9').
+local function twin_id(n)
+  return string.sub(H.rtxn, 1, 14) .. n .. string.sub(H.rtxn, 16)
+end
+
 local function auto_renew(key, stream)
   return renew(key, stream, false, 'sys:reset:' .. int(H.pstart), H.rtxn)
+end
+
+-- Expire the blocks whose time has come (expires_ms <= now on the one clock): they close and
+-- their remainders leave the balance as one 'expiry' event (its draws: each block and what it
+-- lost), exactly once, since the call that expires them removes them. nexp (the field, or the
+-- value already read) says whether anything is due, so this costs nothing until then. The
+-- event's transaction id is the renewal id's twin '8' (twin_id). Spending and holds are
+-- untouched (a hold larger than what is left settles as after a renewal). Returns the amount.
+local function expire_due(key, stream, nexp)
+  nexp = nexp or redis.call('HGET', key, 'nexp')
+  if not nexp or nexp == '0' or tonumber(nexp) > H.now then return 0 end
+  local st = redis.call('HMGET', key, 'bal', 'blks', 'spent')
+  local kept, gone, lost = {}, {}, 0
+  for _, b in ipairs(parse_blocks(st[2])) do
+    if b.exp > 0 and b.exp <= H.now then
+      lost = lost + b.rem
+      gone[#gone + 1] = b.id .. ':' .. int(b.rem)
+    else
+      kept[#kept + 1] = b
+    end
+  end
+  local nxt = next_expiry(kept)
+  if #gone == 0 then  -- spent (and closed) before its time: look again at the next one
+    redis.call('HSET', key, 'nexp', int(nxt))
+    return 0
+  end
+  local bal = tonumber(st[1]) - lost
+  local blks = join_blocks(kept)
+  redis.call('HSET', key, 'bal', int(bal), 'blks', blks, 'nexp', int(nxt))
+  local ver = redis.call('HINCRBY', key, 'ver', 1)
+  local txn = twin_id('8')
+  emit(stream, 'expiry', txn, 'sys:expiry:' .. txn, -lost, bal, ver, tonumber(st[3]),
+       {'blk', blks, 'draws', table.concat(gone, ',')})
+  return lost
+end
+
+-- What every call does first to a user it finds: renew the period if it has ended, then expire
+-- the blocks whose time has come. Returns the renewal's balance change (nil: none), the expiry.
+local function catch_up(key, stream)
+  local renewed = auto_renew(key, stream)
+  return renewed, expire_due(key, stream)
 end
 
 -- Idempotency records: 'fingerprint|txn|delta|balance'. A retry with the same body replays the
@@ -303,16 +435,18 @@ end
 -- Redis is 'miss' (hydrate first); a full backlog is 'backlog' (nothing changed); then the period
 -- renews if it has ended and expired holds are returned. Returns (answer) to stop with that
 -- answer, or (nil, held, state) to go on, state being the user's {pstart, held, bal, spent, cap,
--- ver, blks} after any renewal. One HMGET reads all of it: the renewal and the holds are looked at
--- again only when they have something to do.
+-- ver, blks, nexp} after any renewal and expiry. One HMGET reads all of it: the renewal, the
+-- expiry and the holds are looked at again only when they have something to do.
+local USER_STATE = {'pstart', 'held', 'bal', 'spent', 'cap', 'ver', 'blks', 'nexp'}
 local function open_user(user, idem, fp, stream, holds)
   local seen = idem_check(idem, fp)
   if seen then return seen end
-  local st = redis.call('HMGET', user, 'pstart', 'held', 'bal', 'spent', 'cap', 'ver', 'blks')
+  local st = redis.call('HMGET', user, unpack(USER_STATE))
   if not st[3] then return miss() end
   if redis.call('XLEN', stream) >= BACKLOG_MAX then return {'backlog'} end
-  if tonumber(st[1]) < H.pstart and auto_renew(user, stream) then
-    st = redis.call('HMGET', user, 'pstart', 'held', 'bal', 'spent', 'cap', 'ver', 'blks')
+  local renewed = tonumber(st[1]) < H.pstart and auto_renew(user, stream)
+  if expire_due(user, stream, st[8] or '0') > 0 or renewed then
+    st = redis.call('HMGET', user, unpack(USER_STATE))
   end
   local held = 0
   if st[2] and st[2] ~= '0' then held = purge_holds(user, holds) end
@@ -324,9 +458,12 @@ end
 -- Balances returned are what the user can spend: the balance less its holds. Returns
 -- {'ok'|'replay', txn, delta, available}, {'conflict'}, {'nsf', available},
 -- {'cap', available, spent, cap}, {'overflow', available}, {'blocks', available} (a grant to a
--- user holding MAX_BLOCKS), {'miss'} or {'backlog'}. A debit draws from the blocks in order; a
--- grant opens a block of its kind (id: its transaction id).
-local function apply_change(user, idem, stream, holds, delta, fp, txn, ttl, rid, event, extra)
+-- user holding MAX_BLOCKS), {'past', now} (a grant expiring before now), {'miss'} or
+-- {'backlog'}. A debit draws from the blocks in order; a grant opens a block of its kind (id:
+-- its transaction id), with spec 'priority:expires_ms' ('' parts: the kind's priority, never;
+-- '+ms' for an expiry that long after now).
+local function apply_change(user, idem, stream, holds, delta, fp, txn, ttl, rid, event, extra,
+                            spec)
   local stop, held, st = open_user(user, idem, fp, stream, holds)
   if stop then return stop end
   local bal, spent = tonumber(st[3]), tonumber(st[4])
@@ -344,10 +481,17 @@ local function apply_change(user, idem, stream, holds, delta, fp, txn, ttl, rid,
     listed = '+' .. listed  -- only what changed (the flusher reads '+' as a patch)
     if not st[7] then listed = blks end  -- blocks just made from the balance: all of them
   else
+    local prio, rel, exp = string.match(spec or '', '^(%d*):?(%+?)(%d*)$')
+    exp = tonumber(exp) or 0
+    if rel == '+' then exp = H.now + exp end  -- relative: from now on the one clock
+    if exp > 0 and exp <= H.now then return {'past', int(H.now)} end
     local blocks = parse_blocks(blks)
     if #blocks >= MAX_BLOCKS then return {'blocks', avail(bal, held)} end
-    blocks[#blocks + 1] = new_block(txn, event, delta)
+    blocks[#blocks + 1] = new_block(txn, event, delta, tonumber(prio), exp)
     blks = join_blocks(blocks)
+    if exp > 0 and (st[8] == nil or st[8] == '0' or exp < tonumber(st[8])) then
+      redis.call('HSET', user, 'nexp', int(exp))
+    end
   end
   local ver = int(tonumber(st[6]) + 1)
   redis.call('HSET', user, 'bal', int(after), 'spent', int(spent), 'ver', ver, 'blks', blks)

@@ -1,6 +1,7 @@
--- Return all or part of a debit, never more than was charged across all its refunds. The
--- credits go to the user's non-expiring adjustment block (lib.lua credit_back), whatever blocks
--- the debit drew from (docs/credit-blocks.md: refunds to the drawn blocks come later).
+-- Return all or part of a debit, never more than was charged across all its refunds, to the
+-- blocks it drew from (lib.lua credit_back): the refund event's draws say where ('id:-micro');
+-- the share of a block that has expired since expires again at once, as an 'expiry' event in
+-- the same call (docs/credit-blocks.md).
 -- The debit's refund tracker (KEYS[5]) counts its refunds while it lives; once it is gone (it
 -- expires, or Redis lost it), only PostgreSQL's sum read after the user's shard was flushed is
 -- trusted (ARGV[14] = '1'), since refunds not yet flushed are missing from any earlier read:
@@ -13,9 +14,11 @@
 -- in PostgreSQL  ARGV[12] debit transaction id  ARGV[13] the debit's time (epoch ms): its refund
 -- lowers the period's spending only when it was spent after the last renewal (rst), so a refund
 -- of a debit from before an admin reset cannot reopen the cap  ARGV[14] '1' when ARGV[11] was
--- read after the shard was flushed  ARGV[15] the acting key's name
+-- read after the shard was flushed  ARGV[15] the acting key's name  ARGV[16] the debit's draws
+-- ('id:micro' in drawing order)  ARGV[17] those blocks as PostgreSQL holds them (credit_back)
 -- {'backlog'} when the shard's unflushed events reached BACKLOG_MAX (nothing changed).
--- Returns {'ok'|'replay', txn, amount, available}, {'conflict'}, {'exhausted'},
+-- Returns {'ok', txn, amount, available, expired again}, {'replay', txn, amount, available},
+--         {'conflict'}, {'exhausted'},
 --         {'exceeds', refundable}, {'overflow', available}, {'recount'} or {'miss', now}.
 local stop, held, st = open_user(KEYS[1], KEYS[2], ARGV[6], KEYS[3], KEYS[4])
 if stop then return stop end
@@ -32,11 +35,20 @@ if bal + amount > MAX then return {'overflow', avail(bal, held)} end
 bal = bal + amount
 local rst = tonumber(redis.call('HGET', KEYS[1], 'rst') or tonumber(st[1]) * 1000)
 if tonumber(ARGV[13]) >= rst then spent = math.max(spent - amount, 0) end
-local blks = credit_back(blocks_or_legacy(KEYS[1], st[7], bal - amount), ARGV[7], amount)
-local ver = int(tonumber(st[6]) + 1)
-redis.call('HSET', KEYS[1], 'bal', int(bal), 'spent', int(spent), 'ver', ver, 'blks', blks)
+local blks, returns, gone, lost = credit_back(blocks_or_legacy(KEYS[1], st[7], bal - amount),
+                                              ARGV[16], ARGV[17], done, amount, ARGV[7])
+local ver = tonumber(st[6]) + 1
+redis.call('HSET', KEYS[1], 'bal', int(bal), 'spent', int(spent), 'ver', int(ver), 'blks', blks,
+           'nexp', int(next_expiry(parse_blocks(blks))))
 redis.call('SET', KEYS[5], int(done + amount), 'EX', tonumber(ARGV[8]))
 emit(KEYS[3], 'refund', ARGV[7], ARGV[9], amount, bal, ver, spent,
-     {'ref', ARGV[12], 'actor', ARGV[15], 'blk', blks})
+     {'ref', ARGV[12], 'actor', ARGV[15], 'blk', blks, 'draws', returns})
+if lost > 0 then  -- returned to blocks expired since: they expire again, at once
+  bal, ver = bal - lost, ver + 1
+  redis.call('HSET', KEYS[1], 'bal', int(bal), 'ver', int(ver))
+  local txn = twin_id('9')
+  emit(KEYS[3], 'expiry', txn, 'sys:expiry:' .. txn, -lost, bal, ver, spent,
+       {'ref', ARGV[7], 'blk', blks, 'draws', gone})
+end
 idem_save(KEYS[2], ARGV[6], ARGV[7], amount, avail(bal, held), tonumber(ARGV[8]))
-return {'ok', ARGV[7], int(amount), avail(bal, held)}
+return {'ok', ARGV[7], int(amount), avail(bal, held), int(lost)}

@@ -10,7 +10,7 @@
 -- Returns {'ok', txn, delta, balance}, {'same', '', '0', balance}, {'overflow', balance}, {'miss'}.
 if redis.call('EXISTS', KEYS[1]) == 0 then return miss() end
 if redis.call('XLEN', KEYS[2]) >= BACKLOG_MAX then return {'backlog'} end
-auto_renew(KEYS[1], KEYS[2])
+catch_up(KEYS[1], KEYS[2])
 local held = purge_holds(KEYS[1], KEYS[3])
 local s = redis.call('HMGET', KEYS[1], 'bal', 'alloc', 'tier', 'cap', 'roll', 'spent', 'blks')
 if s[3] == ARGV[5] and s[2] == ARGV[6] and s[4] == ARGV[7] and s[5] == ARGV[8] then
