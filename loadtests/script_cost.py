@@ -40,7 +40,8 @@ def per_call(r: redis.Redis, sha: str, keys: list[str], args: list[object], rid_
 def blocks(n: int, total: int) -> str:
     """n blocks (an allocation, then purchases) in the 'blks' text lib.lua keeps."""
     kinds = ["allocation:10"] + ["purchase:30"] * (n - 1)
-    return ",".join(f"{total // n}:b{i:03d}:{kind}:0:{i}" for i, kind in enumerate(kinds))
+    each = total // n
+    return ",".join(f"{each}:b{i:03d}:{kind}:0:{i}:{each}" for i, kind in enumerate(kinds))
 
 
 def main() -> int:
@@ -58,7 +59,7 @@ def main() -> int:
         for n in (1, 3, 20):
             user = f"{prefix}:u{n}"
             row = [10**12, 10**12, "t", "", began.isoformat(), 0, int(began.timestamp()), 0, 0]
-            hydrate(keys=[user], args=[*row, epoch_ms(began), blocks(n, 10**12)])
+            hydrate(keys=[user], args=[*row, epoch_ms(began), blocks(n, 10**12), 0])
             keys = [user, f"{prefix}:r:{n}:RID", f"{prefix}:s", f"{prefix}:h{n}"]
             args: list[object] = ["u", 0, "month", "renew", -1, "fp", "tx", 60, "RID", "usage", ""]
             cost = per_call(r, apply, keys, args, 8)

@@ -11,5 +11,5 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'bal', ARGV[1], 'alloc', ARGV[2], 'tier', ARGV[3], 'cap', ARGV[4],
            'reset', ARGV[5], 'ver', ARGV[6], 'pstart', ARGV[7], 'spent', ARGV[8], 'roll', ARGV[9],
            'rst', ARGV[10])
-if ARGV[11] then redis.call('HSET', KEYS[1], 'blks', ARGV[11], 'nexp', ARGV[12]) end
+if ARGV[11] then redis.call('HSET', KEYS[1], 'blks', ARGV[11], 'nexp', ARGV[12] or '0') end
 return 1
