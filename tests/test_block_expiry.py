@@ -345,3 +345,20 @@ async def test_a_bonus_expiring_at_the_periods_end_expires_in_the_renewals_call(
         ("monthly_reset", Decimal("1")),  # 4.00 left of the allocation expired, 5.00 renewed
     ]
     assert len({r["id"] for r in rows}) == 2
+
+
+async def test_a_user_cached_before_expiries_takes_an_expiring_grant(
+    client: Client, midperiod: FakeClock, redis: Redis, keys: Keys
+) -> None:
+    """Redis may hold users loaded before blocks could expire (no 'nexp') or before blocks (no
+    'blks' either): an expiring grant works for both, and expires on time."""
+    for user, fields in (("pre-expiry", ["nexp"]), ("pre-blocks", ["nexp", "blks"])):
+        await debit(client, user, "1", "d0")
+        await redis.hdel(keys.user(user), *fields)
+        at = midperiod.now + timedelta(hours=1)
+        r = await grant(client, user, "2", f"g-{user}", expires_at=rfc3339(at))
+        assert r.status_code == 200, r.text
+        assert r.json()["credits_remaining"] == "6.000000"
+    midperiod.advance(hours=1)
+    for user in ("pre-expiry", "pre-blocks"):
+        assert (await balance(client, user))["credits_remaining"] == "4.000000"

@@ -489,9 +489,8 @@ local function apply_change(user, idem, stream, holds, delta, fp, txn, ttl, rid,
     if #blocks >= MAX_BLOCKS then return {'blocks', avail(bal, held)} end
     blocks[#blocks + 1] = new_block(txn, event, delta, tonumber(prio), exp)
     blks = join_blocks(blocks)
-    if exp > 0 and (st[8] == nil or st[8] == '0' or exp < tonumber(st[8])) then
-      redis.call('HSET', user, 'nexp', int(exp))
-    end
+    local due = tonumber(st[8] or '0') or 0  -- no field: a user cached before expiries
+    if exp > 0 and (due == 0 or exp < due) then redis.call('HSET', user, 'nexp', int(exp)) end
   end
   local ver = int(tonumber(st[6]) + 1)
   redis.call('HSET', user, 'bal', int(after), 'spent', int(spent), 'ver', ver, 'blks', blks)
