@@ -18,10 +18,12 @@ import uuid
 from decimal import Decimal
 from types import TracebackType
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 import msgspec
 
+from gateway.credits.grant_schemas import GrantList
 from gateway.credits.schemas import Balance, CommitResult, DebitResult, ReleaseResult, Reservation
 
 T = TypeVar("T")
@@ -100,6 +102,12 @@ class MeteringClient:
         return await self._call(
             "GET", "/api/v1/credits/balance", None, Balance, params={"user_id": user_id}
         )
+
+    async def grants(self, user_id: str, *, include_closed: bool = False) -> GrantList:
+        """The user's credit blocks in spending order (and its closed ones, newest first)."""
+        params = {"include": "closed"} if include_closed else None
+        path = f"/api/v1/credits/{quote(user_id, safe='')}/grants"
+        return await self._call("GET", path, None, GrantList, params=params)
 
     def reserve(
         self,

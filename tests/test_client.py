@@ -39,6 +39,10 @@ async def test_debit_balance_and_typed_errors(client: Client) -> None:
         done = await m.debit("sdk-user", "1.25", model="gpt-4o")
         assert done.charged == "1.250000" and done.credits_remaining == "3.750000"
         assert (await m.balance("sdk-user")).credits_remaining == "3.750000"
+        blocks = (await m.grants("sdk-user", include_closed=True)).grants
+        assert [(b.kind, b.remaining, b.status) for b in blocks] == [
+            ("allocation", "3.750000", "open")
+        ]
         with pytest.raises(InsufficientCreditsError) as short:
             await m.debit("sdk-user", "10")
         assert short.value.reason == "insufficient_credits"

@@ -210,6 +210,8 @@ async def test_a_refund_reopens_a_spent_block_and_a_bonus_expired_since_expires_
     late = await refund(client, "e", d1, "r2")  # 1.50 left, all of it the bonus's
     assert (late["refunded"], late["expired"]) == ("1.500000", "1.500000")
     assert late["credits_remaining"] == "3.500000"
+    replay = await refund(client, "e", d1, "r2")
+    assert replay == {**late, "replayed": True}  # the replay answers as the refund did
     await client.app.state.services.flusher.flush()
     rows = await pool.fetch(
         "SELECT transaction_type, amount, draws FROM credit_transactions "

@@ -6,35 +6,15 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Literal
-
-from msgspec import Struct
 
 from gateway.base.errors import NotFound
 from gateway.credits.clock import epoch_ms, from_ms, period_end
+from gateway.credits.grant_schemas import Grant, GrantList
 from gateway.credits.money import fmt, to_micro
 from gateway.credits.service import CreditService
 from persistence.users import ClosedGrant, closed_grants, get_user
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
-
-
-class Grant(Struct):
-    id: str
-    kind: str
-    amount: str  # all that was put in the block
-    remaining: str
-    priority: int
-    expires_at: str | None  # an allocation block ends with its period
-    created_at: str
-    source_transaction: str | None  # the ledger entry that opened it (renewal for a rollover)
-    status: Literal["open", "closed"]
-    closed_at: str | None = None  # closed: when PostgreSQL saw it close (None: not flushed yet)
-
-
-class GrantList(Struct):
-    user_id: str
-    grants: list[Grant]
 
 
 def source_of(block_id: str) -> str | None:

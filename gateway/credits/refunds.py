@@ -70,14 +70,18 @@ class RefundService:
             flushed = True
         status = res[0]
         if status in ("ok", "replay"):
+            # a replay's record holds 'available;expired' (refund.lua); an ok answers both
+            available, _, expired = str(res[3]).partition(";")
+            if status == "ok":
+                expired = str(res[4])
             return RefundResult(
                 transaction_id=res[1],
                 user_id=user,
                 refund_of=debit_id,
                 refunded=fmt(int(res[2])),
-                credits_remaining=fmt(int(res[3])),
+                credits_remaining=fmt(int(available)),
                 replayed=status == "replay",
-                expired=fmt(int(res[4]) if len(res) > 4 else 0),
+                expired=fmt(int(expired or 0)),
             )
         if status == "conflict":
             raise IdempotencyConflict(

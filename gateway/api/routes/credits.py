@@ -10,7 +10,7 @@ from litestar.params import JSONBody, QueryParameter
 
 from gateway.api.fastpath import BATCH_MAX_BODY
 from gateway.api.routes.common import AnyRequest, UserIdPath, UserIdQuery, actor, errors, services
-from gateway.credits.grants import GrantList
+from gateway.credits.grant_schemas import GrantList
 from gateway.credits.money import fmt
 from gateway.credits.schemas import (
     Balance,

@@ -17,7 +17,8 @@
 -- read after the shard was flushed  ARGV[15] the acting key's name  ARGV[16] the debit's draws
 -- ('id:micro' in drawing order)  ARGV[17] those blocks as PostgreSQL holds them (credit_back)
 -- {'backlog'} when the shard's unflushed events reached BACKLOG_MAX (nothing changed).
--- Returns {'ok', txn, amount, available, expired again}, {'replay', txn, amount, available},
+-- Returns {'ok', txn, amount, available, expired again}, {'replay', txn, amount,
+--         'available;expired again'},
 --         {'conflict'}, {'exhausted'},
 --         {'exceeds', refundable}, {'overflow', available}, {'recount'} or {'miss', now}.
 local stop, held, st = open_user(KEYS[1], KEYS[2], ARGV[6], KEYS[3], KEYS[4])
@@ -50,5 +51,8 @@ if lost > 0 then  -- returned to blocks expired since: they expire again, at onc
   emit(KEYS[3], 'expiry', txn, 'sys:expiry:' .. txn, -lost, bal, ver, spent,
        {'ref', ARGV[7], 'blk', blks, 'draws', gone})
 end
-idem_save(KEYS[2], ARGV[6], ARGV[7], amount, avail(bal, held), tonumber(ARGV[8]))
+-- the record keeps what expired again beside the balance ('available;expired'), so a replay
+-- answers as the refund did
+idem_save(KEYS[2], ARGV[6], ARGV[7], amount, avail(bal, held) .. ';' .. int(lost),
+          tonumber(ARGV[8]))
 return {'ok', ARGV[7], int(amount), avail(bal, held), int(lost)}
