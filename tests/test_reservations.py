@@ -206,3 +206,37 @@ async def test_holds_larger_than_the_balance_after_a_downgrade(client: Client) -
     assert too_much.status_code == 402  # the balance (1.00) cannot pay it
     assert (await commit(client, res_id, "1")).status_code == 200
     assert (await balance(client, "dn"))["credits_remaining"] == "0.000000"
+
+
+async def test_extend_keeps_a_long_call_s_hold_and_never_revives_an_expired_one(
+    client: Client, clock: FakeClock
+) -> None:
+    """A 60 s hold extended at 50 s by 120 s still holds at 150 s and commits; extending never
+    shortens; a hold past its expiry, committed or released cannot be extended (409)."""
+    r = (await reserve(client, "x", "1", "long", ttl_seconds=60)).json()
+    clock.advance(seconds=50)
+    ext = await client.post(f"{RES}/{r['reservation_id']}/extend", json={"ttl_seconds": 120})
+    assert ext.status_code == 200, ext.text
+    until = datetime.fromisoformat(ext.json()["expires_at"]) - clock.now
+    assert timedelta(seconds=120) <= until < timedelta(seconds=122)
+    assert ext.json()["held"] == "1.000000" and ext.json()["credits_remaining"] == "4.000000"
+    shorter = await client.post(f"{RES}/{r['reservation_id']}/extend", json={"ttl_seconds": 1})
+    assert shorter.json()["expires_at"] == ext.json()["expires_at"]  # never shortened
+    clock.advance(seconds=100)  # 150 s after the reserve: past the first 60 s
+    assert (await balance(client, "x"))["credits_held"] == "1.000000"
+    done = await commit(client, r["reservation_id"], "0.4")
+    assert done.status_code == 200, done.text
+    again = await client.post(f"{RES}/{r['reservation_id']}/extend", json={"ttl_seconds": 60})
+    assert again.status_code == 409 and "committed" in again.text
+    gone = (await reserve(client, "x", "1", "short", ttl_seconds=10)).json()
+    clock.advance(seconds=11)
+    late = await client.post(f"{RES}/{gone['reservation_id']}/extend", json={"ttl_seconds": 60})
+    assert late.status_code == 409 and "expired" in late.text
+    assert (await balance(client, "x"))["credits_remaining"] == "4.600000"
+    for bad in ({"ttl_seconds": 0}, {"ttl_seconds": 3601}, {}):
+        no = await client.post(f"{RES}/{r['reservation_id']}/extend", json=bad)
+        assert no.status_code == 400, no.text
+    unknown = f"rv1_{'0' * 32}"
+    assert (
+        await client.post(f"{RES}/{unknown}/extend", json={"ttl_seconds": 5})
+    ).status_code == 404

@@ -12,6 +12,7 @@ from gateway.credits.money import fmt, parse_amount
 from gateway.credits.schemas import (
     CommitRequest,
     CommitResult,
+    ExtendRequest,
     ReleaseResult,
     Reservation,
     ReserveRequest,
@@ -125,6 +126,25 @@ class ReservationService:
             released=fmt(int(res[1])),
             credits_remaining=fmt(int(res[2])),
             replayed=status == "replay",
+        )
+
+    async def extend(self, reservation_id: str, req: ExtendRequest) -> Reservation:
+        """Keep a held reservation at least ttl_seconds more (never shorter than it was)."""
+        key, user = await self._owner(reservation_id)
+        keys = [key, self.keys.user(user), self.keys.holds(user)]
+        args: Args = [reservation_id, req.ttl_seconds * 1000, RECORD_TTL]
+        res = await self.credits.call(self.scripts.extend, user, keys, args)
+        if res[0] in ("expired", "committed", "released"):
+            raise Conflict(f"reservation {reservation_id} was {res[0]}; it cannot be extended")
+        if res[0] != "ok":
+            raise NotFound(f"no reservation {reservation_id}")
+        return Reservation(
+            reservation_id=reservation_id,
+            user_id=user,
+            held=fmt(int(res[1])),
+            credits_remaining=fmt(await self.credits.available(user)),
+            expires_at=from_ms(int(res[2])).isoformat(),
+            replayed=False,
         )
 
     async def _owner(self, reservation_id: str) -> tuple[str, str]:

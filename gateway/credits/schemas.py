@@ -187,6 +187,10 @@ class ReserveRequest(Struct, forbid_unknown_fields=True):
         check_request_id(self.request_id)
 
 
+class ExtendRequest(Struct, forbid_unknown_fields=True):
+    ttl_seconds: Annotated[int, Meta(ge=1, le=3600)]  # the hold lasts at least this from now
+
+
 class CommitRequest(Priced, kw_only=True, forbid_unknown_fields=True):
     """The actual cost of a reserved call."""
 

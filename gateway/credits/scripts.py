@@ -44,6 +44,7 @@ NAMES = (
     "release",
     "refund",
     "blocks",
+    "extend",
 )
 
 
@@ -59,6 +60,7 @@ class Scripts:
     release: AsyncScript
     refund: AsyncScript
     blocks: AsyncScript
+    extend: AsyncScript
 
     def __init__(self, redis: Any, max_backlog: int = 500_000) -> None:
         for name in NAMES:

@@ -13,6 +13,7 @@ from gateway.credits.schemas import (
     RESERVATION_ID_PATTERN,
     CommitRequest,
     CommitResult,
+    ExtendRequest,
     ReleaseResult,
     Reservation,
     ReserveRequest,
@@ -42,6 +43,15 @@ class ReservationsController(Controller):
     ) -> CommitResult:
         """Charge the actual cost and return the rest of the hold (idempotent)."""
         return await services(state).reservations.commit(reservation_id, data)
+
+    @post("/{reservation_id:str}/extend", status_code=200, responses=errors(404, 409))
+    async def extend(
+        self, reservation_id: ReservationIdPath, data: JSONBody[ExtendRequest], state: State
+    ) -> Reservation:
+        """Keep the hold at least ttl_seconds (max 3600) from now, for a call that outlives it
+        (a long stream); never shortens it, so repeating it is safe. 409 once it has expired,
+        been committed or released."""
+        return await services(state).reservations.extend(reservation_id, data)
 
     @delete("/{reservation_id:str}", status_code=200, responses=errors(404, 409))
     async def release(self, reservation_id: ReservationIdPath, state: State) -> ReleaseResult:
