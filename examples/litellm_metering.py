@@ -10,12 +10,20 @@ after it, release when it fails. Two ways in:
       litellm_settings:
         callbacks: examples.litellm_metering.proxy_handler
 
-  with METERING_URL, METERING_API_KEY (a key with the debit scope) and METERING_HOLD (credits to
-  hold per call, default 0.50) in the proxy's environment. Before each call the proxy runs
-  ``async_pre_call_hook`` (reserve for the key's user; refused with the gateway's message when
-  the user is out of credits), then ``async_log_success_event`` (commit) or
-  ``async_log_failure_event`` (release). Holds are keyed by LiteLLM's call id; one the proxy
-  never settles expires in the gateway by itself (``ttl_seconds``).
+  with METERING_URL, METERING_API_KEY (a key with the debit scope), METERING_HOLD (credits to
+  hold per call, default 0.50) and METERING_PAYER (who pays, below) in the proxy's environment.
+  Before each call the proxy runs ``async_pre_call_hook`` (reserve for the payer; refused with
+  the gateway's message when the payer is out of credits), then ``async_log_success_event``
+  (commit) or ``async_log_failure_event`` (release). Each hold has a request id of the
+  handler's own (a client's ``x-litellm-call-id`` header cannot make two calls one); one the
+  proxy never settles expires in the gateway by itself (``ttl_seconds``).
+
+Who pays (METERING_PAYER, default ``end_user,user``): the first of these sources, in the order
+given, that names someone: ``end_user`` (the key's end user, which the proxy takes from the
+request's ``user``), ``user`` (the request body's ``user``), ``header:NAME`` (a request header),
+``key_metadata:FIELD`` / ``team_metadata:FIELD`` (the LiteLLM key's or team's metadata),
+``key_user`` (the key's own user_id; behind the master key that is one shared placeholder, so it
+is never a default). No payer: the call is refused before the model is called.
 
 Needs ``pip install litellm``; it is not a dependency of the gateway.
 """
@@ -23,6 +31,7 @@ Needs ``pip install litellm``; it is not a dependency of the gateway.
 from __future__ import annotations
 
 import os
+import uuid
 from typing import Any
 
 import litellm
@@ -52,21 +61,69 @@ async def _commit(hold: Hold, response: Any, model: str | None) -> None:
     )
 
 
+DEFAULT_PAYER = "end_user,user"
+_SOURCES = ("end_user", "user", "key_user", "header", "key_metadata", "team_metadata")
+
+
+def check_payer_rule(rule: str) -> None:
+    """A METERING_PAYER rule: sources joined by ','; ValueError naming a bad one."""
+    for source in rule.split(","):
+        kind, _, name = source.strip().partition(":")
+        if kind not in _SOURCES or (kind in _SOURCES[3:]) != bool(name):
+            raise ValueError(
+                f"METERING_PAYER: {source.strip()!r} is not one of end_user, user, key_user, "
+                "header:NAME, key_metadata:FIELD, team_metadata:FIELD"
+            )
+
+
+def payer_of(rule: str, key: Any, data: dict[str, Any]) -> str | None:
+    """Who pays for a proxied call under rule (METERING_PAYER): the first source that names
+    someone (a non-empty string), or None."""
+    for source in rule.split(","):
+        kind, _, name = source.strip().partition(":")
+        found: Any = None
+        if kind == "end_user":
+            found = getattr(key, "end_user_id", None)
+        elif kind == "user":
+            found = data.get("user")
+        elif kind == "key_user":
+            found = getattr(key, "user_id", None)
+        elif kind == "header":
+            request = data.get("proxy_server_request") or {}
+            headers = {k.lower(): v for k, v in (request.get("headers") or {}).items()}
+            found = headers.get(name.lower())
+        elif kind in ("key_metadata", "team_metadata"):
+            found = (getattr(key, kind.replace("key_", ""), None) or {}).get(name)
+        if isinstance(found, str) and found.strip():
+            return found
+    return None
+
+
 class MeteringProxyHandler(CustomLogger):
-    def __init__(self, metering: MeteringClient, hold: str = "0.50") -> None:
+    def __init__(
+        self, metering: MeteringClient, hold: str = "0.50", payer: str = DEFAULT_PAYER
+    ) -> None:
         super().__init__()
+        check_payer_rule(payer)
         self.metering = metering
         self.hold = hold
+        self.payer = payer
         self.holds: dict[str, Hold] = {}
 
     async def async_pre_call_hook(
         self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: Any
     ) -> dict[str, Any]:
-        user = getattr(user_api_key_dict, "user_id", None) or data.get("user")
+        user = payer_of(self.payer, user_api_key_dict, data)
         if not user:
-            raise ValueError("metering: this request has no user to charge")
-        call_id = data.setdefault("litellm_call_id", os.urandom(8).hex())
-        hold = self.metering.reserve(user, self.hold, request_id=f"litellm-{call_id}")
+            raise ValueError(
+                f"metering: this request names no one to charge (METERING_PAYER={self.payer!r})"
+            )
+        call_id = data.get("litellm_call_id") or str(uuid.uuid4())
+        if call_id in self.holds:  # a client-sent call id already in flight: make this its own
+            call_id = str(uuid.uuid4())
+        data["litellm_call_id"] = call_id
+        # the gateway's request id is the handler's own, never a client-sent call id alone
+        hold = self.metering.reserve(user, self.hold, request_id=f"litellm-{uuid.uuid4()}")
         await hold.__aenter__()  # raises InsufficientCreditsError (402) when out of credits
         self.holds[call_id] = hold
         return data
@@ -90,7 +147,11 @@ def _from_env() -> MeteringProxyHandler | None:
     url, key = os.environ.get("METERING_URL"), os.environ.get("METERING_API_KEY")
     if not (url and key):
         return None
-    return MeteringProxyHandler(MeteringClient(url, key), os.environ.get("METERING_HOLD", "0.50"))
+    return MeteringProxyHandler(
+        MeteringClient(url, key),
+        os.environ.get("METERING_HOLD", "0.50"),
+        os.environ.get("METERING_PAYER", DEFAULT_PAYER),
+    )
 
 
 proxy_handler = _from_env()

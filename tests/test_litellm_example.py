@@ -83,7 +83,7 @@ async def test_the_proxy_callback_reserves_commits_and_releases(gw: Running) -> 
         handler = MeteringProxyHandler(m, "0.50")
         litellm.callbacks = [handler]
         try:
-            key = SimpleNamespace(user_id="llm-proxy")  # as the proxy's UserAPIKeyAuth
+            key = SimpleNamespace(end_user_id="llm-proxy")  # as the proxy's UserAPIKeyAuth
             data = await handler.async_pre_call_hook(key, None, {"model": MODEL}, "completion")
             assert (await m.balance("llm-proxy")).credits_held == "0.500000"
             await litellm.acompletion(
@@ -106,10 +106,72 @@ async def test_the_proxy_callback_reserves_commits_and_releases(gw: Running) -> 
             await settled(handler)
             assert await remaining(m, "llm-proxy") == Decimal("4.95")  # released, not charged
 
-            broke = SimpleNamespace(user_id="llm-proxy")
+            broke = SimpleNamespace(end_user_id="llm-proxy")
             with pytest.raises(InsufficientCreditsError):
                 await MeteringProxyHandler(m, "100").async_pre_call_hook(
                     broke, None, {"model": MODEL}, "completion"
                 )
         finally:
-            litellm.callbacks = []
+            # LiteLLM copies callbacks into lists of its own on first use: clear those too
+            litellm.logging_callback_manager._reset_all_callbacks()
+
+
+def test_who_pays_follows_the_configured_rule_never_a_placeholder() -> None:
+    """METERING_PAYER: the request's end user / user by default (behind the master key the
+    key's user_id is the shared 'default_user_id'); a header or key/team metadata when
+    configured; None when no source names anyone."""
+    from examples.litellm_metering import check_payer_rule, payer_of
+
+    master = SimpleNamespace(
+        user_id="default_user_id",
+        end_user_id=None,
+        metadata={},
+        team_metadata={"billing": "team-7"},
+    )
+    body = {"user": "alice", "proxy_server_request": {"headers": {"X-Payer": "bob"}}}
+    assert payer_of("end_user,user", master, body) == "alice"
+    assert payer_of("end_user,user", SimpleNamespace(end_user_id="carol"), body) == "carol"
+    assert payer_of("end_user,user", master, {}) is None  # never default_user_id
+    assert payer_of("header:x-payer,user", master, body) == "bob"
+    assert payer_of("team_metadata:billing", master, body) == "team-7"
+    assert payer_of("key_metadata:billing,key_user", master, {}) == "default_user_id"
+    for bad in ("", "nobody", "header", "user:x", "end_user,,user"):
+        with pytest.raises(ValueError, match="METERING_PAYER"):
+            check_payer_rule(bad)
+
+
+async def test_the_same_client_call_id_three_times_is_three_charges(gw: Running) -> None:
+    """A client-sent call id (x-litellm-call-id) sent with three calls at once: each call gets
+    its own hold and commit, so three calls are three charges (it was one)."""
+    async with MeteringClient(gw.url, ADMIN_KEY) as m:
+        handler = MeteringProxyHandler(m, "0.50")
+        litellm.callbacks = [handler]
+        try:
+            key = SimpleNamespace(user_id="default_user_id", end_user_id="same-id-user")
+            datas = [
+                await handler.async_pre_call_hook(
+                    key, None, {"model": MODEL, "litellm_call_id": "client-chosen"}, "completion"
+                )
+                for _ in range(3)
+            ]
+            assert len({d["litellm_call_id"] for d in datas}) == 3
+            await asyncio.gather(
+                *(
+                    litellm.acompletion(
+                        model=MODEL,
+                        messages=ASK,
+                        mock_response="ok",
+                        litellm_call_id=d["litellm_call_id"],
+                    )
+                    for d in datas
+                )
+            )
+            await settled(handler)
+            for _ in range(100):  # the last commit may still be on its way
+                if (await m.balance("same-id-user")).credits_held == "0.000000":
+                    break
+                await asyncio.sleep(0.05)
+            assert await remaining(m, "same-id-user") == Decimal("4.85")  # 3 x 0.05
+        finally:
+            # LiteLLM copies callbacks into lists of its own on first use: clear those too
+            litellm.logging_callback_manager._reset_all_callbacks()
