@@ -24,10 +24,38 @@ async def test_ops_counters(client: Client) -> None:
     assert [s["user_id"] for s in data["top_spenders"]][:3] == ["s2", "s1", "s0"]
     assert data["top_spenders"][0]["period_spent"] == "3.000000"
     made = await client.post("/api/v1/admin/keys", json={"name": "ro", "scopes": ["read"]})
+    assert made.status_code == 201, made.text
+    await reservation_calls_are_counted(client)
     denied = await client.get(
         "/api/v1/ops/counters", headers={"Authorization": f"Bearer {made.json()['key']}"}
     )
     assert denied.status_code == 403
+
+
+async def reservation_calls_are_counted(client: Client) -> None:
+    """Holds, commits, releases, extends and their refusals, by operation and outcome, in the
+    ops counters and in /metrics (they were invisible: only direct debits were counted)."""
+    res = "/api/v1/credits/reservations"
+    before = (await client.get("/api/v1/ops/counters")).json()["reservations"]
+    held = await client.post(res, json={"user_id": "h", "amount": "1", "request_id": "a"})
+    rid = held.json()["reservation_id"]
+    await client.post(res, json={"user_id": "h", "amount": "1", "request_id": "a"})  # replay
+    await client.post(res, json={"user_id": "h", "amount": "50", "request_id": "b"})  # 402
+    await client.post(f"{res}/{rid}/extend", json={"ttl_seconds": 60})
+    await client.post(f"{res}/{rid}/commit", json={"amount": "0.5"})
+    await client.delete(f"{res}/{rid}")  # committed: 409
+    after = (await client.get("/api/v1/ops/counters")).json()["reservations"]
+    grew = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+    assert grew == {
+        "reserve/ok": 1,
+        "reserve/replay": 1,
+        "reserve/insufficient_credits": 1,
+        "extend/ok": 1,
+        "commit/ok": 1,
+        "release/committed": 1,
+    }
+    scraped = (await client.get("/metrics")).text
+    assert 'metering_reservations_total{operation="commit",outcome="ok"}' in scraped
 
 
 def test_metering_top_renders_a_live_gateway() -> None:
@@ -41,6 +69,10 @@ def test_metering_top_renders_a_live_gateway() -> None:
             c.post(
                 "/api/v1/credits/debit",
                 json={"user_id": "topper", "amount": "99", "request_id": "big"},
+            )
+            c.post(
+                "/api/v1/credits/reservations",
+                json={"user_id": "topper", "amount": "0.1", "request_id": "hold"},
             )
         out = subprocess.run(
             [
@@ -64,3 +96,4 @@ def test_metering_top_renders_a_live_gateway() -> None:
     text = out.stdout
     assert "debits per second" in text and "insufficient_credits" in text and "topper" in text
     assert "flusher: ok" in text
+    assert "reservations per second" in text and "reserve/ok" in text

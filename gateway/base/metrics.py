@@ -6,7 +6,7 @@ same whichever gateway is scraped."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -40,6 +40,14 @@ FLUSHER_RESTARTS = Counter(
 )
 DEAD_LETTERS = Counter(
     "metering_dead_letters", "Events PostgreSQL refused, moved to a dead-letter stream"
+)
+
+RESERVATIONS = Counter(
+    "metering_reservations",
+    "Reservation calls (reserve, commit, release, extend) by outcome: ok, replay, "
+    "insufficient_credits, monthly_cap_reached, expired, committed, released, conflict, "
+    "not_found",
+    ["operation", "outcome"],
 )
 
 OUTCOMES = {
@@ -113,21 +121,35 @@ def render(extra: RedisState | None) -> bytes:
     return body
 
 
-def debit_counts() -> dict[str, float]:
-    """Debits by outcome so far, over all workers of this gateway."""
+def _registry() -> CollectorRegistry:
     if _multiprocess():
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    else:
-        registry = REGISTRY
+        return registry
+    return REGISTRY
+
+
+def _totals(family_name: str, key: Callable[[dict[str, str]], str]) -> dict[str, float]:
     counts: dict[str, float] = {}
-    for family in registry.collect():
-        if family.name == "metering_debits":
+    for family in _registry().collect():
+        if family.name == family_name:
             for sample in family.samples:
-                if sample.name == "metering_debits_total":
-                    outcome = sample.labels["outcome"]
-                    counts[outcome] = counts.get(outcome, 0.0) + sample.value
+                if sample.name == f"{family_name}_total":
+                    label = key(sample.labels)
+                    counts[label] = counts.get(label, 0.0) + sample.value
     return counts
+
+
+def debit_counts() -> dict[str, float]:
+    """Debits by outcome so far, over all workers of this gateway."""
+    return _totals("metering_debits", lambda labels: labels["outcome"])
+
+
+def reservation_counts() -> dict[str, float]:
+    """Reservation calls so far, 'operation/outcome', over all workers of this gateway."""
+    return _totals(
+        "metering_reservations", lambda labels: f"{labels['operation']}/{labels['outcome']}"
+    )
 
 
 def _multiprocess() -> bool:

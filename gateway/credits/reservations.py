@@ -5,6 +5,7 @@ expiry by whichever Lua call next touches the user, so holds never leak."""
 from __future__ import annotations
 
 from gateway.base.errors import Conflict, IdempotencyConflict, NotFound
+from gateway.base.metrics import RESERVATIONS
 from gateway.credits.clock import from_ms
 from gateway.credits.ids import new_id
 from gateway.credits.inputs import encode_metadata
@@ -21,6 +22,23 @@ from gateway.credits.schemas import (
 from gateway.credits.service import Args, CreditService, payment_required
 
 RECORD_TTL = 24 * 3600  # a settled reservation is remembered this long (idempotent commits)
+
+# the scripts' answers as metering_reservations_total outcomes
+_OUTCOMES = {
+    "ok": "ok",
+    "replay": "replay",
+    "nsf": "insufficient_credits",
+    "cap": "monthly_cap_reached",
+    "expired": "expired",
+    "committed": "committed",
+    "released": "released",
+    "conflict": "conflict",
+    "notfound": "not_found",
+}
+
+
+def _count(operation: str, answer: str) -> None:
+    RESERVATIONS.labels(operation, _OUTCOMES.get(answer, "error")).inc()
 
 
 class ReservationService:
@@ -51,6 +69,7 @@ class ReservationService:
             RECORD_TTL,
         ]
         res = await self.credits.call(self.scripts.reserve, user, keys, args)
+        _count("reserve", res[0])
         if res[0] in ("nsf", "cap"):
             raise payment_required(res, micro)
         if res[0] == "conflict":
@@ -89,6 +108,7 @@ class ReservationService:
         args: Args = [micro, new_id(), reservation_id, *extra]
         res = await self.credits.call(self.scripts.commit, user, keys, args)
         status = res[0]
+        _count("commit", status)
         if status in ("ok", "replay"):
             charged, hold = int(res[2]), int(res[4])
             return CommitResult(
@@ -115,6 +135,7 @@ class ReservationService:
         keys = [key, self.keys.user(user), self.keys.holds(user)]
         res = await self.credits.call(self.scripts.release, user, keys, [reservation_id])
         status = res[0]
+        _count("release", status)
         if status == "committed":
             raise Conflict(f"reservation {reservation_id} was committed; it cannot be released")
         if status == "notfound":
@@ -134,6 +155,7 @@ class ReservationService:
         keys = [key, self.keys.user(user), self.keys.holds(user)]
         args: Args = [reservation_id, req.ttl_seconds * 1000, RECORD_TTL]
         res = await self.credits.call(self.scripts.extend, user, keys, args)
+        _count("extend", res[0])
         if res[0] in ("expired", "committed", "released"):
             raise Conflict(f"reservation {reservation_id} was {res[0]}; it cannot be extended")
         if res[0] != "ok":
@@ -151,5 +173,5 @@ class ReservationService:
         key = self.keys.reservation(reservation_id)
         user = None if key is None else await self.credits.redis.hget(key, "u")
         if key is None or user is None:
-            raise NotFound(f"no reservation {reservation_id}")
+            raise NotFound(f"no reservation {reservation_id}")  # not counted: no call made
         return key, str(user)

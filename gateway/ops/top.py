@@ -1,5 +1,6 @@
-"""`metering top`: a live terminal view of a gateway (debits/s by outcome, 402s/s, flush lag,
-backlog per shard, top spenders), polling GET /api/v1/ops/counters."""
+"""`metering top`: a live terminal view of a gateway (debits/s by outcome, 402s/s, reservation
+calls/s by operation and outcome, flush lag, backlog per shard, top spenders), polling
+GET /api/v1/ops/counters."""
 
 from __future__ import annotations
 
@@ -29,6 +30,14 @@ def render(prev: dict[str, Any], cur: dict[str, Any]) -> Group:
         total = cur["debits"][outcome]
         rate = (total - prev["debits"].get(outcome, 0.0)) / seconds
         rates.add_row(outcome, f"{rate:,.1f}", f"{total:,.0f}")
+    holds = Table(title="reservations per second (this gateway)")
+    holds.add_column("operation/outcome")
+    holds.add_column("per second", justify="right")
+    holds.add_column("total", justify="right")
+    before = prev.get("reservations", {})
+    for label, total in sorted(cur.get("reservations", {}).items()):
+        rate = (total - before.get(label, 0.0)) / seconds
+        holds.add_row(label, f"{rate:,.1f}", f"{total:,.0f}")
     flusher = cur["flusher"]
     flush = Table(
         title=f"flusher: {flusher['status']}, lag {flusher['oldest_event_age_seconds']} s,"
@@ -44,7 +53,7 @@ def render(prev: dict[str, Any], cur: dict[str, Any]) -> Group:
         spenders.add_column(column)
     for row in cur["top_spenders"]:
         spenders.add_row(row["user_id"], row["tier"], row["period_spent"], row["credits_remaining"])
-    return Group(rates, flush, spenders)
+    return Group(rates, holds, flush, spenders)
 
 
 def run(url: str, key: str, interval: float, once: bool) -> int:

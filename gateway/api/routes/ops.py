@@ -10,7 +10,7 @@ from litestar.datastructures import State
 
 from gateway.api.health import flusher_state
 from gateway.api.routes.common import errors, services
-from gateway.base.metrics import debit_counts
+from gateway.base.metrics import debit_counts, reservation_counts
 from gateway.credits.money import fmt, to_micro
 from persistence.users import top_spenders
 
@@ -22,7 +22,8 @@ class OpsController(Controller):
 
     @get("/counters", responses=errors())
     async def counters(self, state: State) -> dict[str, Any]:
-        """Debits by outcome since this gateway started (all its workers), the flusher's backlog
+        """Debits by outcome and reservation calls by operation/outcome since this gateway
+        started (all its workers), the flusher's backlog
         per shard and lag (from Redis), and the period's top spenders (from PostgreSQL)."""
         s = services(state)
         status, per_shard = await flusher_state(s)
@@ -30,6 +31,7 @@ class OpsController(Controller):
         return {
             "at": time.time(),
             "debits": debit_counts(),
+            "reservations": reservation_counts(),
             "flusher": {**status, "backlog_per_shard": per_shard},
             "top_spenders": [
                 {
