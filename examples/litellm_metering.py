@@ -10,8 +10,12 @@ after it, release when it fails. Two ways in:
       litellm_settings:
         callbacks: examples.litellm_metering.proxy_handler
 
-  with METERING_URL, METERING_API_KEY (a key with the debit scope), METERING_HOLD (credits to
-  hold per call, default 0.50) and METERING_PAYER (who pays, below) in the proxy's environment.
+  with METERING_URL, METERING_API_KEY (a key with the debit and read scopes) and METERING_PAYER
+  (who pays, below) in the proxy's environment. Each call's hold is its estimated cost: the
+  prompt's tokens and ``max_tokens`` (METERING_DEFAULT_MAX_TOKENS, 4096, when the request sets
+  none) at the model's gateway price, rounded up, within METERING_HOLD_MIN (0.01) and
+  METERING_HOLD_MAX (10.00); METERING_HOLD sets a fixed hold instead. A model without a gateway
+  price is refused before the call (it could not be charged).
   Before each call the proxy runs ``async_pre_call_hook`` (reserve for the payer; refused with
   the gateway's message when the payer is out of credits), then ``async_log_success_event``
   (commit) or ``async_log_failure_event`` (release). Each hold has a request id of the
@@ -30,13 +34,18 @@ Needs ``pip install litellm``; it is not a dependency of the gateway.
 
 from __future__ import annotations
 
+import math
 import os
+import time
 import uuid
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 import litellm
 from litellm.integrations.custom_logger import CustomLogger
 
+from gateway.credits.schemas import PriceInfo
 from metering_client import Hold, MeteringClient
 
 
@@ -62,6 +71,26 @@ async def _commit(hold: Hold, response: Any, model: str | None) -> None:
 
 
 DEFAULT_PAYER = "end_user,user"
+PRICES_TTL = 30.0  # seconds the handler keeps the gateway's price list
+
+
+@dataclass(frozen=True)
+class HoldSizing:
+    floor: Decimal = Decimal("0.01")
+    ceiling: Decimal = Decimal("10")
+    default_output: int = 4096  # output tokens assumed when the request sets no max_tokens
+
+
+def estimate(price: PriceInfo, prompt: int, output: int, sizing: HoldSizing) -> Decimal:
+    """A call's most likely top cost: prompt and output tokens at the model's price, rounded
+    up to the micro-credit, within the sizing's floor and ceiling."""
+    cost = (
+        prompt * Decimal(price.input_per_million) + output * Decimal(price.output_per_million)
+    ) / 1_000_000
+    cost = cost.quantize(Decimal("0.000001"), rounding=ROUND_CEILING)
+    return min(max(cost, sizing.floor), sizing.ceiling)
+
+
 _SOURCES = ("end_user", "user", "key_user", "header", "key_metadata", "team_metadata")
 
 
@@ -101,14 +130,45 @@ def payer_of(rule: str, key: Any, data: dict[str, Any]) -> str | None:
 
 class MeteringProxyHandler(CustomLogger):
     def __init__(
-        self, metering: MeteringClient, hold: str = "0.50", payer: str = DEFAULT_PAYER
+        self,
+        metering: MeteringClient,
+        hold: str | None = None,
+        payer: str = DEFAULT_PAYER,
+        sizing: HoldSizing | None = None,
     ) -> None:
+        """hold: a fixed hold per call; None (the default) sizes each hold from its estimate."""
         super().__init__()
         check_payer_rule(payer)
         self.metering = metering
         self.hold = hold
         self.payer = payer
+        self.sizing = sizing or HoldSizing()
         self.holds: dict[str, Hold] = {}
+        self._prices: dict[str, PriceInfo] = {}
+        self._prices_at = -math.inf
+
+    async def price_of(self, model: str) -> PriceInfo | None:
+        """The model's gateway price (the list is read again after PRICES_TTL seconds)."""
+        if time.monotonic() - self._prices_at > PRICES_TTL or model not in self._prices:
+            listed = await self.metering.prices()
+            self._prices = {p.model: p for p in listed.prices}
+            self._prices_at = time.monotonic()
+        return self._prices.get(model)
+
+    async def hold_for(self, data: dict[str, Any]) -> str:
+        """The hold for a call: fixed, or its estimate; refused when the model has no price."""
+        model = str(data.get("model") or "")
+        price = await self.price_of(model)
+        if price is None:
+            raise ValueError(
+                f"metering: model {model!r} has no price at the gateway, so its use could not "
+                "be charged; refused before the call (PUT /api/v1/pricing/{model})"
+            )
+        if self.hold is not None:
+            return self.hold
+        prompt = litellm.token_counter(model=model, messages=data.get("messages") or [])
+        output = data.get("max_tokens") or data.get("max_completion_tokens")
+        return str(estimate(price, prompt, int(output or self.sizing.default_output), self.sizing))
 
     async def async_pre_call_hook(
         self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: Any
@@ -123,7 +183,8 @@ class MeteringProxyHandler(CustomLogger):
             call_id = str(uuid.uuid4())
         data["litellm_call_id"] = call_id
         # the gateway's request id is the handler's own, never a client-sent call id alone
-        hold = self.metering.reserve(user, self.hold, request_id=f"litellm-{uuid.uuid4()}")
+        amount = await self.hold_for(data)
+        hold = self.metering.reserve(user, amount, request_id=f"litellm-{uuid.uuid4()}")
         await hold.__aenter__()  # raises InsufficientCreditsError (402) when out of credits
         self.holds[call_id] = hold
         return data
@@ -147,10 +208,17 @@ def _from_env() -> MeteringProxyHandler | None:
     url, key = os.environ.get("METERING_URL"), os.environ.get("METERING_API_KEY")
     if not (url and key):
         return None
+    env = os.environ.get
+    sizing = HoldSizing(
+        Decimal(env("METERING_HOLD_MIN", "0.01")),
+        Decimal(env("METERING_HOLD_MAX", "10")),
+        int(env("METERING_DEFAULT_MAX_TOKENS", "4096")),
+    )
     return MeteringProxyHandler(
         MeteringClient(url, key),
-        os.environ.get("METERING_HOLD", "0.50"),
-        os.environ.get("METERING_PAYER", DEFAULT_PAYER),
+        env("METERING_HOLD") or None,
+        env("METERING_PAYER", DEFAULT_PAYER),
+        sizing,
     )
 
 

@@ -24,7 +24,14 @@ import httpx
 import msgspec
 
 from gateway.credits.grant_schemas import GrantList
-from gateway.credits.schemas import Balance, CommitResult, DebitResult, ReleaseResult, Reservation
+from gateway.credits.schemas import (
+    Balance,
+    CommitResult,
+    DebitResult,
+    PriceList,
+    ReleaseResult,
+    Reservation,
+)
 
 T = TypeVar("T")
 Amount = Decimal | str | int
@@ -102,6 +109,10 @@ class MeteringClient:
         return await self._call(
             "GET", "/api/v1/credits/balance", None, Balance, params={"user_id": user_id}
         )
+
+    async def prices(self) -> PriceList:
+        """Every model's price at the gateway (credits per million input and output tokens)."""
+        return await self._call("GET", "/api/v1/pricing", None, PriceList)
 
     async def grants(self, user_id: str, *, include_closed: bool = False) -> GrantList:
         """The user's credit blocks in spending order (and its closed ones, newest first)."""

@@ -175,3 +175,29 @@ async def test_the_same_client_call_id_three_times_is_three_charges(gw: Running)
         finally:
             # LiteLLM copies callbacks into lists of its own on first use: clear those too
             litellm.logging_callback_manager._reset_all_callbacks()
+
+
+async def test_each_hold_is_the_calls_estimate_and_an_unpriced_model_is_refused(
+    gw: Running,
+) -> None:
+    """The hold is the call's top cost at the gateway's prices (8 prompt tokens and max_tokens
+    100 at 1,000/2,000 per million: 0.208), so a user with 0.30 can still make the call (a
+    flat 0.50 refused it); without max_tokens 4096 output tokens are assumed; a model with no
+    gateway price is refused before anything is held or called."""
+    async with MeteringClient(gw.url, ADMIN_KEY) as m:
+        await m.debit("sizer", "4.7")  # 0.30 left
+        handler = MeteringProxyHandler(m)
+        key = SimpleNamespace(end_user_id="sizer")
+        small = {"model": MODEL, "messages": ASK, "max_tokens": 100}
+        await handler.async_pre_call_hook(key, None, small, "completion")
+        assert (await m.balance("sizer")).credits_held == "0.208000"
+        await handler.holds.popitem()[1].release()
+        open_ended = {"model": MODEL, "messages": ASK}
+        assert await handler.hold_for(open_ended) == "8.200000"
+        with pytest.raises(InsufficientCreditsError):
+            await handler.async_pre_call_hook(key, None, open_ended, "completion")
+        with pytest.raises(ValueError, match="no price"):
+            await handler.async_pre_call_hook(
+                key, None, {"model": "unpriced-model", "messages": ASK}, "completion"
+            )
+        assert await remaining(m, "sizer") == Decimal("0.3")
