@@ -201,3 +201,38 @@ async def test_each_hold_is_the_calls_estimate_and_an_unpriced_model_is_refused(
                 key, None, {"model": "unpriced-model", "messages": ASK}, "completion"
             )
         assert await remaining(m, "sizer") == Decimal("0.3")
+
+
+async def test_a_stream_is_charged_when_it_ends_with_the_usage_it_reported(gw: Running) -> None:
+    """metered_completion(stream=True) used to settle at once on the stream object and book
+    usage 0.000000. Now the hold settles when the stream ends, with the stream's own usage (8
+    prompt + 3 output tokens of the mock: 0.014); a stream closed early is charged for the
+    prompt and the text received, never 0."""
+    async with MeteringClient(gw.url, ADMIN_KEY) as m:
+        stream = await metered_completion(
+            m,
+            "streamer",
+            "0.50",
+            model=MODEL,
+            messages=ASK,
+            stream=True,
+            mock_response="Hello there friend",
+        )
+        assert (await m.balance("streamer")).credits_held == "0.500000"  # open while streaming
+        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        assert text == "Hello there friend"
+        assert await remaining(m, "streamer") == Decimal("4.986")
+        early = await metered_completion(
+            m,
+            "quitter",
+            "0.50",
+            model=MODEL,
+            messages=ASK,
+            stream=True,
+            mock_response="Hello there friend",
+        )
+        async for _ in early:
+            break  # the client stops reading after the first chunk
+        await early.aclose()
+        left = await remaining(m, "quitter")
+        assert Decimal("4.98") < left < 5  # the prompt and the first chunk, charged
