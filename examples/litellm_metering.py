@@ -31,11 +31,18 @@ request's ``user``), ``user`` (the request body's ``user``), ``header:NAME`` (a 
 ``key_user`` (the key's own user_id; behind the master key that is one shared placeholder, so it
 is never a default). No payer: the call is refused before the model is called.
 
+Refusals (no payer, unpriced model, no credits, cap reached) reach the OpenAI client as 400 with
+the gateway's message, as LiteLLM's own budget checks answer (the SDK does not retry a 400); a
+gateway that cannot be reached refuses with 503 (METERING_FAIL_OPEN=1 lets such calls through
+unmetered instead: free calls, a risk to choose knowingly).
+
 Needs ``pip install litellm``; it is not a dependency of the gateway.
 """
 
 from __future__ import annotations
 
+import importlib
+import logging
 import math
 import os
 import time
@@ -46,11 +53,12 @@ from decimal import ROUND_CEILING, Decimal
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import litellm
 from litellm.integrations.custom_logger import CustomLogger
 
 from gateway.credits.schemas import PriceInfo
-from metering_client import Hold, MeteringClient
+from metering_client import Hold, InsufficientCreditsError, MeteringAPIError, MeteringClient
 
 
 async def metered_completion(
@@ -126,6 +134,8 @@ async def _commit(hold: Hold, response: Any, model: str | None) -> None:
     )
 
 
+log = logging.getLogger("metering.litellm")
+
 DEFAULT_PAYER = "end_user,user"
 PRICES_TTL = 30.0  # seconds the handler keeps the gateway's price list
 
@@ -148,6 +158,26 @@ def estimate(price: PriceInfo, prompt: int, output: int, sizing: HoldSizing) -> 
 
 
 _SOURCES = ("end_user", "user", "key_user", "header", "key_metadata", "team_metadata")
+
+
+class MeteringRefused(ValueError):
+    """A proxied call refused before the model call, with the status its client gets."""
+
+    def __init__(self, status_code: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status_code, self.detail = status_code, detail
+
+
+def refuse(status: int, detail: str) -> Exception:
+    """What a pre-call hook raises to refuse a call: inside the proxy, FastAPI's HTTPException
+    (the proxy answers it with this status and detail, as LiteLLM's own budget checks do:
+    400, which the OpenAI SDK does not retry); elsewhere MeteringRefused."""
+    try:
+        fastapi = importlib.import_module("fastapi")  # present inside the proxy only
+    except ImportError:
+        return MeteringRefused(status, detail)
+    refused: Exception = fastapi.HTTPException(status_code=status, detail=detail)
+    return refused
 
 
 def check_payer_rule(rule: str) -> None:
@@ -191,14 +221,18 @@ class MeteringProxyHandler(CustomLogger):
         hold: str | None = None,
         payer: str = DEFAULT_PAYER,
         sizing: HoldSizing | None = None,
+        fail_open: bool = False,
     ) -> None:
-        """hold: a fixed hold per call; None (the default) sizes each hold from its estimate."""
+        """hold: a fixed hold per call; None (the default) sizes each hold from its estimate.
+        fail_open: when the gateway cannot be reached, let calls through unmetered (free: a
+        risk to choose knowingly) instead of refusing them with 503."""
         super().__init__()
         check_payer_rule(payer)
         self.metering = metering
         self.hold = hold
         self.payer = payer
         self.sizing = sizing or HoldSizing()
+        self.fail_open = fail_open
         self.holds: dict[str, Hold] = {}
         self._prices: dict[str, PriceInfo] = {}
         self._prices_at = -math.inf
@@ -216,9 +250,10 @@ class MeteringProxyHandler(CustomLogger):
         model = str(data.get("model") or "")
         price = await self.price_of(model)
         if price is None:
-            raise ValueError(
+            raise refuse(
+                400,
                 f"metering: model {model!r} has no price at the gateway, so its use could not "
-                "be charged; refused before the call (PUT /api/v1/pricing/{model})"
+                "be charged; refused before the call (PUT /api/v1/pricing/{model})",
             )
         if self.hold is not None:
             return self.hold
@@ -231,17 +266,28 @@ class MeteringProxyHandler(CustomLogger):
     ) -> dict[str, Any]:
         user = payer_of(self.payer, user_api_key_dict, data)
         if not user:
-            raise ValueError(
-                f"metering: this request names no one to charge (METERING_PAYER={self.payer!r})"
+            raise refuse(
+                400,
+                f"metering: this request names no one to charge (METERING_PAYER={self.payer!r})",
             )
         call_id = data.get("litellm_call_id") or str(uuid.uuid4())
         if call_id in self.holds:  # a client-sent call id already in flight: make this its own
             call_id = str(uuid.uuid4())
         data["litellm_call_id"] = call_id
-        # the gateway's request id is the handler's own, never a client-sent call id alone
-        amount = await self.hold_for(data)
-        hold = self.metering.reserve(user, amount, request_id=f"litellm-{uuid.uuid4()}")
-        await hold.__aenter__()  # raises InsufficientCreditsError (402) when out of credits
+        try:
+            amount = await self.hold_for(data)
+            # the gateway's request id is the handler's own, never a client-sent call id alone
+            hold = self.metering.reserve(user, amount, request_id=f"litellm-{uuid.uuid4()}")
+            await hold.__aenter__()
+        except InsufficientCreditsError as exc:
+            raise refuse(400, f"metering: {exc.reason or 'insufficient_credits'}: {exc}") from None
+        except (httpx.TransportError, MeteringAPIError) as exc:
+            if isinstance(exc, MeteringAPIError) and exc.status < 500:
+                raise refuse(400, f"metering: {exc}") from None
+            if self.fail_open:  # documented risk: the call goes ahead unmetered
+                log.warning("metering unreachable (%s): call %s not metered", exc, call_id)
+                return data
+            raise refuse(503, "metering is unavailable; nothing was charged, retry later") from None
         self.holds[call_id] = hold
         return data
 
@@ -275,6 +321,7 @@ def _from_env() -> MeteringProxyHandler | None:
         env("METERING_HOLD") or None,
         env("METERING_PAYER", DEFAULT_PAYER),
         sizing,
+        env("METERING_FAIL_OPEN", "") in ("1", "true", "yes"),
     )
 
 

@@ -16,7 +16,11 @@ import pytest
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no fetch from the internet
 litellm = pytest.importorskip("litellm")
 
-from examples.litellm_metering import MeteringProxyHandler, metered_completion  # noqa: E402
+from examples.litellm_metering import (  # noqa: E402
+    MeteringProxyHandler,
+    MeteringRefused,
+    metered_completion,
+)
 from metering_client import InsufficientCreditsError, MeteringClient  # noqa: E402
 from tests.conftest import ADMIN_KEY  # noqa: E402
 from tests.processes import Running, gateway_process  # noqa: E402
@@ -107,7 +111,7 @@ async def test_the_proxy_callback_reserves_commits_and_releases(gw: Running) -> 
             assert await remaining(m, "llm-proxy") == Decimal("4.95")  # released, not charged
 
             broke = SimpleNamespace(end_user_id="llm-proxy")
-            with pytest.raises(InsufficientCreditsError):
+            with pytest.raises(MeteringRefused, match="insufficient_credits"):
                 await MeteringProxyHandler(m, "100").async_pre_call_hook(
                     broke, None, {"model": MODEL}, "completion"
                 )
@@ -194,9 +198,9 @@ async def test_each_hold_is_the_calls_estimate_and_an_unpriced_model_is_refused(
         await handler.holds.popitem()[1].release()
         open_ended = {"model": MODEL, "messages": ASK}
         assert await handler.hold_for(open_ended) == "8.200000"
-        with pytest.raises(InsufficientCreditsError):
+        with pytest.raises(MeteringRefused, match="insufficient_credits"):
             await handler.async_pre_call_hook(key, None, open_ended, "completion")
-        with pytest.raises(ValueError, match="no price"):
+        with pytest.raises(MeteringRefused, match="no price"):
             await handler.async_pre_call_hook(
                 key, None, {"model": "unpriced-model", "messages": ASK}, "completion"
             )
@@ -236,3 +240,28 @@ async def test_a_stream_is_charged_when_it_ends_with_the_usage_it_reported(gw: R
         await early.aclose()
         left = await remaining(m, "quitter")
         assert Decimal("4.98") < left < 5  # the prompt and the first chunk, charged
+
+
+async def test_refusals_are_400_and_an_unreachable_gateway_fails_closed_with_503(
+    gw: Running,
+) -> None:
+    """What the proxy's client gets: 400 with the gateway's message for a refusal (no payer, no
+    credits), which the OpenAI SDK does not retry (it was a 500, retried twice); 503 when the
+    gateway cannot be reached, unless fail_open lets the call through unmetered."""
+    async with MeteringClient(gw.url, ADMIN_KEY) as m:
+        handler = MeteringProxyHandler(m, "100")
+        key = SimpleNamespace(end_user_id="refused")
+        with pytest.raises(MeteringRefused) as broke:
+            await handler.async_pre_call_hook(key, None, {"model": MODEL}, "completion")
+        assert broke.value.status_code == 400 and "insufficient_credits" in broke.value.detail
+        with pytest.raises(MeteringRefused) as nobody:
+            await handler.async_pre_call_hook(SimpleNamespace(), None, {"model": MODEL}, "")
+        assert nobody.value.status_code == 400 and "no one to charge" in nobody.value.detail
+    async with MeteringClient("http://127.0.0.1:9", ADMIN_KEY, retries=0) as down:
+        closed = MeteringProxyHandler(down, "0.50")
+        with pytest.raises(MeteringRefused) as unavailable:
+            await closed.async_pre_call_hook(key, None, {"model": MODEL}, "completion")
+        assert unavailable.value.status_code == 503
+        opened = MeteringProxyHandler(down, "0.50", fail_open=True)
+        data = await opened.async_pre_call_hook(key, None, {"model": MODEL}, "completion")
+        assert data["model"] == MODEL and not opened.holds  # let through, unmetered
