@@ -3,7 +3,6 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY persistence ./persistence
-COPY metering_client ./metering_client
 COPY loadtests ./loadtests
 RUN pip install --no-cache-dir .
 EXPOSE 8000

@@ -16,10 +16,11 @@ DATED_TESTS := tests/test_reservations.py tests/test_periods.py tests/test_refun
 	tests/test_clock.py
 START_POINTS := year-ago year-ahead month-end new-year leap-day
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e clients/python
 	touch $@
 
 install: $(VENV)/.installed

@@ -10,7 +10,8 @@ gateway/ is one package per layer, each importing only its own layer and those b
     base     settings, metrics, logs, connections, errors
 
 persistence/ (PostgreSQL) sits beside base: any layer may use it, it uses none of them. The client
-SDK (metering_client/) is not part of the server: nothing in gateway/ or persistence/ imports it.
+SDK (clients/python, metering_client) is not part of the server: nothing in gateway/ or
+persistence/ imports it, and it imports nothing of theirs.
 No module is longer than MAX_LINES."""
 
 from __future__ import annotations
@@ -69,10 +70,16 @@ def test_persistence_uses_no_layer_and_no_client() -> None:
         assert outside == set(), path
 
 
+def test_the_client_distribution_imports_nothing_of_the_server() -> None:
+    for path in sorted((ROOT / "clients").rglob("*.py")):
+        outside = {m for m in imports(path) if m.split(".")[0] in ("gateway", "persistence")}
+        assert outside == set(), path
+
+
 def test_no_module_is_too_long() -> None:
     long = {
         str(p.relative_to(ROOT)): n
-        for folder in ("gateway", "persistence", "metering_client", "loadtests", "examples")
+        for folder in ("gateway", "persistence", "clients", "loadtests")
         for p in (ROOT / folder).rglob("*.py")
         if (n := len(p.read_text().splitlines())) > MAX_LINES
     }

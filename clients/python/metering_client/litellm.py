@@ -10,7 +10,7 @@ after it, release when it fails. Two ways in:
 - The LiteLLM proxy: ``MeteringProxyHandler`` is a CustomLogger. In the proxy's config.yaml::
 
       litellm_settings:
-        callbacks: examples.litellm_metering.proxy_handler
+        callbacks: metering_client.litellm.proxy_handler
 
   with METERING_URL, METERING_API_KEY (a key with the debit and read scopes) and METERING_PAYER
   (who pays, below) in the proxy's environment. Each call's hold is its estimated cost: the
@@ -36,7 +36,8 @@ the gateway's message, as LiteLLM's own budget checks answer (the SDK does not r
 gateway that cannot be reached refuses with 503 (METERING_FAIL_OPEN=1 lets such calls through
 unmetered instead: free calls, a risk to choose knowingly).
 
-Needs ``pip install litellm``; it is not a dependency of the gateway.
+Needs LiteLLM: ``pip install 'metering-client[litellm]'`` (clients/python); the gateway does
+not depend on it.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 from types import SimpleNamespace
@@ -57,8 +58,8 @@ import httpx
 import litellm
 from litellm.integrations.custom_logger import CustomLogger
 
-from gateway.credits.schemas import PriceInfo
 from metering_client import Hold, InsufficientCreditsError, MeteringAPIError, MeteringClient
+from metering_client.schemas import PriceInfo
 
 
 async def metered_completion(
@@ -233,7 +234,8 @@ class MeteringProxyHandler(CustomLogger):
         self.payer = payer
         self.sizing = sizing or HoldSizing()
         self.fail_open = fail_open
-        self.holds: dict[str, Hold] = {}
+        self.holds: dict[str, Hold] = {}  # call id -> its hold, until the call ends
+        self.settling = 0  # commits and releases on their way to the gateway
         self._prices: dict[str, PriceInfo] = {}
         self._prices_at = -math.inf
 
@@ -296,14 +298,22 @@ class MeteringProxyHandler(CustomLogger):
     ) -> None:
         hold = self.holds.pop(str(kwargs.get("litellm_call_id")), None)
         if hold is not None:
-            await _commit(hold, response_obj, kwargs.get("model"))
+            await self._settle(_commit(hold, response_obj, kwargs.get("model")))
 
     async def async_log_failure_event(
         self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
         hold = self.holds.pop(str(kwargs.get("litellm_call_id")), None)
         if hold is not None:
-            await hold.release()
+            await self._settle(hold.release())
+
+    async def _settle(self, call: Awaitable[Any]) -> None:
+        """A commit or release, counted in `settling` while it is on its way."""
+        self.settling += 1
+        try:
+            await call
+        finally:
+            self.settling -= 1
 
 
 def _from_env() -> MeteringProxyHandler | None:

@@ -23,11 +23,11 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
-from gateway.credits.grant_schemas import GrantList
-from gateway.credits.schemas import (
+from metering_client.schemas import (
     Balance,
     CommitResult,
     DebitResult,
+    GrantList,
     PriceList,
     ReleaseResult,
     Reservation,

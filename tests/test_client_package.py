@@ -1,0 +1,100 @@
+"""The client SDK and its LiteLLM integration are their own distribution (clients/python): it
+builds alone, depends on httpx and msgspec only (LiteLLM as an extra), imports nothing of the
+server, and its copies of the gateway's answers match the server's."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import metering_client.schemas as client
+import msgspec
+import pytest
+
+from gateway.credits import grant_schemas, schemas
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIENT = ROOT / "clients" / "python"
+SERVER_ONLY = ("gateway", "persistence", "litestar", "asyncpg", "loadtests")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "DebitResult",
+        "Balance",
+        "Expiring",
+        "Reservation",
+        "CommitResult",
+        "ReleaseResult",
+        "PriceInfo",
+        "PriceList",
+    ],
+)
+def test_the_sdk_reads_the_answers_the_server_writes(name: str) -> None:
+    ours, theirs = getattr(client, name), getattr(schemas, name)
+    assert [f.name for f in msgspec.structs.fields(ours)] == [
+        f.name for f in msgspec.structs.fields(theirs)
+    ]
+
+
+@pytest.mark.parametrize("name", ["Grant", "GrantList"])
+def test_the_sdk_reads_the_grants_the_server_writes(name: str) -> None:
+    ours, theirs = getattr(client, name), getattr(grant_schemas, name)
+    assert [f.name for f in msgspec.structs.fields(ours)] == [
+        f.name for f in msgspec.structs.fields(theirs)
+    ]
+
+
+def test_importing_the_sdk_and_the_integration_pulls_nothing_of_the_server() -> None:
+    code = (
+        "import sys, metering_client, metering_client.litellm\n"
+        f"print([m for m in sys.modules if m.split('.')[0] in {SERVER_ONLY!r}])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=CLIENT,  # not the repository root: the server's packages are not on the path there
+        env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", "PATH": "/usr/bin:/bin"},
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_distribution_builds_alone_with_only_httpx_and_msgspec(tmp_path: Path) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(CLIENT),
+        ],
+        check=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("metering_client-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        meta = next(n for n in names if n.endswith("METADATA"))
+        requires = [
+            line.split(":", 1)[1].strip()
+            for line in z.read(meta).decode().splitlines()
+            if line.startswith("Requires-Dist:")
+        ]
+    assert all(n.startswith(("metering_client/", "metering_client-")) for n in names)
+    assert {r.split(">")[0].split(";")[0].strip() for r in requires} == {
+        "httpx",
+        "msgspec",
+        "litellm",
+    }
+    assert any("extra ==" in r and r.startswith("litellm") for r in requires)
