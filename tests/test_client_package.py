@@ -9,10 +9,10 @@ import sys
 import zipfile
 from pathlib import Path
 
-import metering_client.schemas as client
 import msgspec
 import pytest
 
+import metering_client.schemas as client
 from gateway.credits import grant_schemas, schemas
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,7 +22,6 @@ from metering_client.litellm import (  # noqa: E402
     MeteringRefused,
     metered_completion,
 )
-
 from tests.conftest import ADMIN_KEY  # noqa: E402
 from tests.processes import Running, gateway_process  # noqa: E402
 
