@@ -261,3 +261,33 @@ async def test_refusals_are_400_and_an_unreachable_gateway_fails_closed_with_503
         opened = MeteringProxyHandler(down, "0.50", fail_open=True)
         data = await opened.async_pre_call_hook(key, None, {"model": MODEL}, "completion")
         assert data["model"] == MODEL and not opened.holds  # let through, unmetered
+
+
+async def test_a_commit_that_fails_after_its_retries_is_logged_and_counted(
+    gw: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The gateway stops answering between the reply and the commit: the client retries, then
+    the handler logs the reservation and counts it (LiteLLM would only log a LoggingError);
+    nothing escapes into the proxy."""
+    async with (
+        MeteringClient(gw.url, ADMIN_KEY) as m,
+        MeteringClient("http://127.0.0.1:9", ADMIN_KEY, retries=1) as down,
+    ):
+        handler = MeteringProxyHandler(m, "0.50")
+        key = SimpleNamespace(end_user_id="lost-commit")
+        data = await handler.async_pre_call_hook(key, None, {"model": MODEL}, "completion")
+        hold = handler.holds[data["litellm_call_id"]]
+        hold.client = down  # the gateway is gone when the call ends
+        reply = SimpleNamespace(
+            model=MODEL, usage=SimpleNamespace(prompt_tokens=1, completion_tokens=1)
+        )
+        with caplog.at_level("ERROR", logger="metering.litellm"):
+            await handler.async_log_success_event(
+                {"litellm_call_id": data["litellm_call_id"], "model": MODEL}, reply, None, None
+            )
+        assert handler.failed_settlements == 1 and not handler.holds
+        assert hold.reservation is not None
+        assert hold.reservation.reservation_id in caplog.text
+        hold.client = m
+        await hold.release()  # tidy: the hold would expire by itself
+        assert await remaining(m, "lost-commit") == Decimal("5")

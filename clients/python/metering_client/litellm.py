@@ -236,6 +236,7 @@ class MeteringProxyHandler(CustomLogger):
         self.fail_open = fail_open
         self.holds: dict[str, Hold] = {}  # call id -> its hold, until the call ends
         self.settling = 0  # commits and releases on their way to the gateway
+        self.failed_settlements = 0  # commits and releases that failed after their retries
         self._prices: dict[str, PriceInfo] = {}
         self._prices_at = -math.inf
 
@@ -298,20 +299,27 @@ class MeteringProxyHandler(CustomLogger):
     ) -> None:
         hold = self.holds.pop(str(kwargs.get("litellm_call_id")), None)
         if hold is not None:
-            await self._settle(_commit(hold, response_obj, kwargs.get("model")))
+            await self._settle(_commit(hold, response_obj, kwargs.get("model")), hold)
 
     async def async_log_failure_event(
         self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
         hold = self.holds.pop(str(kwargs.get("litellm_call_id")), None)
         if hold is not None:
-            await self._settle(hold.release())
+            await self._settle(hold.release(), hold)
 
-    async def _settle(self, call: Awaitable[Any]) -> None:
-        """A commit or release, counted in `settling` while it is on its way."""
+    async def _settle(self, call: Awaitable[Any], hold: Hold) -> None:
+        """A commit or release, counted in `settling` while it is on its way. One that still
+        fails after the client's retries (same reservation, so never twice) is logged with its
+        reservation id and counted in `failed_settlements`, for an operator to follow up (its
+        hold expires in the gateway), never dropped silently or raised into LiteLLM."""
         self.settling += 1
         try:
             await call
+        except (httpx.HTTPError, MeteringAPIError) as exc:
+            self.failed_settlements += 1
+            held = hold.reservation.reservation_id if hold.reservation else "?"
+            log.error("metering: settling reservation %s failed: %s", held, exc)
         finally:
             self.settling -= 1
 
