@@ -5,10 +5,10 @@ request. docs/credit-blocks.md has the model."""
 from __future__ import annotations
 
 import re
-from datetime import datetime
 
 from gateway.base.errors import NotFound
-from gateway.credits.clock import epoch_ms, from_ms, period_end
+from gateway.credits.block_text import BlockEntry, parse_blocks
+from gateway.credits.clock import from_ms
 from gateway.credits.grant_schemas import Grant, GrantList
 from gateway.credits.money import fmt, to_micro
 from gateway.credits.service import CreditService
@@ -69,25 +69,24 @@ class GrantsService:
         if res[0] != "ok":
             raise NotFound(f"no user {user_id!r}")  # hydrated, then gone again: as unknown
         _, text, reset = res
-        ends = epoch_ms(period_end(datetime.fromisoformat(reset), credits.period))
-        out = [self._open(entry, ends) for entry in text.split(",") if entry]
+        ends = credits.period_end_ms(reset)
+        out = [self._open(entry, ends) for entry in parse_blocks(text)]
         if include_closed:
             rows = await closed_grants(credits.pool, user_id, [g.id for g in out], limit)
             out += [_closed(g) for g in rows]
         return GrantList(user_id, out)
 
     @staticmethod
-    def _open(entry: str, period_ends: int) -> Grant:
-        rem, block_id, kind, prio, exp, created, *granted = entry.split(":")
-        expires = int(exp) or (period_ends if kind == "allocation" else 0)
+    def _open(b: BlockEntry, period_ends: int) -> Grant:
+        expires = b.expires_ms or (period_ends if b.kind == "allocation" else 0)
         return Grant(
-            id=block_id,
-            kind=kind,
-            amount=fmt(int(granted[0]) if granted and granted[0] else int(rem)),
-            remaining=fmt(int(rem)),
-            priority=int(prio),
+            id=b.id,
+            kind=b.kind,
+            amount=fmt(b.granted),
+            remaining=fmt(b.remaining),
+            priority=b.priority,
             expires_at=_iso(expires),
-            created_at=from_ms(int(created)).isoformat(),
-            source_transaction=source_of(block_id),
+            created_at=from_ms(b.created_ms).isoformat(),
+            source_transaction=source_of(b.id),
             status="open",
         )

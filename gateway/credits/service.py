@@ -15,6 +15,7 @@ from redis.commands.core import AsyncScript
 
 from gateway.base.errors import IdempotencyConflict, InsufficientCredits, Unavailable, Unprocessable
 from gateway.base.metrics import HYDRATIONS
+from gateway.credits.block_text import blocks_text
 from gateway.credits.clock import (
     Clock,
     Period,
@@ -115,28 +116,11 @@ def applied(res: list[Any], call: ApplyCall) -> Applied:
 
 
 def block_args(grants: list[GrantRow]) -> Args:
-    """Open credit blocks as hydrate.lua takes them: one text, as lib.lua keeps it ('blks'):
-    'remaining:id:kind:priority:expires_ms:created_ms:granted' entries in spending order
-    (priority, earliest expiry with none last, oldest, id), joined by ','; then their earliest
-    expiry (epoch ms, 0: none), 'nexp'."""
-    entries = []
-    for g in grants:
-        expires = 0 if g.expires_at is None else epoch_ms(g.expires_at)
-        granted = g.remaining if g.amount is None else g.amount
-        order = (g.priority, expires or float("inf"), epoch_ms(g.created_at), g.id)
-        entries.append(
-            (
-                order,
-                f"{to_micro(g.remaining)}:{g.id}:{g.kind}:{g.priority}:{expires}:"
-                f"{epoch_ms(g.created_at)}:{to_micro(granted)}",
-            )
-        )
+    """Open credit blocks as hydrate.lua takes them: the 'blks' text and its earliest expiry
+    (gateway/credits/block_text.py)."""
     # none (a row written without its blocks): no argument, so the first change makes them
     # from the balance (lib.lua blocks_or_legacy) rather than claim there are none
-    if not entries:
-        return []
-    nexp = min((o[1] for o, _ in entries if o[1] != float("inf")), default=0)
-    return [",".join(e for _, e in sorted(entries)), int(nexp)]
+    return list(blocks_text(grants)) if grants else []
 
 
 def debit_result(req: DebitRequest, res: Applied) -> DebitResult:
@@ -273,13 +257,18 @@ class CreditService:
             expiring=self.expiring(reset, *blocks),
         )
 
+    def period_end_ms(self, reset: str) -> int:
+        """When the period of a user's last renewal (its 'reset', ISO) ends, in epoch ms: its
+        allocation block's end."""
+        return epoch_ms(period_end(datetime.fromisoformat(reset), self.period))
+
     def expiring(self, reset: str, nexp: str, due: str, arem: str, roll: str) -> Expiring | None:
         """The next credits to expire: a block's remainder at its expires_at (balance.lua's
         nexp and due), or the allocation left at the period's end when that comes first (a
         tier without rollover), or both when they fall together."""
         at, amount = int(nexp), int(due)
         if not roll.startswith("1") and int(arem):
-            ends = epoch_ms(period_end(datetime.fromisoformat(reset), self.period))
+            ends = self.period_end_ms(reset)
             if not at or ends < at:
                 at, amount = ends, 0
             if ends == at:

@@ -22,6 +22,7 @@ from gateway.api.auth import LOOPBACK, SCOPES, admin_key_weakness, generate_key,
 from gateway.base.connect import connect_redis
 from gateway.base.logs import serve_log_config
 from gateway.base.settings import Settings, settings_from_env
+from gateway.credits.block_text import parse_blocks
 from gateway.credits.clock import from_ms
 from gateway.credits.keys import Keys
 from gateway.credits.money import fmt, to_micro
@@ -62,17 +63,15 @@ def _blocks_side_by_side(text: str | None, rows: list[users.GrantRow]) -> list[d
     """The user's open credit blocks, one row per block id: Redis's remainder (its 'blks', in
     spending order) beside PostgreSQL's (credit_grants); None where a side lacks it."""
     out: dict[str, dict[str, Any]] = {}
-    for entry in (text or "").split(","):
-        if entry:
-            rem, block_id, kind, prio, exp, _, *_granted = entry.split(":")
-            out[block_id] = {
-                "id": block_id,
-                "kind": kind,
-                "priority": int(prio),
-                "expires_at": from_ms(int(exp)).isoformat() if int(exp) else None,
-                "redis": fmt(int(rem)),
-                "postgres": None,
-            }
+    for b in parse_blocks(text):
+        out[b.id] = {
+            "id": b.id,
+            "kind": b.kind,
+            "priority": b.priority,
+            "expires_at": from_ms(b.expires_ms).isoformat() if b.expires_ms else None,
+            "redis": fmt(b.remaining),
+            "postgres": None,
+        }
     for g in rows:
         row = out.setdefault(
             g.id,

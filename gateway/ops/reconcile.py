@@ -14,6 +14,7 @@ from decimal import Decimal
 import asyncpg
 from redis.asyncio import Redis
 
+from gateway.credits.block_text import parse_blocks
 from gateway.credits.keys import Keys
 from gateway.credits.money import to_micro
 from persistence.users import users_with_ledger
@@ -114,8 +115,7 @@ def _check_blocks(
         )
     if "blks" not in state:
         return  # not in Redis, or loaded before blocks and untouched since: nothing to compare
-    entries = [e.split(":") for e in state["blks"].split(",") if e]
-    held = {e[1]: e[0] for e in entries}  # 'remaining:id:...' (lib.lua)
+    held = {b.id: str(b.remaining) for b in parse_blocks(state["blks"])}
     if sum(int(v) for v in held.values()) != int(state.get("bal", "0")):
         report.drift.append(
             {"user_id": user, "problem": "credit blocks in Redis do not sum to the balance"}
