@@ -97,7 +97,7 @@ LIMIT $3
 # A user's blocks that are closed in PostgreSQL or absent from $2 (the ids Redis holds open:
 # closed there, not flushed yet), newest first, for GET .../grants?include=closed.
 GRANTS_CLOSED = """
-SELECT id, kind, priority, expires_at, created_at, remaining, amount, closed_at
+SELECT user_id, id, kind, priority, expires_at, created_at, remaining, amount, closed_at
 FROM credit_grants
 WHERE user_id = $1 AND (closed_at IS NOT NULL OR NOT id = ANY($2::text[]))
 ORDER BY closed_at DESC NULLS FIRST, created_at DESC, id

@@ -94,16 +94,9 @@ async def open_grants(conn: Executor, user_ids: list[str]) -> dict[str, list[Gra
 
 
 @dataclass(frozen=True, slots=True)
-class ClosedGrant:
+class ClosedGrant(GrantRow):
     """A spent or expired credit block (closed_at None: closed in Redis, not flushed yet)."""
 
-    id: str
-    kind: str
-    priority: int
-    expires_at: datetime | None
-    created_at: datetime
-    remaining: Decimal
-    amount: Decimal | None
     closed_at: datetime | None
 
 
