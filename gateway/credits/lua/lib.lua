@@ -241,16 +241,16 @@ local function credit_back(text, draws, meta, done, amount, id)
         blocks[#blocks + 1] = b
         open[bid] = b
       end
+      if b or k then
+        returns[#returns + 1] = bid .. ':-' .. int(give)
+        left = left - give
+      end
       if b then
         b.rem = b.rem + give
         if b.amt < b.rem then b.amt = b.rem end
-        returns[#returns + 1] = bid .. ':-' .. int(give)
-        left = left - give
       elseif k then  -- expired since (or a past period's allocation): it expires again
-        returns[#returns + 1] = bid .. ':-' .. int(give)
         gone[#gone + 1] = bid .. ':' .. int(give)
         lost = lost + give
-        left = left - give
       end
     end
   end
@@ -356,6 +356,13 @@ local function twin_id(n)
   return string.sub(H.rtxn, 1, 14) .. n .. string.sub(H.rtxn, 16)
 end
 
+-- An 'expiry' ledger event: lost credits left the balance (fields: blk, draws = each block and
+-- what it lost, ...), under the call's twin id n and the request id 'sys:expiry:' and that id.
+local function emit_expiry(stream, n, lost, bal, ver, spent, fields)
+  local txn = twin_id(n)
+  emit(stream, 'expiry', txn, 'sys:expiry:' .. txn, -lost, bal, ver, spent, fields)
+end
+
 local function auto_renew(key, stream)
   return renew(key, stream, false, 'sys:reset:' .. int(H.pstart), H.rtxn)
 end
@@ -388,9 +395,8 @@ local function expire_due(key, stream, nexp)
   local blks = join_blocks(kept)
   redis.call('HSET', key, 'bal', int(bal), 'blks', blks, 'nexp', int(nxt))
   local ver = redis.call('HINCRBY', key, 'ver', 1)
-  local txn = twin_id('8')
-  emit(stream, 'expiry', txn, 'sys:expiry:' .. txn, -lost, bal, ver, tonumber(st[3]),
-       {'blk', blks, 'draws', table.concat(gone, ',')})
+  emit_expiry(stream, '8', lost, bal, ver, tonumber(st[3]),
+              {'blk', blks, 'draws', table.concat(gone, ',')})
   return lost
 end
 

@@ -47,9 +47,7 @@ emit(KEYS[3], 'refund', ARGV[7], ARGV[9], amount, bal, ver, spent,
 if lost > 0 then  -- returned to blocks expired since: they expire again, at once
   bal, ver = bal - lost, ver + 1
   redis.call('HSET', KEYS[1], 'bal', int(bal), 'ver', int(ver))
-  local txn = twin_id('9')
-  emit(KEYS[3], 'expiry', txn, 'sys:expiry:' .. txn, -lost, bal, ver, spent,
-       {'ref', ARGV[7], 'blk', blks, 'draws', gone})
+  emit_expiry(KEYS[3], '9', lost, bal, ver, spent, {'ref', ARGV[7], 'blk', blks, 'draws', gone})
 end
 -- the record keeps what expired again beside the balance ('available;expired'), so a replay
 -- answers as the refund did
