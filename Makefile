@@ -5,7 +5,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export METERING_ADMIN_KEY ?= dev-admin-key
 
-.PHONY: install services test-services run lint types pytest pytest-dates test bench locust clean
+PROXY_VENV ?= .venv-proxy
+export METERING_PROXY_BIN ?= $(abspath $(PROXY_VENV))/bin/litellm
+
+.PHONY: install proxy-venv services test-services run lint types pytest pytest-dates test bench \
+	locust clean
 
 # The tests whose outcome depends on where the clock stands, run again at each starting point of
 # tests/conftest.py START_POINTS (a year back, a year ahead, a month's and a year's last second,
@@ -22,6 +26,24 @@ $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	$(BIN)/python -m pip install -q -e clients/python
 	touch $@
+
+# The real LiteLLM proxy, as an LLM team installs it: its own environment holding the proxy and
+# metering-client built from clients/python (not editable: what pip would install).
+$(PROXY_VENV)/.installed: clients/python/proxy-requirements.txt
+	$(PYTHON) -m venv $(PROXY_VENV)
+	$(PROXY_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PROXY_VENV)/bin/python -m pip install -q -r clients/python/proxy-requirements.txt \
+		'./clients/python[litellm]'
+	rm -rf clients/python/build
+	touch $@
+
+$(PROXY_VENV)/.client: $(PROXY_VENV)/.installed clients/python/pyproject.toml \
+		$(wildcard clients/python/metering_client/*.py clients/python/metering_client/*/*.py)
+	$(PROXY_VENV)/bin/python -m pip install -q --no-deps --force-reinstall ./clients/python
+	rm -rf clients/python/build
+	touch $@
+
+proxy-venv: $(PROXY_VENV)/.client
 
 install: $(VENV)/.installed
 
@@ -41,7 +63,7 @@ lint: install
 types: install
 	$(BIN)/mypy
 
-pytest: install test-services
+pytest: install test-services proxy-venv
 	$(BIN)/pytest
 
 pytest-dates: install test-services
@@ -62,4 +84,4 @@ locust: install
 		--host $${METERING_URL:-http://127.0.0.1:8000}
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) $(PROXY_VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

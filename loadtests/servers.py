@@ -244,11 +244,13 @@ class ServerProcess:
         env: dict[str, str],
         port: int | None = None,
         health: str = "/health/live",
+        start_seconds: float = 30,
     ) -> None:
         self.port = port or free_port()
         self.args = args
         self.env = {**os.environ, **env}
         self.health = health
+        self.start_seconds = start_seconds
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = Path(tempfile.mkstemp(prefix="metering-server-", suffix=".log")[1])
 
@@ -268,6 +270,7 @@ class ServerProcess:
         _wait(
             lambda: httpx.get(f"{self.url}{self.health}", timeout=1).status_code < 500,
             f"{self.args[:4]} (log: {self.log})",
+            self.start_seconds,
         )
 
     def kill(self) -> None:

@@ -94,19 +94,22 @@ async def test_the_proxy_callback_reserves_commits_and_releases(gw: Running) -> 
                 model=MODEL,
                 messages=ASK,
                 mock_response="ok",
-                litellm_call_id=data["litellm_call_id"],
+                metadata=data["metadata"],
             )
             await settled(handler)
             assert await remaining(m, "llm-proxy") == Decimal("4.95")
 
             data = await handler.async_pre_call_hook(key, None, {"model": MODEL}, "completion")
-            with pytest.raises(litellm.exceptions.InternalServerError):
+            with pytest.raises(litellm.exceptions.InternalServerError) as failed:
                 await litellm.acompletion(
                     model=MODEL,
                     messages=ASK,
                     mock_response=Exception("provider down"),
-                    litellm_call_id=data["litellm_call_id"],
+                    metadata=data["metadata"],
                 )
+            await asyncio.sleep(0.2)  # the deployment's failure: the proxy may still fall back
+            assert (await m.balance("llm-proxy")).credits_held == "0.500000"
+            await handler.async_post_call_failure_hook(data, failed.value, key)  # request over
             await settled(handler)
             assert await remaining(m, "llm-proxy") == Decimal("4.95")  # released, not charged
 
@@ -158,14 +161,15 @@ async def test_the_same_client_call_id_three_times_is_three_charges(gw: Running)
                 )
                 for _ in range(3)
             ]
-            assert len({d["litellm_call_id"] for d in datas}) == 3
+            assert len({d["metadata"]["metering_hold"] for d in datas}) == 3
             await asyncio.gather(
                 *(
                     litellm.acompletion(
                         model=MODEL,
                         messages=ASK,
                         mock_response="ok",
-                        litellm_call_id=d["litellm_call_id"],
+                        litellm_call_id="client-chosen",
+                        metadata=d["metadata"],
                     )
                     for d in datas
                 )
@@ -182,8 +186,9 @@ async def test_each_hold_is_the_calls_estimate_and_an_unpriced_model_is_refused(
 ) -> None:
     """The hold is the call's top cost at the gateway's prices (8 prompt tokens and max_tokens
     100 at 1,000/2,000 per million: 0.208), so a user with 0.30 can still make the call (a
-    flat 0.50 refused it); without max_tokens 4096 output tokens are assumed; a model with no
-    gateway price is refused before anything is held or called."""
+    flat 0.50 refused it); without max_tokens 4096 output tokens are assumed (8.20), and a
+    payer with less holds what they have, down to the floor; a model with no gateway price is
+    refused before anything is held or called."""
     async with MeteringClient(gw.url, ADMIN_KEY) as m:
         await m.debit("sizer", "4.7")  # 0.30 left
         handler = MeteringProxyHandler(m)
@@ -191,16 +196,20 @@ async def test_each_hold_is_the_calls_estimate_and_an_unpriced_model_is_refused(
         small = {"model": MODEL, "messages": ASK, "max_tokens": 100}
         await handler.async_pre_call_hook(key, None, small, "completion")
         assert (await m.balance("sizer")).credits_held == "0.208000"
-        await handler.holds.popitem()[1].release()
+        await handler.holds.popitem()[1].hold.release()
         open_ended = {"model": MODEL, "messages": ASK}
         assert await handler.hold_for(open_ended) == "8.200000"
+        await handler.async_pre_call_hook(key, None, open_ended, "completion")
+        assert (await m.balance("sizer")).credits_held == "0.300000"  # all there is, not 8.20
+        await handler.holds.popitem()[1].hold.release()
+        await m.debit("sizer", "0.295")  # 0.005 left: under the floor of 0.01
         with pytest.raises(MeteringRefused, match="insufficient_credits"):
             await handler.async_pre_call_hook(key, None, open_ended, "completion")
         with pytest.raises(MeteringRefused, match="no price"):
             await handler.async_pre_call_hook(
                 key, None, {"model": "unpriced-model", "messages": ASK}, "completion"
             )
-        assert await remaining(m, "sizer") == Decimal("0.3")
+        assert await remaining(m, "sizer") == Decimal("0.005")
 
 
 async def test_a_stream_is_charged_when_it_ends_with_the_usage_it_reported(gw: Running) -> None:
@@ -276,14 +285,17 @@ async def test_a_commit_that_fails_after_its_retries_is_logged_and_counted(
         handler = MeteringProxyHandler(m, "0.50")
         key = SimpleNamespace(end_user_id="lost-commit")
         data = await handler.async_pre_call_hook(key, None, {"model": MODEL}, "completion")
-        hold = handler.holds[data["litellm_call_id"]]
+        hold = handler.holds[data["metadata"]["metering_hold"]].hold
         hold.client = down  # the gateway is gone when the call ends
         reply = SimpleNamespace(
             model=MODEL, usage=SimpleNamespace(prompt_tokens=1, completion_tokens=1)
         )
         with caplog.at_level("ERROR", logger="metering.litellm"):
             await handler.async_log_success_event(
-                {"litellm_call_id": data["litellm_call_id"], "model": MODEL}, reply, None, None
+                {"litellm_params": {"metadata": data["metadata"]}, "model": MODEL},
+                reply,
+                None,
+                None,
             )
         assert handler.failed_settlements == 1 and not handler.holds
         assert hold.reservation is not None

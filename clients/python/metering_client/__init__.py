@@ -198,6 +198,15 @@ class Hold:
         self.committed = await self.client._call("POST", path, body, CommitResult)
         return self.committed
 
+    async def extend(self, ttl_seconds: int) -> Reservation:
+        """Keep the hold at least ttl_seconds from now (on the gateway's clock), for a call that
+        outlives its hold; MeteringAPIError 409 once it expired or was settled."""
+        assert self.reservation is not None, "use the hold inside `async with`"
+        path = f"/api/v1/credits/reservations/{self.reservation.reservation_id}/extend"
+        body = {"ttl_seconds": ttl_seconds}
+        self.reservation = await self.client._call("POST", path, body, Reservation)
+        return self.reservation
+
     async def release(self) -> ReleaseResult:
         assert self.reservation is not None, "use the hold inside `async with`"
         path = f"/api/v1/credits/reservations/{self.reservation.reservation_id}"

@@ -1,0 +1,284 @@
+"""MeteringProxyHandler: the LiteLLM proxy's callback (pre-call hold, commit on success,
+release when the request fails, holds kept alive while their calls run)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+import uuid
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import litellm
+from litellm.integrations.custom_logger import CustomLogger
+
+from metering_client import Hold, InsufficientCreditsError, MeteringAPIError, MeteringClient
+from metering_client.litellm.completion import commit_usage
+from metering_client.litellm.rules import (
+    DEFAULT_PAYER,
+    HoldSizing,
+    check_payer_rule,
+    estimate,
+    payer_of,
+    refuse,
+)
+from metering_client.schemas import PriceInfo
+
+log = logging.getLogger("metering.litellm")
+
+HOLD_KEY = "metering_hold"  # the request metadata's field naming the request's hold
+PRICES_TTL = 30.0  # seconds the handler keeps the gateway's price list
+
+
+@dataclass
+class _Call:
+    """A proxied request's hold, from the pre-call hook until the request ends."""
+
+    hold: Hold
+    user: str
+    started: float  # time.monotonic()
+    extended: float
+
+
+class MeteringProxyHandler(CustomLogger):
+    def __init__(
+        self,
+        metering: MeteringClient,
+        hold: str | None = None,
+        payer: str = DEFAULT_PAYER,
+        sizing: HoldSizing | None = None,
+        fail_open: bool = False,
+        ttl_seconds: int = 300,
+        max_call_seconds: float = 3600,
+    ) -> None:
+        """hold: a fixed hold per call; None (the default) sizes each hold from its estimate.
+        fail_open: when the gateway cannot be reached, let calls through unmetered (free: a
+        risk to choose knowingly) instead of refusing them with 503.
+        ttl_seconds: each hold's time to live; a call still running after a third of it has
+        its hold extended, again and again, for up to max_call_seconds (a request the proxy
+        never ends then gives its credits back when the hold expires)."""
+        super().__init__()
+        check_payer_rule(payer)
+        self.metering = metering
+        self.hold = hold
+        self.payer = payer
+        self.sizing = sizing or HoldSizing()
+        self.fail_open = fail_open
+        self.ttl_seconds = ttl_seconds
+        self.max_call_seconds = max_call_seconds
+        self.holds: dict[str, _Call] = {}  # HOLD_KEY -> the hold, until the request ends
+        self.settling = 0  # commits and releases on their way to the gateway
+        self.failed_settlements = 0  # commits and releases that failed after their retries
+        self.late_commits = 0  # calls whose hold had expired, charged by a direct debit
+        self.short_commits = 0  # calls that cost more than the payer had: charged their hold
+        self._prices: dict[str, PriceInfo] = {}
+        self._prices_at = -math.inf
+        self._keeper: asyncio.Task[None] | None = None
+
+    async def price_of(self, model: str) -> PriceInfo | None:
+        """The model's gateway price (the list is read again after PRICES_TTL seconds)."""
+        if time.monotonic() - self._prices_at > PRICES_TTL or model not in self._prices:
+            listed = await self.metering.prices()
+            self._prices = {p.model: p for p in listed.prices}
+            self._prices_at = time.monotonic()
+        return self._prices.get(model)
+
+    async def hold_for(self, data: dict[str, Any]) -> str:
+        """The hold for a call: fixed, or its estimate; refused when the model has no price."""
+        return (await self._estimate(data))[0]
+
+    async def _estimate(self, data: dict[str, Any]) -> tuple[str, PriceInfo, int]:
+        """The call's hold, its model's price and its prompt's tokens."""
+        model = str(data.get("model") or "")
+        price = await self.price_of(model)
+        if price is None:
+            raise refuse(
+                400,
+                f"metering: model {model!r} has no price at the gateway, so its use could not "
+                "be charged; refused before the call (PUT /api/v1/pricing/{model})",
+            )
+        prompt = litellm.token_counter(model=model, messages=data.get("messages") or [])
+        if self.hold is not None:
+            return self.hold, price, prompt
+        output = data.get("max_tokens") or data.get("max_completion_tokens")
+        amount = estimate(price, prompt, int(output or self.sizing.default_output), self.sizing)
+        return str(amount), price, prompt
+
+    async def async_pre_call_hook(
+        self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: Any
+    ) -> dict[str, Any]:
+        user = payer_of(self.payer, user_api_key_dict, data)
+        if not user:
+            raise refuse(
+                400,
+                f"metering: this request names no one to charge (METERING_PAYER={self.payer!r})",
+            )
+        # the hold's own key, carried in the request's metadata to the proxy's callbacks: the
+        # call id can come from a client's header, the same for several requests at once
+        key = str(uuid.uuid4())
+        if data.get("stream"):  # settle with the usage the provider reports at the stream's end
+            data["stream_options"] = {**(data.get("stream_options") or {}), "include_usage": True}
+        try:
+            hold = await self._reserve(user, data)
+        except InsufficientCreditsError as exc:
+            raise refuse(400, f"metering: {exc.reason or 'insufficient_credits'}: {exc}") from None
+        except (httpx.TransportError, MeteringAPIError) as exc:
+            if isinstance(exc, MeteringAPIError) and exc.status < 500:
+                raise refuse(400, f"metering: {exc}") from None
+            if self.fail_open:  # documented risk: the call goes ahead unmetered
+                log.warning("metering unreachable (%s): a call to %s not metered", exc, user)
+                return data
+            raise refuse(503, "metering is unavailable; nothing was charged, retry later") from None
+        now = time.monotonic()
+        self.holds[key] = _Call(hold, user, now, now)
+        data["metadata"] = {**(data.get("metadata") or {}), HOLD_KEY: key}
+        if self._keeper is None or self._keeper.done():
+            self._keeper = asyncio.get_running_loop().create_task(self._keep_holds())
+        return data
+
+    async def _reserve(self, user: str, data: dict[str, Any]) -> Hold:
+        """Hold the call's estimate. A payer with less than that but at least the floor holds
+        what they have, and the call's answer is cut (max_tokens) at what that pays for: an
+        estimate assumes the longest answer, and a small call must still go through."""
+        amount, price, prompt = await self._estimate(data)
+        try:
+            return await self._hold(user, amount)
+        except InsufficientCreditsError as exc:
+            have = exc.credits_remaining
+            if self.hold is not None or exc.reason != "insufficient_credits":
+                raise
+            rate = Decimal(price.output_per_million)
+            left = have * 1_000_000 - prompt * Decimal(price.input_per_million)
+            tokens = int(left // rate) if rate > 0 else self.sizing.default_output
+            if have < self.sizing.floor or have >= Decimal(amount) or tokens < 1:
+                raise
+            field = "max_completion_tokens" if "max_completion_tokens" in data else "max_tokens"
+            data[field] = tokens
+            return await self._hold(user, format(have, "f"))
+
+    async def _hold(self, user: str, amount: str) -> Hold:
+        # the gateway's request id is the handler's own, never a client-sent call id alone
+        hold = self.metering.reserve(
+            user, amount, request_id=f"litellm-{uuid.uuid4()}", ttl_seconds=self.ttl_seconds
+        )
+        return await hold.__aenter__()
+
+    async def async_log_success_event(
+        self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        metadata = (kwargs.get("litellm_params") or {}).get("metadata") or {}
+        call = self.holds.pop(str(metadata.get(HOLD_KEY)), None)
+        if call is not None:
+            logged = kwargs.get("standard_logging_object") or {}
+            # priced by the model group that answered (a fallback's, after a fallback): the name
+            # the proxy's config gives it, which the operator prices at the gateway
+            model = logged.get("model_group") or kwargs.get("model")
+            await self._settle(self._commit(call, response_obj, model), call.hold)
+
+    # A deployment's failure (async_log_failure_event) is not the request's end: the proxy may
+    # retry it or fall back to another model group under the same call id, which keeps the
+    # hold. The request has failed only when the proxy runs its post-call failure hook.
+    async def async_post_call_failure_hook(
+        self,
+        request_data: dict[str, Any],
+        original_exception: Exception,
+        user_api_key_dict: Any,
+        traceback_str: str | None = None,
+    ) -> None:
+        call = self.holds.pop(str((request_data.get("metadata") or {}).get(HOLD_KEY)), None)
+        if call is not None:
+            await self._settle(call.hold.release(), call.hold)
+
+    async def _commit(self, call: _Call, response: Any, model: str | None) -> None:
+        """The call's priced usage; a hold that expired meanwhile (the gateway was unreachable
+        while it should have been extended) is charged by a direct debit of the same usage
+        under a request id of its own, so the call is never free."""
+        try:
+            await commit_usage(call.hold, response, model)
+        except InsufficientCreditsError:
+            # the call cost more than its hold and than the payer has left: it takes the whole
+            # hold, everything the payer had (the balance never goes below zero)
+            assert call.hold.reservation is not None
+            await call.hold.commit(call.hold.reservation.held)
+            self.short_commits += 1
+            log.warning(
+                "metering: reservation %s cost more than its payer had; charged the hold",
+                call.hold.reservation.reservation_id,
+            )
+        except MeteringAPIError as exc:
+            if exc.status != 409 or call.hold.reservation is None:
+                raise
+            usage = getattr(response, "usage", None)
+            await self.metering.debit(
+                call.user,
+                request_id=f"{call.hold.body['request_id']}-late",
+                model=model,
+                input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+                output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            )
+            self.late_commits += 1
+            log.warning(
+                "metering: reservation %s had expired; charged by a debit",
+                call.hold.reservation.reservation_id,
+            )
+
+    async def _keep_holds(self) -> None:
+        """Every third of the hold's life, extend the holds of calls still running (long
+        generations, long streams), so that no hold expires before its call ends."""
+        every = self.ttl_seconds / 3
+        while self.holds:
+            await asyncio.sleep(every / 2)
+            now = time.monotonic()
+            due = [
+                c
+                for c in list(self.holds.values())
+                if now - c.extended >= every and now - c.started < self.max_call_seconds
+            ]
+            for call in due:
+                try:
+                    await call.hold.extend(self.ttl_seconds)
+                    call.extended = now
+                except (httpx.HTTPError, MeteringAPIError) as exc:  # tried again next round
+                    log.warning("metering: extending a hold failed: %s", exc)
+
+    async def _settle(self, call: Awaitable[Any], hold: Hold) -> None:
+        """A commit or release, counted in `settling` while it is on its way. One that still
+        fails after the client's retries (same reservation, so never twice) is logged with its
+        reservation id and counted in `failed_settlements`, for an operator to follow up (its
+        hold expires in the gateway), never dropped silently or raised into LiteLLM."""
+        self.settling += 1
+        try:
+            await call
+        except (httpx.HTTPError, MeteringAPIError) as exc:
+            self.failed_settlements += 1
+            held = hold.reservation.reservation_id if hold.reservation else "?"
+            log.error("metering: settling reservation %s failed: %s", held, exc)
+        finally:
+            self.settling -= 1
+
+
+def from_env() -> MeteringProxyHandler | None:
+    url, key = os.environ.get("METERING_URL"), os.environ.get("METERING_API_KEY")
+    if not (url and key):
+        return None
+    env = os.environ.get
+    sizing = HoldSizing(
+        Decimal(env("METERING_HOLD_MIN", "0.01")),
+        Decimal(env("METERING_HOLD_MAX", "10")),
+        int(env("METERING_DEFAULT_MAX_TOKENS", "4096")),
+    )
+    return MeteringProxyHandler(
+        MeteringClient(url, key),
+        env("METERING_HOLD") or None,
+        env("METERING_PAYER", DEFAULT_PAYER),
+        sizing,
+        env("METERING_FAIL_OPEN", "") in ("1", "true", "yes"),
+        int(env("METERING_HOLD_TTL", "300")),
+        float(env("METERING_MAX_CALL_SECONDS", "3600")),
+    )

@@ -1,0 +1,265 @@
+"""The real LiteLLM proxy server (its own environment, `make proxy-venv`) with the integration
+configured as the README says, in front of a fake OpenAI-compatible provider, driven by the
+`openai` SDK; every charge checked against the gateway's prices, once, to the right user, and
+the books checked at the end."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from loadtests.proxy import MASTER_KEY, FakeProvider, LiteLLMProxy, config
+from tests.books import assert_books_balance
+from tests.conftest import ADMIN_KEY
+from tests.processes import Running, flushed, gateway_process
+
+# The fake provider reports 10 prompt and 20 completion tokens a call: at 1,000 / 2,000
+# credits per million that is 0.05 a call; "flaky" is priced 3x so a charge shows which group
+# answered.
+PRICES = {
+    "priced": ("1000", "2000"),
+    "flaky": ("3000", "6000"),
+    "broken": ("1000", "2000"),
+    "retried": ("1000", "2000"),
+}
+CALL = Decimal("0.05")
+HOLD_TTL = 3  # seconds: short, so that a slow stream outlives several holds' lives
+ASK = [{"role": "user", "content": "hi"}]
+
+
+@dataclass(frozen=True)
+class Stack:
+    gateway: Running
+    proxy: LiteLLMProxy
+    admin: httpx.Client
+
+    def openai(self, retries: int = 2) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.proxy.url, api_key=MASTER_KEY, max_retries=retries)
+
+    def balance(self, user: str) -> tuple[Decimal, Decimal]:
+        r = self.admin.get("/api/v1/credits/balance", params={"user_id": user})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        return Decimal(body["credits_remaining"]), Decimal(body["credits_held"])
+
+    def spent(self, user: str) -> Decimal:
+        """What the user was charged (starting from the default 5.00), every hold settled."""
+        for _ in range(100):  # the proxy commits in its success callback, after the reply
+            left, held = self.balance(user)
+            if held == 0:
+                return Decimal(5) - left
+            time.sleep(0.1)
+        raise AssertionError(f"{user} still holds {held}")
+
+    def ledger(self, user: str) -> list[dict[str, Any]]:
+        """The user's ledger in PostgreSQL, once the flusher has moved all of its events."""
+        for _ in range(100):
+            page = self.admin.get(f"/api/v1/credits/{user}/transactions").json()
+            if page["unflushed_events"] == 0:
+                rows: list[dict[str, Any]] = page["transactions"]
+                return rows
+            time.sleep(0.1)
+        raise AssertionError(f"{user}'s events were not flushed")
+
+    def counter(self, operation: str, outcome: str) -> float:
+        text = self.admin.get("/metrics").text
+        line = f'metering_reservations_total{{operation="{operation}",outcome="{outcome}"}}'
+        return sum(float(s.split()[-1]) for s in text.splitlines() if s.startswith(line))
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    provider = FakeProvider()
+    provider.start()
+    try:
+        with (
+            gateway_process() as gw,
+            httpx.Client(
+                base_url=gw.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+            ) as admin,
+        ):
+            for model, (i, o) in PRICES.items():
+                r = admin.put(
+                    f"/api/v1/pricing/{model}",
+                    json={"input_per_million": i, "output_per_million": o},
+                )
+                assert r.status_code == 200, r.text
+            key = admin.post(  # the README's key for the proxy: debit and read, nothing more
+                "/api/v1/admin/keys", json={"name": "litellm-proxy", "scopes": ["debit", "read"]}
+            )
+            assert key.status_code == 201, key.text
+            models = {"priced": "priced", "unpriced": "priced", "broken": "fail"}
+            models |= {"flaky": "fail", "retried": "flaky"}
+            proxy = LiteLLMProxy(
+                config(
+                    provider.url,
+                    models,
+                    metered=True,
+                    fallbacks=[{"flaky": ["priced"]}],
+                    num_retries=1,
+                ),
+                {
+                    "METERING_URL": gw.url,
+                    "METERING_API_KEY": key.json()["key"],
+                    "METERING_HOLD_TTL": str(HOLD_TTL),
+                },
+            )
+            proxy.start()
+            try:
+                yield Stack(gw, proxy, admin)
+            finally:
+                proxy.stop()
+                assert key.json()["key"] not in proxy.log.read_text()  # never logged
+    finally:
+        provider.stop()
+
+
+def test_a_call_is_charged_its_price_once_to_the_requests_user(stack: Stack) -> None:
+    reply = stack.openai().chat.completions.create(model="priced", messages=ASK, user="p-alice")
+    assert reply.choices[0].message.content == "Hello from upstream"
+    assert stack.spent("p-alice") == CALL
+    assert stack.balance("default_user_id") == (Decimal(5), 0)  # never the master key's user
+
+
+def test_a_stream_is_charged_with_the_usage_it_reported_when_it_ends(stack: Stack) -> None:
+    stream = stack.openai().chat.completions.create(
+        model="priced", messages=ASK, user="p-stream", stream=True
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text.startswith("Hello from upstream")
+    assert stack.spent("p-stream") == CALL
+
+
+def test_concurrent_calls_are_each_charged_once(stack: Stack) -> None:
+    """40 calls, 16 at a time, each with max_tokens 100: each holds its estimate (0.208), so
+    16 holds fit in 5.00 at once (without max_tokens a call's estimate assumes 4,096 tokens
+    and one call holds all the payer has)."""
+    client = stack.openai()
+
+    def call(_: int) -> str | None:
+        r = client.chat.completions.create(
+            model="priced", messages=ASK, user="p-many", max_tokens=100
+        )
+        return r.choices[0].message.content
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(call, range(40)))
+    assert answers == ["Hello from upstream"] * 40
+    assert stack.spent("p-many") == 40 * CALL
+
+
+def test_a_failing_upstream_charges_nothing_and_releases_the_hold(stack: Stack) -> None:
+    with pytest.raises(openai.InternalServerError):
+        stack.openai(retries=0).chat.completions.create(
+            model="broken", messages=ASK, user="p-broken"
+        )
+    assert stack.spent("p-broken") == 0
+
+
+def test_a_fallback_keeps_the_hold_and_charges_the_group_that_answered(stack: Stack) -> None:
+    """flaky's deployment fails, the proxy falls back to priced under the same call: the
+    failure used to release the hold and the success found none (charged 0)."""
+    reply = stack.openai().chat.completions.create(model="flaky", messages=ASK, user="p-fall")
+    assert reply.choices[0].message.content == "Hello from upstream"
+    assert stack.spent("p-fall") == CALL  # priced's price, not flaky's 0.15
+
+
+def test_the_proxys_own_retry_is_one_request_charged_once(stack: Stack) -> None:
+    """retried's upstream fails every other call: the proxy retries (num_retries 1) inside one
+    request, which holds once and is charged once."""
+    for _ in range(4):
+        stack.openai(retries=0).chat.completions.create(
+            model="retried", messages=ASK, user="p-retried"
+        )
+    assert stack.spent("p-retried") == 4 * CALL
+
+
+def test_the_same_client_call_id_three_times_is_three_charges(stack: Stack) -> None:
+    client = stack.openai()
+    same = {"x-litellm-call-id": "chosen-by-the-client"}
+    for _ in range(3):
+        client.chat.completions.create(
+            model="priced", messages=ASK, user="p-same", extra_headers=same, max_tokens=100
+        )
+    with ThreadPoolExecutor(3) as pool:
+        list(
+            pool.map(
+                lambda _: client.chat.completions.create(
+                    model="priced",
+                    messages=ASK,
+                    user="p-same",
+                    extra_headers=same,
+                    max_tokens=100,
+                ),
+                range(3),
+            )
+        )
+    assert stack.spent("p-same") == 6 * CALL
+
+
+def test_refusals_are_400_with_the_gateways_reason_and_not_retried(stack: Stack) -> None:
+    r = stack.admin.post(
+        "/api/v1/credits/debit",
+        json={"user_id": "p-broke", "amount": "5", "request_id": "p-broke-1"},
+    )
+    assert r.status_code == 200, r.text
+    before = stack.counter("reserve", "insufficient_credits")
+    client = stack.openai()  # the SDK's default: 2 retries, for 5xx and 429, never a 400
+    with pytest.raises(openai.BadRequestError, match="insufficient_credits"):
+        client.chat.completions.create(model="priced", messages=ASK, user="p-broke")
+    assert stack.counter("reserve", "insufficient_credits") == before + 1  # asked once
+    with pytest.raises(openai.BadRequestError, match="no price"):
+        client.chat.completions.create(model="unpriced", messages=ASK, user="p-broke")
+    with pytest.raises(openai.BadRequestError, match="no one to charge"):
+        client.chat.completions.create(model="priced", messages=ASK)
+    assert stack.balance("p-broke") == (Decimal(0), 0)
+
+
+def test_a_payer_short_of_the_estimate_gets_an_answer_cut_to_what_they_have(
+    stack: Stack,
+) -> None:
+    """0.02 left and no max_tokens (an estimate of 8.20): the call holds the 0.02 and asks for
+    no more tokens than that pays for, so it is charged at most the 0.02 the payer had."""
+    r = stack.admin.post(
+        "/api/v1/credits/debit",
+        json={"user_id": "p-short", "amount": "4.98", "request_id": "p-short-1"},
+    )
+    assert r.status_code == 200, r.text
+    reply = stack.openai().chat.completions.create(model="priced", messages=ASK, user="p-short")
+    assert reply.usage is not None and reply.usage.completion_tokens < 20  # cut short
+    assert stack.spent("p-short") == Decimal("5")  # all of the 0.02, never more
+
+
+def test_a_stream_longer_than_its_hold_is_charged_by_its_commit(stack: Stack) -> None:
+    """A 7 s stream with holds of 3 s: the handler extends the hold while the stream runs, so
+    the commit finds it (a fixed 300 s hold used to expire under long calls: 409, free)."""
+    extended = stack.counter("extend", "ok")
+    stream = stack.openai().chat.completions.create(
+        model="priced",
+        messages=[{"role": "user", "content": "slow 8 1"}],
+        user="p-long",
+        stream=True,
+    )
+    chunks = [c for c in stream if c.choices]
+    assert len(chunks) >= 8
+    assert stack.spent("p-long") == CALL
+    assert stack.counter("extend", "ok") >= extended + 2
+    charged = [t for t in stack.ledger("p-long") if t["type"] == "usage"]
+    assert len(charged) == 1 and not charged[0]["request_id"].endswith("-late")
+
+
+def test_zz_books_balance_after_everything(stack: Stack) -> None:
+    async def check() -> None:
+        async with flushed(stack.gateway) as (pool, redis, keys):
+            assert await assert_books_balance(pool, redis, keys) >= 10
+
+    asyncio.run(check())
