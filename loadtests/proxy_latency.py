@@ -1,0 +1,132 @@
+"""What metering adds to a proxied LLM call, measured: the real LiteLLM proxy twice, with and
+without the metering callback, in front of the same fake provider, one call at a time, the two
+proxies taking turns so that both see the same machine.
+
+    python -m loadtests.proxy_latency [--calls 200] [--stream]
+
+Starts a private Redis and PostgreSQL, `metering serve`, the fake provider
+(loadtests/fake_provider.py) and the two proxies (`make proxy-venv` builds their environment).
+Prints p50/p95/p99 of each and the difference, for plain calls and for streams (time to the
+last chunk). The metered proxy's calls all go to users the gateway knows (one warm-up call
+each first), as in steady state. Nothing is asserted: it measures and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+
+import httpx
+
+from loadtests.proxy import MASTER_KEY, FakeProvider, LiteLLMProxy, config
+from loadtests.servers import GatewayProcess, PrivatePostgres, PrivateRedis
+from persistence.migrate import prepare
+
+ADMIN = "latency-admin-key-0123456789abcdef0123"
+MODEL = "priced"
+USERS = 20
+
+
+def _call(client: httpx.Client, user: str, stream: bool) -> float:
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hi"}],
+        "user": user,
+        "max_tokens": 100,
+        "stream": stream,
+    }
+    started = time.perf_counter()
+    if stream:
+        with client.stream("POST", "/v1/chat/completions", json=body) as r:
+            for _ in r.iter_bytes():
+                pass
+    else:
+        r = client.post("/v1/chat/completions", json=body)
+    took = time.perf_counter() - started
+    if r.status_code != 200:
+        raise RuntimeError(f"{r.status_code}: {r.read()[:300]!r}")
+    return took * 1000
+
+
+def _quantiles(ms: list[float]) -> tuple[float, float, float]:
+    q = statistics.quantiles(ms, n=100, method="inclusive")
+    return q[49], q[94], q[98]
+
+
+def measure(plain: str, metered: str, calls: int, stream: bool) -> None:
+    headers = {"Authorization": f"Bearer {MASTER_KEY}"}
+    times: dict[str, list[float]] = {"without": [], "with": []}
+    with (
+        httpx.Client(base_url=plain, headers=headers, timeout=30) as a,
+        httpx.Client(base_url=metered, headers=headers, timeout=30) as b,
+    ):
+        for i in range(USERS):  # warm-up: connections, and every user known to the gateway
+            _call(a, f"lat-{i}", stream)
+            _call(b, f"lat-{i}", stream)
+        for i in range(calls):
+            user = f"lat-{i % USERS}"
+            order = [("without", a), ("with", b)] if i % 2 else [("with", b), ("without", a)]
+            for name, client in order:
+                times[name].append(_call(client, user, stream))
+    kind = "streams (to the last chunk)" if stream else "plain calls"
+    print(f"\n{calls} {kind}, one at a time, the two proxies taking turns:")
+    print(f"{'':24}{'p50':>9}{'p95':>9}{'p99':>9}   (ms)")
+    rows = {name: _quantiles(ms) for name, ms in times.items()}
+    for name, (p50, p95, p99) in rows.items():
+        print(f"{name + ' metering':24}{p50:9.2f}{p95:9.2f}{p99:9.2f}")
+    added = [w - o for w, o in zip(rows["with"], rows["without"], strict=True)]
+    print(f"{'added by metering':24}{added[0]:9.2f}{added[1]:9.2f}{added[2]:9.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.proxy_latency", description=__doc__)
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--no-stream", action="store_true", help="plain calls only")
+    args = parser.parse_args()
+    pg, rd = PrivatePostgres(), PrivateRedis()
+    pg.start()
+    rd.start()
+    database = f"{pg.server}/latency"
+    asyncio.run(prepare(database))
+    servers = []
+    try:
+        gateway = GatewayProcess(
+            {
+                "METERING_DATABASE_URL": database,
+                "METERING_REDIS_URL": rd.url,
+                "METERING_ADMIN_KEY": ADMIN,
+                "METERING_RENEW_CRON": "off",
+            }
+        )
+        provider = FakeProvider()
+        for server in (gateway, provider):
+            server.start()
+            servers.append(server)
+        admin = {"Authorization": f"Bearer {ADMIN}"}
+        r = httpx.put(
+            f"{gateway.url}/api/v1/pricing/{MODEL}",
+            json={"input_per_million": "1000", "output_per_million": "2000"},
+            headers=admin,
+        )
+        r.raise_for_status()
+        models = {MODEL: "priced"}
+        env = {"METERING_URL": gateway.url, "METERING_API_KEY": ADMIN}
+        plain = LiteLLMProxy(config(provider.url, models, metered=False), {})
+        metered = LiteLLMProxy(config(provider.url, models, metered=True), env)
+        for server in (plain, metered):
+            server.start()
+            servers.append(server)
+        measure(plain.url, metered.url, args.calls, stream=False)
+        if not args.no_stream:
+            measure(plain.url, metered.url, args.calls, stream=True)
+    finally:
+        for server in reversed(servers):
+            server.stop()
+        rd.close()
+        pg.close()
+
+
+if __name__ == "__main__":
+    main()
