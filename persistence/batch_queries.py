@@ -9,25 +9,29 @@ from __future__ import annotations
 # A flush batch arrives as one text: the events' lines (persistence/events.py: values joined by
 # 0x1F, '' for none; amounts in micro-credits, times in epoch milliseconds) joined by 0x1E.
 # PostgreSQL splits them, which costs far less than encoding a dozen arrays per batch in Python.
-# A line without exactly 22 values (20 for one written before credit blocks: no blk, no draws)
-# gets no transaction id, and the NOT NULL on the ledger's id fails the batch: nothing is guessed.
-# The conversions here are exact.
+# A line without exactly 25 values (20 for one written before credit blocks: no blk, no draws;
+# 22 for one written before the token kinds: no tcr, tcw, trs) gets no transaction id, and the
+# NOT NULL on the ledger's id fails the batch: nothing is guessed. The conversions are exact.
 _EVENTS = """
-(SELECT a[1] AS t, a[2] AS u, (CASE WHEN cardinality(a) IN (20, 22) THEN a[3] END)::uuid AS tx,
+(SELECT a[1] AS t, a[2] AS u,
+        (CASE WHEN cardinality(a) IN (20, 22, 25) THEN a[3] END)::uuid AS tx,
         a[4] AS rid, a[5]::bigint AS amt, a[6]::bigint AS bal, a[7]::bigint AS ver,
         a[8]::bigint AS ts, a[9] AS spent, a[10] AS model, a[11] AS tin, a[12] AS tout,
         a[13] AS meta, a[14] AS tier, a[15] AS alloc, a[16] AS cap, a[17] AS reset,
-        a[18] AS ref, a[19] AS actor, a[20] AS resv, a[21] AS blk, a[22] AS draws
+        a[18] AS ref, a[19] AS actor, a[20] AS resv, a[21] AS blk, a[22] AS draws,
+        a[23] AS tcr, a[24] AS tcw, a[25] AS trs
  FROM string_to_table($1::text, chr(30)) AS line, string_to_array(line, chr(31)) AS a) AS e
 """
 _LEDGER_ROW = """
 INSERT INTO credit_transactions (id, user_id, transaction_type, amount, balance_after,
                                  request_id, model, input_tokens, output_tokens, metadata,
-                                 redis_version, created_at, refund_of, draws)
+                                 redis_version, created_at, refund_of, draws,
+                                 cached_input_tokens, cache_write_tokens, reasoning_tokens)
 SELECT tx, u, t, amt::numeric / 1000000, bal::numeric / 1000000, {request_id},
        NULLIF(model, ''), NULLIF(tin, '')::bigint, NULLIF(tout, '')::bigint,
        NULLIF(meta, '')::jsonb, ver, timestamptz 'epoch' + ts * interval '1 millisecond',
-       NULLIF(ref, '')::uuid, NULLIF(draws, '')
+       NULLIF(ref, '')::uuid, NULLIF(draws, ''), NULLIF(tcr, '')::bigint,
+       NULLIF(tcw, '')::bigint, NULLIF(trs, '')::bigint
 """
 
 # One statement per flush batch. Every event goes into the ledger at most once (the primary key

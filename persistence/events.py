@@ -13,8 +13,9 @@ Amounts are micro-credits, ``ts`` is epoch milliseconds, ``spent`` the spending 
 after the event, ``meta`` JSON, ``reset`` the ISO start of a period the event renewed, ``ref`` the
 debit a refund returns, ``actor`` the API key name behind an admin action (audited) and ``resv``
 the reservation a committed usage event charges, ``blk`` the user's open credit blocks after the
-event (the flusher makes credit_grants match the newest) and ``draws`` the blocks a charge took
-from (the ledger row's draws column).
+event (the flusher makes credit_grants match the newest), ``draws`` the blocks a charge took
+from (the ledger row's draws column), ``tcr``/``tcw``/``trs`` a priced call's cached input,
+cache write and reasoning tokens.
 """
 
 from __future__ import annotations
@@ -46,9 +47,14 @@ FIELDS = (
     "resv",  # the reservation a usage event commits
     "blk",  # the user's open credit blocks after the event: 'rem:id:kind:prio:exp:created',...
     "draws",  # the blocks a charge drew from: 'id:micro',...
+    "tcr",  # cached input tokens (read from the provider's cache)
+    "tcw",  # cache write tokens
+    "trs",  # reasoning tokens (part of tout)
 )
-# Lines written before credit blocks end at resv: read as having neither of the last two.
+# Lines written before credit blocks end at resv, lines written before the token kinds at
+# draws: read as having none of the later values.
 BEFORE_BLOCKS = 20
+BEFORE_TOKEN_KINDS = 22
 
 
 def line_of(entry: Mapping[str, str]) -> str:
@@ -63,8 +69,8 @@ def line_of(entry: Mapping[str, str]) -> str:
 def fields(line: str) -> dict[str, str]:
     """An event line as name → value ('' for none)."""
     values = line.split(SEP)
-    if len(values) == BEFORE_BLOCKS:
-        values += [""] * (len(FIELDS) - BEFORE_BLOCKS)
+    if len(values) in (BEFORE_BLOCKS, BEFORE_TOKEN_KINDS):
+        values += [""] * (len(FIELDS) - len(values))
     if len(values) != len(FIELDS):
         raise ValueError(f"an event has {len(values)} values, not {len(FIELDS)}: {line[:200]!r}")
     return dict(zip(FIELDS, values, strict=True))

@@ -32,6 +32,9 @@ class LedgerRow:
     metadata: str | None
     refund_of: uuid.UUID | None
     created_at: datetime
+    cached_input_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    reasoning_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,14 +12,29 @@ from persistence.db import Executor
 
 @dataclass(frozen=True, slots=True)
 class Price:
+    """Credits per million tokens of each kind; None: cached and cache-write tokens at the input
+    rate, reasoning tokens at the output rate."""
+
     model: str
     input_per_million: Decimal
     output_per_million: Decimal
+    cached_input_per_million: Decimal | None = None
+    cache_write_per_million: Decimal | None = None
+    reasoning_per_million: Decimal | None = None
     updated_at: datetime | None = None
 
 
-async def upsert_price(conn: Executor, model: str, inp: Decimal, out: Decimal, actor: str) -> Price:
-    rec = await conn.fetchrow(queries.PRICING_UPSERT, model, inp, out, actor)
+async def upsert_price(conn: Executor, price: Price, actor: str) -> Price:
+    rec = await conn.fetchrow(
+        queries.PRICING_UPSERT,
+        price.model,
+        price.input_per_million,
+        price.output_per_million,
+        price.cached_input_per_million,
+        price.cache_write_per_million,
+        price.reasoning_per_million,
+        actor,
+    )
     assert rec is not None
     return Price(**dict(rec))
 

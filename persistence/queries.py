@@ -155,7 +155,8 @@ FROM credit_transactions WHERE user_id = $1
 
 LEDGER_COLUMNS = (
     "id, transaction_type, amount, balance_after, request_id, model, input_tokens, "
-    "output_tokens, metadata, refund_of, created_at"
+    "output_tokens, metadata, refund_of, created_at, cached_input_tokens, cache_write_tokens, "
+    "reasoning_tokens"
 )
 
 # A user's ledger, newest first, keyset-paginated on (created_at, id) before ($2, $3).
@@ -179,27 +180,38 @@ USAGE_BY_MODEL = _USAGE.format(key="COALESCE(model, '')")
 USAGE_BY_SERVICE = _USAGE.format(key="COALESCE(metadata->>'service', '')")
 USAGE_BY_DAY = _USAGE.format(key="to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')")
 
-PRICING_UPSERT = """
+_PRICE_COLUMNS = """model, input_per_million, output_per_million, cached_input_per_million,
+       cache_write_per_million, reasoning_per_million, updated_at"""
+
+PRICING_UPSERT = f"""
 WITH p AS (
-    INSERT INTO model_pricing (model, input_per_million, output_per_million) VALUES ($1, $2, $3)
+    INSERT INTO model_pricing (model, input_per_million, output_per_million,
+                               cached_input_per_million, cache_write_per_million,
+                               reasoning_per_million)
+    VALUES ($1, $2, $3, $4, $5, $6)
     ON CONFLICT (model) DO UPDATE
     SET input_per_million = EXCLUDED.input_per_million,
         output_per_million = EXCLUDED.output_per_million,
+        cached_input_per_million = EXCLUDED.cached_input_per_million,
+        cache_write_per_million = EXCLUDED.cache_write_per_million,
+        reasoning_per_million = EXCLUDED.reasoning_per_million,
         updated_at = now()
-    RETURNING model, input_per_million, output_per_million, updated_at
+    RETURNING {_PRICE_COLUMNS}
 ), a AS (
     INSERT INTO audit_log (id, actor, action, target, details)
-    SELECT gen_random_uuid(), $4, 'pricing.set', model,
-           jsonb_build_object('input_per_million', input_per_million,
-                              'output_per_million', output_per_million)
+    SELECT gen_random_uuid(), $7, 'pricing.set', model,
+           jsonb_strip_nulls(jsonb_build_object(
+               'input_per_million', input_per_million,
+               'output_per_million', output_per_million,
+               'cached_input_per_million', cached_input_per_million,
+               'cache_write_per_million', cache_write_per_million,
+               'reasoning_per_million', reasoning_per_million))
     FROM p
 )
-SELECT model, input_per_million, output_per_million, updated_at FROM p
+SELECT {_PRICE_COLUMNS} FROM p
 """
 
-PRICING_ALL = """
-SELECT model, input_per_million, output_per_million, updated_at FROM model_pricing ORDER BY model
-"""
+PRICING_ALL = f"SELECT {_PRICE_COLUMNS} FROM model_pricing ORDER BY model"
 
 # $4 is the acting key's name: the audit row is written by the same statement.
 COUPON_COLUMNS = (

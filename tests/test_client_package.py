@@ -8,12 +8,13 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from types import ModuleType
 
 import msgspec
 import pytest
 
 import metering_client.schemas as client
-from gateway.credits import grant_schemas, schemas
+from gateway.credits import grant_schemas, price_schemas, schemas
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = ROOT / "clients" / "python"
@@ -21,28 +22,22 @@ SERVER_ONLY = ("gateway", "persistence", "litestar", "asyncpg", "loadtests")
 
 
 @pytest.mark.parametrize(
-    "name",
+    ("server", "name"),
     [
-        "DebitResult",
-        "Balance",
-        "Expiring",
-        "Reservation",
-        "CommitResult",
-        "ReleaseResult",
-        "PriceInfo",
-        "PriceList",
+        (schemas, "DebitResult"),
+        (schemas, "Balance"),
+        (schemas, "Expiring"),
+        (schemas, "Reservation"),
+        (schemas, "CommitResult"),
+        (schemas, "ReleaseResult"),
+        (price_schemas, "PriceInfo"),
+        (price_schemas, "PriceList"),
+        (grant_schemas, "Grant"),
+        (grant_schemas, "GrantList"),
     ],
 )
-def test_the_sdk_reads_the_answers_the_server_writes(name: str) -> None:
-    ours, theirs = getattr(client, name), getattr(schemas, name)
-    assert [f.name for f in msgspec.structs.fields(ours)] == [
-        f.name for f in msgspec.structs.fields(theirs)
-    ]
-
-
-@pytest.mark.parametrize("name", ["Grant", "GrantList"])
-def test_the_sdk_reads_the_grants_the_server_writes(name: str) -> None:
-    ours, theirs = getattr(client, name), getattr(grant_schemas, name)
+def test_the_sdk_reads_the_answers_the_server_writes(server: ModuleType, name: str) -> None:
+    ours, theirs = getattr(client, name), getattr(server, name)
     assert [f.name for f in msgspec.structs.fields(ours)] == [
         f.name for f in msgspec.structs.fields(theirs)
     ]

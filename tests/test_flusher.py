@@ -145,8 +145,31 @@ async def test_a_malformed_event_fails_its_batch_and_changes_nothing(
         async with pool.acquire() as conn, conn.transaction():
             await apply_events(conn, [good[1], short])
     assert await usage_rows(pool) == 0
-    with pytest.raises(ValueError, match="21 values, not 22"):
+    with pytest.raises(ValueError, match="24 values, not 25"):
         fields(short)
+
+
+async def test_an_event_written_before_the_token_kinds_still_flushes(
+    client: Client, pool: asyncpg.Pool, redis: Redis, keys: Keys
+) -> None:
+    """A line of 22 values (the version before cached/cache-write/reasoning tokens), left in a
+    stream across an upgrade, goes into the ledger with those counts NULL."""
+    await spend(client, users=1, per_user=1)
+    (_, entry), *_ = await redis.xrange(keys.user_stream("f0"))
+    old = SEP.join(line_of(entry).split(SEP)[:22])
+    assert fields(old)["trs"] == ""
+    async with pool.acquire() as conn:
+        tr = conn.transaction()
+        await tr.start()
+        try:
+            await apply_events(conn, [old])
+            row = await conn.fetchrow(
+                "SELECT amount, reasoning_tokens FROM credit_transactions WHERE request_id = $1",
+                fields(old)["rid"],
+            )
+            assert row is not None and row["reasoning_tokens"] is None
+        finally:
+            await tr.rollback()
 
 
 async def test_an_event_postgresql_refuses_is_set_aside_and_the_rest_flows(

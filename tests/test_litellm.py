@@ -303,3 +303,35 @@ async def test_a_commit_that_fails_after_its_retries_is_logged_and_counted(
         hold.client = m
         await hold.release()  # tidy: the hold would expire by itself
         assert await remaining(m, "lost-commit") == Decimal("5")
+
+
+def test_provider_usage_shapes_become_the_gateways_token_counts() -> None:
+    """LiteLLM's usage, for OpenAI (prompt_tokens_details.cached_tokens) and Anthropic
+    (cache_read_input_tokens, cache_creation_input_tokens; LiteLLM counts both in
+    prompt_tokens): input_tokens is the prompt less what was read from and written to the
+    cache; reasoning stays inside output_tokens."""
+    from metering_client.litellm.completion import usage_counts
+
+    anthropic = litellm.Usage(
+        prompt_tokens=100,
+        completion_tokens=50,
+        cache_read_input_tokens=30,
+        cache_creation_input_tokens=20,
+        completion_tokens_details={"reasoning_tokens": 10},
+    )
+    assert usage_counts(anthropic) == {
+        "input_tokens": 50,
+        "output_tokens": 50,
+        "cached_input_tokens": 30,
+        "cache_write_tokens": 20,
+        "reasoning_tokens": 10,
+    }
+    openai_like = litellm.Usage(
+        prompt_tokens=100, completion_tokens=50, prompt_tokens_details={"cached_tokens": 64}
+    )
+    assert usage_counts(openai_like) == {
+        "input_tokens": 36,
+        "output_tokens": 50,
+        "cached_input_tokens": 64,
+    }
+    assert usage_counts(None) == {"input_tokens": 0, "output_tokens": 0}

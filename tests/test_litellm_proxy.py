@@ -25,11 +25,17 @@ from tests.processes import Running, flushed, gateway_process
 # The fake provider reports 10 prompt and 20 completion tokens a call: at 1,000 / 2,000
 # credits per million that is 0.05 a call; "flaky" is priced 3x so a charge shows which group
 # answered.
-PRICES = {
-    "priced": ("1000", "2000"),
-    "flaky": ("3000", "6000"),
-    "broken": ("1000", "2000"),
-    "retried": ("1000", "2000"),
+PRICES: dict[str, dict[str, str]] = {
+    "priced": {"input_per_million": "1000", "output_per_million": "2000"},
+    "flaky": {"input_per_million": "3000", "output_per_million": "6000"},
+    "broken": {"input_per_million": "1000", "output_per_million": "2000"},
+    "retried": {"input_per_million": "1000", "output_per_million": "2000"},
+    "cachey": {
+        "input_per_million": "1000",
+        "output_per_million": "2000",
+        "cached_input_per_million": "500",
+        "reasoning_per_million": "3000",
+    },
 }
 CALL = Decimal("0.05")
 HOLD_TTL = 3  # seconds: short, so that a slow stream outlives several holds' lives
@@ -87,17 +93,15 @@ def stack() -> Iterator[Stack]:
                 base_url=gw.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
             ) as admin,
         ):
-            for model, (i, o) in PRICES.items():
-                r = admin.put(
-                    f"/api/v1/pricing/{model}",
-                    json={"input_per_million": i, "output_per_million": o},
-                )
+            for model, rates in PRICES.items():
+                r = admin.put(f"/api/v1/pricing/{model}", json=rates)
                 assert r.status_code == 200, r.text
             key = admin.post(  # the README's key for the proxy: debit and read, nothing more
                 "/api/v1/admin/keys", json={"name": "litellm-proxy", "scopes": ["debit", "read"]}
             )
             assert key.status_code == 201, key.text
             models = {"priced": "priced", "unpriced": "priced", "broken": "fail"}
+            models |= {"cachey": "priced"}
             models |= {"flaky": "fail", "retried": "flaky"}
             proxy = LiteLLMProxy(
                 config(
@@ -128,6 +132,17 @@ def test_a_call_is_charged_its_price_once_to_the_requests_user(stack: Stack) -> 
     assert reply.choices[0].message.content == "Hello from upstream"
     assert stack.spent("p-alice") == CALL
     assert stack.balance("default_user_id") == (Decimal(5), 0)  # never the master key's user
+
+
+def test_cached_and_reasoning_tokens_are_charged_at_their_rates(stack: Stack) -> None:
+    """The provider reports 10 prompt tokens of which 6 cached, 20 completion tokens of which
+    4 reasoning (OpenAI's usage shape): 4 x 1000 + 6 x 500 + 16 x 2000 + 4 x 3000 = 0.051,
+    and the ledger keeps each count."""
+    stack.openai().chat.completions.create(model="cachey", messages=ASK, user="p-cache")
+    assert stack.spent("p-cache") == Decimal("0.051")
+    (row,) = [t for t in stack.ledger("p-cache") if t["type"] == "usage"]
+    kinds = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens")
+    assert [row[k] for k in kinds] == [4, 6, 20, 4]
 
 
 def test_a_stream_is_charged_with_the_usage_it_reported_when_it_ends(stack: Stack) -> None:

@@ -112,4 +112,7 @@ def _transaction(r: LedgerRow) -> Transaction:
         metadata=_metadata(r.metadata) if r.metadata else None,
         refund_of=str(r.refund_of) if r.refund_of else None,
         created_at=r.created_at.isoformat(),
+        cached_input_tokens=r.cached_input_tokens,
+        cache_write_tokens=r.cache_write_tokens,
+        reasoning_tokens=r.reasoning_tokens,
     )

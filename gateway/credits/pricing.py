@@ -1,7 +1,9 @@
-"""Per-model pricing: cost = (input_tokens * input_per_million + output_tokens *
-output_per_million) / 1e6, exact, rounded half-up to 6 places. Prices live in PostgreSQL; each
-process keeps them in memory and reloads them every ``ttl`` seconds, so a price change reaches
-every gateway process within that time (at once in the process that made it)."""
+"""Per-model pricing: cost = (input x input rate + cached input x cached rate + cache writes x
+cache-write rate + (output - reasoning) x output rate + reasoning x reasoning rate) / 1e6, rates
+in credits per million tokens (an unset cached or cache-write rate is the input rate, an unset
+reasoning rate the output rate), exact, rounded half-up to 6 places once. Prices live in
+PostgreSQL; each process keeps them in memory and reloads them every ``ttl`` seconds, so a price
+change reaches every gateway process within that time (at once in the process that made it)."""
 
 from __future__ import annotations
 
@@ -12,14 +14,27 @@ import asyncpg
 
 from gateway.base.errors import Unprocessable
 from gateway.credits.money import MAX_MICRO, SCALE, fmt, to_micro
+from gateway.credits.schemas import TOKEN_FIELDS, Priced
 from persistence.pricing import Price, all_prices, upsert_price
 
 MILLION = Decimal(1_000_000)
 
 
-def cost_micro(price: Price, input_tokens: int, output_tokens: int) -> int:
-    cost = input_tokens * price.input_per_million + output_tokens * price.output_per_million
+def cost_micro(price: Price, priced: Priced) -> int:
+    inp, out = price.input_per_million, price.output_per_million
+    reasoning = priced.reasoning_tokens or 0
+    cost = (
+        (priced.input_tokens or 0) * inp
+        + (priced.cached_input_tokens or 0) * _or(price.cached_input_per_million, inp)
+        + (priced.cache_write_tokens or 0) * _or(price.cache_write_per_million, inp)
+        + ((priced.output_tokens or 0) - reasoning) * out
+        + reasoning * _or(price.reasoning_per_million, out)
+    )
     return to_micro((cost / MILLION).quantize(SCALE, rounding=ROUND_HALF_UP))
+
+
+def _or(rate: Decimal | None, default: Decimal) -> Decimal:
+    return default if rate is None else rate
 
 
 class PriceBook:
@@ -35,23 +50,22 @@ class PriceBook:
             self._loaded = time.monotonic()
         return self._prices
 
-    async def set(self, model: str, inp: Decimal, out: Decimal, actor: str) -> Price:
-        price = await upsert_price(self._pool, model, inp, out, actor)
-        self._prices[model] = price
+    async def set(self, price: Price, actor: str) -> Price:
+        price = await upsert_price(self._pool, price, actor)
+        self._prices[price.model] = price
         return price
 
-    async def price(
-        self, model: str | None, input_tokens: int | None, output_tokens: int | None
-    ) -> int:
+    async def price(self, priced: Priced) -> int:
         """The cost in micro-credits of a call, for a debit or commit sent without an amount."""
-        if model is None or (input_tokens is None and output_tokens is None):
+        model = priced.model
+        if model is None or all(getattr(priced, n) is None for n in TOKEN_FIELDS):
             raise Unprocessable(
                 "amount is required unless model and input_tokens/output_tokens are given"
             )
         price = (await self.prices()).get(model)
         if price is None:
             raise Unprocessable(f"no price for model {model!r}; set one with PUT /api/v1/pricing")
-        micro = cost_micro(price, input_tokens or 0, output_tokens or 0)
+        micro = cost_micro(price, priced)
         if micro > MAX_MICRO:
             raise Unprocessable(f"the priced cost exceeds the maximum amount {fmt(MAX_MICRO)}")
         return micro

@@ -8,7 +8,6 @@ from gateway.base.errors import Conflict, IdempotencyConflict, NotFound
 from gateway.base.metrics import RESERVATIONS
 from gateway.credits.clock import from_ms
 from gateway.credits.ids import new_id
-from gateway.credits.inputs import encode_metadata
 from gateway.credits.money import fmt, parse_amount
 from gateway.credits.schemas import (
     CommitRequest,
@@ -19,7 +18,7 @@ from gateway.credits.schemas import (
     ReserveRequest,
     fingerprint,
 )
-from gateway.credits.service import Args, CreditService, payment_required
+from gateway.credits.service import Args, CreditService, payment_required, usage_fields
 
 RECORD_TTL = 24 * 3600  # a settled reservation is remembered this long (idempotent commits)
 
@@ -94,16 +93,7 @@ class ReservationService:
     async def commit(self, reservation_id: str, req: CommitRequest) -> CommitResult:
         key, user = await self._owner(reservation_id)
         micro = await self.credits.amount_of(req)
-        extra: Args = []
-        for name, value in (
-            ("model", req.model),
-            ("tin", req.input_tokens),
-            ("tout", req.output_tokens),
-        ):
-            if value is not None:
-                extra += [name, value]
-        if req.metadata is not None:
-            extra += ["meta", encode_metadata(req.metadata)]
+        extra = usage_fields(req)
         keys = [key, self.keys.user(user), self.keys.holds(user), self.keys.user_stream(user)]
         args: Args = [micro, new_id(), reservation_id, *extra]
         res = await self.credits.call(self.scripts.commit, user, keys, args)

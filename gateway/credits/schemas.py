@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import uuid
 from datetime import datetime
-from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -13,7 +12,7 @@ from msgspec import Meta, Struct
 
 from gateway.credits.cursors import TIME_RANGE, in_range
 from gateway.credits.inputs import NAME_PATTERN, TEXT_PATTERN, Amount, check_metadata
-from gateway.credits.money import SCALE, parse_amount
+from gateway.credits.money import parse_amount
 
 USER_ID_PATTERN = NAME_PATTERN
 UserId = Annotated[
@@ -57,29 +56,49 @@ def check_request_id(request_id: str) -> None:
         raise ValueError(f"request_id may not start with {RESERVED_REQUEST_PREFIX!r} (reserved)")
 
 
-def _check_priced(
-    amount: Decimal | None, model: str | None, tin: int | None, tout: int | None
-) -> None:
-    if amount is not None:
-        parse_amount(amount)
-    elif model is None or (tin is None and tout is None):
+def _check_priced(priced: Priced) -> None:
+    if priced.amount is not None:
+        parse_amount(priced.amount)
+    elif priced.model is None or all(getattr(priced, n) is None for n in TOKEN_FIELDS):
         raise ValueError(
             "amount is required unless model and input_tokens/output_tokens are given "
             "(the gateway then prices the call)"
         )
+    if (priced.reasoning_tokens or 0) > (priced.output_tokens or 0):
+        raise ValueError(
+            "reasoning_tokens must be at most output_tokens (output_tokens includes them)"
+        )
+
+
+# a priced call's token counts, as the ledger records them
+TOKEN_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
 
 
 class Priced(Struct, kw_only=True, forbid_unknown_fields=True):
-    """A charge: an amount, or a model and token counts for the gateway to price."""
+    """A charge: an amount, or a model and token counts for the gateway to price. input_tokens
+    counts only uncached input that wrote no cache; cached_input_tokens the input read from the
+    provider's cache, cache_write_tokens the input written to it; output_tokens includes
+    reasoning_tokens (as OpenAI reports them). Cost = (input x input rate + cached x cached rate
+    + cache write x cache-write rate + (output - reasoning) x output rate + reasoning x reasoning
+    rate) / 1,000,000, rounded half-up to 6 places once."""
 
     amount: AmountIn | None = None  # priced from model and tokens when absent
     model: Model | None = None
     input_tokens: Tokens | None = None
     output_tokens: Tokens | None = None
+    cached_input_tokens: Tokens | None = None
+    cache_write_tokens: Tokens | None = None
+    reasoning_tokens: Tokens | None = None
     metadata: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        _check_priced(self.amount, self.model, self.input_tokens, self.output_tokens)
+        _check_priced(self)
         if self.metadata is not None:
             check_metadata(self.metadata)
 
@@ -224,35 +243,6 @@ class ReleaseResult(Struct):
     replayed: bool
 
 
-PricePerMillion = Annotated[
-    Amount, Meta(description="credits per million tokens, >= 0, at most 6 decimal places")
-]
-
-
-class PriceRequest(Struct, forbid_unknown_fields=True):
-    input_per_million: PricePerMillion
-    output_per_million: PricePerMillion
-
-    def __post_init__(self) -> None:
-        for name in ("input_per_million", "output_per_million"):
-            value: Decimal = getattr(self, name)
-            if not value.is_finite() or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0")
-            if value > Decimal("999999999999.999999") or value != value.quantize(SCALE):
-                raise ValueError(f"{name} must have at most 6 decimal places and 12 digits")
-
-
-class PriceInfo(Struct):
-    model: str
-    input_per_million: str
-    output_per_million: str
-    updated_at: str | None
-
-
-class PriceList(Struct):
-    prices: list[PriceInfo]
-
-
 class Transaction(Struct):
     transaction_id: str
     type: str
@@ -265,6 +255,9 @@ class Transaction(Struct):
     metadata: dict[str, Any] | None
     refund_of: str | None
     created_at: str
+    cached_input_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    reasoning_tokens: int | None = None
 
 
 class TransactionsPage(Struct):

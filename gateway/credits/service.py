@@ -32,6 +32,7 @@ from gateway.credits.keys import Keys
 from gateway.credits.money import MAX_MICRO, fmt, parse_amount, to_decimal, to_micro
 from gateway.credits.pricing import PriceBook
 from gateway.credits.schemas import (
+    TOKEN_FIELDS,
     Balance,
     CommitRequest,
     DebitRequest,
@@ -39,6 +40,7 @@ from gateway.credits.schemas import (
     Expiring,
     GrantRequest,
     GrantResult,
+    Priced,
     ResetResult,
     TierChange,
     fingerprint,
@@ -146,6 +148,29 @@ def payment_required(res: list[Any], requested: int) -> InsufficientCredits:
     )
 
 
+# the ledger event's field for each of a priced call's values (persistence/events.py)
+_USAGE_FIELDS = (
+    ("model", "model"),
+    ("input_tokens", "tin"),
+    ("output_tokens", "tout"),
+    ("cached_input_tokens", "tcr"),
+    ("cache_write_tokens", "tcw"),
+    ("reasoning_tokens", "trs"),
+)
+
+
+def usage_fields(req: Priced) -> Args:
+    """The event fields of a debit's or commit's model, token counts and metadata."""
+    extra: Args = []
+    for name, field in _USAGE_FIELDS:
+        value = getattr(req, name)
+        if value is not None:
+            extra += [field, value]
+    if req.metadata is not None:
+        extra += ["meta", encode_metadata(req.metadata)]
+    return extra
+
+
 class CreditService:
     def __init__(
         self,
@@ -180,25 +205,19 @@ class CreditService:
     async def debit_call(self, req: DebitRequest) -> ApplyCall:
         """Keys and arguments of the apply script for one debit (also used by batches)."""
         micro = await self.amount_of(req)
-        extra: Args = []
-        if req.model is not None:
-            extra += ["model", req.model]
-        if req.input_tokens is not None:
-            extra += ["tin", req.input_tokens]
-        if req.output_tokens is not None:
-            extra += ["tout", req.output_tokens]
-        if req.metadata is not None:
-            extra += ["meta", encode_metadata(req.metadata)]
-        fp = fingerprint(
-            "debit", micro, req.model, req.input_tokens, req.output_tokens, req.metadata
-        )
+        extra = usage_fields(req)
+        tokens: list[object] = [req.input_tokens, req.output_tokens]
+        details = [getattr(req, name) for name in TOKEN_FIELDS[2:]]
+        if any(d is not None for d in details):  # bodies without them keep their old digest
+            tokens += details
+        fp = fingerprint("debit", micro, req.model, *tokens, req.metadata)
         return self.apply_call(req.user_id, req.request_id, -micro, fp, "usage", extra)
 
     async def amount_of(self, req: DebitRequest | CommitRequest) -> int:
         """The amount sent, or the gateway's price for the model and tokens."""
         if req.amount is not None:
             return parse_amount(req.amount)
-        return await self.pricing.price(req.model, req.input_tokens, req.output_tokens)
+        return await self.pricing.price(req)
 
     async def grant(self, req: GrantRequest, actor: str) -> GrantResult:
         micro = parse_amount(req.amount)

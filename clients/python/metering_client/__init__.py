@@ -90,8 +90,14 @@ class MeteringClient:
         input_tokens: int | None = None,
         output_tokens: int | None = None,
         metadata: dict[str, Any] | None = None,
+        cached_input_tokens: int | None = None,
+        cache_write_tokens: int | None = None,
+        reasoning_tokens: int | None = None,
     ) -> DebitResult:
-        """Charge credits; without an amount the gateway prices model and tokens."""
+        """Charge credits; without an amount the gateway prices model and tokens. input_tokens
+        counts only uncached input that wrote no cache; cached_input_tokens were read from the
+        provider's cache, cache_write_tokens written to it; output_tokens includes
+        reasoning_tokens."""
         body = _drop_none(
             {
                 "user_id": user_id,
@@ -101,6 +107,9 @@ class MeteringClient:
                 "input_tokens": input_tokens,
                 "output_tokens": output_tokens,
                 "metadata": metadata,
+                "cached_input_tokens": cached_input_tokens,
+                "cache_write_tokens": cache_write_tokens,
+                "reasoning_tokens": reasoning_tokens,
             }
         )
         return await self._call("POST", "/api/v1/credits/debit", body, DebitResult)
@@ -183,7 +192,12 @@ class Hold:
         input_tokens: int | None = None,
         output_tokens: int | None = None,
         metadata: dict[str, Any] | None = None,
+        cached_input_tokens: int | None = None,
+        cache_write_tokens: int | None = None,
+        reasoning_tokens: int | None = None,
     ) -> CommitResult:
+        """Charge the hold the call's cost (an amount, or model and tokens for the gateway to
+        price, counted as for debit()); the rest of the hold goes back."""
         assert self.reservation is not None, "use the hold inside `async with`"
         body = _drop_none(
             {
@@ -192,6 +206,9 @@ class Hold:
                 "input_tokens": input_tokens,
                 "output_tokens": output_tokens,
                 "metadata": metadata,
+                "cached_input_tokens": cached_input_tokens,
+                "cache_write_tokens": cache_write_tokens,
+                "reasoning_tokens": reasoning_tokens,
             }
         )
         path = f"/api/v1/credits/reservations/{self.reservation.reservation_id}/commit"

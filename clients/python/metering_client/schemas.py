@@ -67,6 +67,9 @@ class PriceInfo(Struct):
     input_per_million: str
     output_per_million: str
     updated_at: str | None
+    cached_input_per_million: str | None = None  # None: at the input rate
+    cache_write_per_million: str | None = None  # None: at the input rate
+    reasoning_per_million: str | None = None  # None: at the output rate
 
 
 class PriceList(Struct):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated
 
 from litestar import Controller, get, put
@@ -10,7 +11,7 @@ from litestar.params import JSONBody, PathParameter
 
 from gateway.api.routes.common import AnyRequest, actor, errors, services
 from gateway.credits.inputs import TEXT_PATTERN
-from gateway.credits.schemas import PriceInfo, PriceList, PriceRequest
+from gateway.credits.price_schemas import PRICE_FIELDS, PriceInfo, PriceList, PriceRequest
 from persistence.pricing import Price
 
 
@@ -32,17 +33,24 @@ class PricingController(Controller):
         state: State,
         request: AnyRequest,
     ) -> PriceInfo:
-        """Set a model's price (idempotent: PUT of the same price changes nothing)."""
-        price = await services(state).credits.pricing.set(
-            model, data.input_per_million, data.output_per_million, actor(request)
-        )
+        """Set a model's price (idempotent: PUT of the same price changes nothing). Unset
+        cached and cache-write rates are the input rate, an unset reasoning rate the output
+        rate."""
+        rates = {name: getattr(data, name) for name in PRICE_FIELDS}
+        price = await services(state).credits.pricing.set(Price(model, **rates), actor(request))
         return _price_info(price)
 
 
 def _price_info(p: Price) -> PriceInfo:
+    def rate(value: Decimal | None) -> str | None:
+        return None if value is None else str(value)
+
     return PriceInfo(
         model=p.model,
         input_per_million=str(p.input_per_million),
         output_per_million=str(p.output_per_million),
         updated_at=p.updated_at.isoformat() if p.updated_at else None,
+        cached_input_per_million=rate(p.cached_input_per_million),
+        cache_write_per_million=rate(p.cache_write_per_million),
+        reasoning_per_million=rate(p.reasoning_per_million),
     )

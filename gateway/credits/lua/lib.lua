@@ -275,12 +275,13 @@ end
 -- pairs of the optional fields (model, tin, tout, meta, tier, alloc, cap, reset, ref, actor,
 -- resv, blk: the user's blocks after the event ('blks'; a charge carries only the entries its
 -- draw changed, marked by a leading '+', so its size does not grow with the blocks held),
--- draws: the blocks a charge took).
+-- draws: the blocks a charge took; tcr, tcw, trs: cached input, cache write, reasoning tokens).
 local EVENT_POS = {model = 10, tin = 11, tout = 12, meta = 13, tier = 14, alloc = 15, cap = 16,
-                   reset = 17, ref = 18, actor = 19, resv = 20, blk = 21, draws = 22}
+                   reset = 17, ref = 18, actor = 19, resv = 20, blk = 21, draws = 22,
+                   tcr = 23, tcw = 24, trs = 25}
 local function emit(stream, t, txn, rid, delta, bal, ver, spent, extra)
   local ev = {t, H.uid, txn, rid, int(delta), int(bal), tostring(ver), int(H.now), int(spent),
-              '', '', '', '', '', '', '', '', '', '', '', '', ''}
+              '', '', '', '', '', '', '', '', '', '', '', '', '', '', '', ''}
   for i = 1, #extra, 2 do ev[EVENT_POS[extra[i]]] = extra[i + 1] end
   redis.call('XADD', stream, '*', 'e', table.concat(ev, '\31'))
 end

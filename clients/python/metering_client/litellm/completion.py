@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncGenerator
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypedDict
 
 import litellm
 
@@ -77,9 +77,41 @@ class MeteredStream:
 
 
 async def commit_usage(hold: Hold, response: Any, model: str | None) -> None:
-    usage = getattr(response, "usage", None)
-    await hold.commit(
-        model=getattr(response, "model", None) or model,
-        input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-        output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-    )
+    """Commit a call's usage, priced by the model name the caller used (the gateway's price
+    key; a provider answers with names of its own, such as dated versions)."""
+    await hold.commit(model=model, **usage_counts(getattr(response, "usage", None)))
+
+
+class UsageCounts(TypedDict, total=False):
+    input_tokens: int
+    output_tokens: int
+    cached_input_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
+
+
+def usage_counts(usage: Any) -> UsageCounts:
+    """A LiteLLM usage in the gateway's token counts. LiteLLM reports every provider the OpenAI
+    way: prompt_tokens includes the input read from the cache (prompt_tokens_details
+    .cached_tokens; Anthropic's cache_read_input_tokens) and written to it (cache_write_tokens;
+    Anthropic's cache_creation_input_tokens), completion_tokens includes the reasoning
+    (completion_tokens_details.reasoning_tokens). The gateway's input_tokens is the rest."""
+    prompt = _int(usage, "prompt_tokens")
+    details = getattr(usage, "prompt_tokens_details", None)
+    cached = _int(details, "cached_tokens") or _int(usage, "cache_read_input_tokens")
+    written = _int(details, "cache_write_tokens") or _int(usage, "cache_creation_input_tokens")
+    output = _int(usage, "completion_tokens")
+    reasoning = _int(getattr(usage, "completion_tokens_details", None), "reasoning_tokens")
+    counts = UsageCounts(input_tokens=max(0, prompt - cached - written), output_tokens=output)
+    if cached:
+        counts["cached_input_tokens"] = cached
+    if written:
+        counts["cache_write_tokens"] = written
+    if reasoning:
+        counts["reasoning_tokens"] = min(reasoning, output)
+    return counts
+
+
+def _int(obj: Any, name: str) -> int:
+    value = getattr(obj, name, None) if obj is not None else None
+    return value if isinstance(value, int) and value > 0 else 0

@@ -19,7 +19,7 @@ import litellm
 from litellm.integrations.custom_logger import CustomLogger
 
 from metering_client import Hold, InsufficientCreditsError, MeteringAPIError, MeteringClient
-from metering_client.litellm.completion import commit_usage
+from metering_client.litellm.completion import commit_usage, usage_counts
 from metering_client.litellm.rules import (
     DEFAULT_PAYER,
     HoldSizing,
@@ -214,13 +214,11 @@ class MeteringProxyHandler(CustomLogger):
         except MeteringAPIError as exc:
             if exc.status != 409 or call.hold.reservation is None:
                 raise
-            usage = getattr(response, "usage", None)
             await self.metering.debit(
                 call.user,
                 request_id=f"{call.hold.body['request_id']}-late",
                 model=model,
-                input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-                output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+                **usage_counts(getattr(response, "usage", None)),
             )
             self.late_commits += 1
             log.warning(
