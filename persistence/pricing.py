@@ -41,3 +41,24 @@ async def upsert_price(conn: Executor, price: Price, actor: str) -> Price:
 
 async def all_prices(conn: Executor) -> list[Price]:
     return [Price(**dict(r)) for r in await conn.fetch(queries.PRICING_ALL)]
+
+
+async def import_prices(conn: Executor, prices: list[Price], actor: str, source: str) -> int:
+    """Add the prices of models not priced yet (the others keep theirs); returns how many."""
+    columns: list[list[object]] = [[] for _ in range(6)]
+    for p in prices:
+        for column, value in zip(columns, _row(p), strict=True):
+            column.append(value)
+    added = await conn.fetchval(queries.PRICING_IMPORT, *columns, actor, source)
+    return int(added or 0)
+
+
+def _row(p: Price) -> tuple[object, ...]:
+    return (
+        p.model,
+        p.input_per_million,
+        p.output_per_million,
+        p.cached_input_per_million,
+        p.cache_write_per_million,
+        p.reasoning_per_million,
+    )

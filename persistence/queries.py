@@ -213,6 +213,26 @@ SELECT {_PRICE_COLUMNS} FROM p
 
 PRICING_ALL = f"SELECT {_PRICE_COLUMNS} FROM model_pricing ORDER BY model"
 
+# Prices for models not priced yet, in one statement (the others keep the operator's prices).
+PRICING_IMPORT = """
+WITH p AS (
+    INSERT INTO model_pricing (model, input_per_million, output_per_million,
+                               cached_input_per_million, cache_write_per_million,
+                               reasoning_per_million)
+    SELECT * FROM unnest($1::text[], $2::numeric[], $3::numeric[], $4::numeric[],
+                         $5::numeric[], $6::numeric[])
+    ON CONFLICT (model) DO NOTHING
+    RETURNING model, input_per_million, output_per_million
+), a AS (
+    INSERT INTO audit_log (id, actor, action, target, details)
+    SELECT gen_random_uuid(), $7, 'pricing.import', model,
+           jsonb_build_object('source', $8::text, 'input_per_million', input_per_million,
+                              'output_per_million', output_per_million)
+    FROM p
+)
+SELECT count(*) FROM p
+"""
+
 # $4 is the acting key's name: the audit row is written by the same statement.
 COUPON_COLUMNS = (
     "code, credits, max_uses, uses, expires_at, active, created_at, credits_expire_after_days"

@@ -161,6 +161,40 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> tuple[int, str]
         await conn.close()
 
 
+async def _pricing_import(settings: Settings, args: argparse.Namespace) -> tuple[int, str]:
+    from decimal import Decimal, InvalidOperation
+    from pathlib import Path
+
+    from gateway.ops.price_import import bundled_map, import_litellm
+
+    try:
+        rate = Decimal(args.credits_per_usd)
+        if not rate.is_finite() or rate <= 0:
+            raise InvalidOperation
+    except InvalidOperation:
+        return 2, f"--credits-per-usd must be a number > 0, not {args.credits_per_usd!r}"
+    try:
+        path = Path(args.file) if args.file else bundled_map()
+        if not path.is_file():
+            return 1, f"no price map at {path}"
+        conn = await asyncpg.connect(settings.database_url)
+    except FileNotFoundError as exc:
+        return 1, str(exc)
+    except (OSError, *DB_ERRORS) as exc:
+        return 1, f"cannot reach PostgreSQL: {exc}"
+    try:
+        added, kept = await import_litellm(
+            conn, path, rate, args.provider, f"cli:{getpass.getuser()}", args.dry_run
+        )
+    except (ValueError, UnicodeDecodeError) as exc:
+        return 1, f"{path} is not a LiteLLM price map: {exc}"
+    finally:
+        await conn.close()
+    if args.dry_run:
+        return 0, f"{added} models priced in {path.name}; nothing changed (--dry-run)"
+    return 0, f"added {added} prices from {path.name}; kept {kept} models already priced"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="metering", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -202,6 +236,22 @@ def main(argv: list[str] | None = None) -> int:
     keys_sub.add_parser("list", help="names, scopes and dates (never the keys)")
     revoke = keys_sub.add_parser("revoke", help="revoke a key by name")
     revoke.add_argument("name")
+    pricing = sub.add_parser("pricing", help="model prices")
+    pricing_sub = pricing.add_subparsers(dest="pricing_command", required=True)
+    imp = pricing_sub.add_parser(
+        "import", help="add LiteLLM's prices of the models not priced yet (yours are kept)"
+    )
+    imp.add_argument(
+        "--litellm", action="store_true", required=True, help="from LiteLLM's price map"
+    )
+    imp.add_argument("--file", help="the price map's JSON (default: the installed litellm's)")
+    imp.add_argument(
+        "--provider", action="append", default=[], help="only this litellm_provider (repeatable)"
+    )
+    imp.add_argument(
+        "--credits-per-usd", default="1", help="credits per US dollar of LiteLLM's prices"
+    )
+    imp.add_argument("--dry-run", action="store_true", help="count, change nothing")
     top = sub.add_parser("top", help="live view of a gateway: debits/s, flush lag, backlog")
     top.add_argument("--url", default="http://127.0.0.1:8000")
     top.add_argument(
@@ -238,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "keys":
         code, out = asyncio.run(_keys(settings, args))
         print(out)
+        return code
+    if args.command == "pricing":
+        code, out = asyncio.run(_pricing_import(settings, args))
+        print(out, file=sys.stdout if code == 0 else sys.stderr)
         return code
     if args.command == "reconcile":
         ok, summary = asyncio.run(_reconcile(settings, flush=not args.no_flush))
