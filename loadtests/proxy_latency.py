@@ -1,11 +1,12 @@
-"""What metering adds to a proxied LLM call, measured: the real LiteLLM proxy twice, with and
-without the metering callback, in front of the same fake provider, one call at a time, the two
-proxies taking turns so that both see the same machine.
+"""What metering adds to a proxied LLM call, measured: the real LiteLLM proxy three times,
+without the metering callback and with it over each of the client's HTTP stacks (aiohttp,
+httpx), in front of the same fake provider, one call at a time, the proxies taking turns so that
+all see the same machine.
 
     python -m loadtests.proxy_latency [--calls 200] [--stream]
 
 Starts a private Redis and PostgreSQL, `metering serve`, the fake provider
-(loadtests/fake_provider.py) and the two proxies (`make proxy-venv` builds their environment).
+(loadtests/fake_provider.py) and the proxies (`make proxy-venv` builds their environment).
 Prints p50/p95/p99 of each and the difference, for plain calls and for streams (time to the
 last chunk). The metered proxy's calls all go to users the gateway knows (one warm-up call
 each first), as in steady state. Nothing is asserted: it measures and prints.
@@ -55,29 +56,37 @@ def _quantiles(ms: list[float]) -> tuple[float, float, float]:
     return q[49], q[94], q[98]
 
 
-def measure(plain: str, metered: str, calls: int, stream: bool) -> None:
+def measure(proxies: dict[str, str], calls: int, stream: bool) -> None:
+    """proxies: name -> URL, the first without metering; each call goes to every proxy in
+    turn, the order rotating, so that all see the same machine."""
     headers = {"Authorization": f"Bearer {MASTER_KEY}"}
-    times: dict[str, list[float]] = {"without": [], "with": []}
-    with (
-        httpx.Client(base_url=plain, headers=headers, timeout=30) as a,
-        httpx.Client(base_url=metered, headers=headers, timeout=30) as b,
-    ):
+    clients = {
+        name: httpx.Client(base_url=url, headers=headers, timeout=30)
+        for name, url in proxies.items()
+    }
+    times: dict[str, list[float]] = {name: [] for name in proxies}
+    try:
         for i in range(USERS):  # warm-up: connections, and every user known to the gateway
-            _call(a, f"lat-{i}", stream)
-            _call(b, f"lat-{i}", stream)
+            for client in clients.values():
+                _call(client, f"lat-{i}", stream)
+        names = list(clients)
         for i in range(calls):
             user = f"lat-{i % USERS}"
-            order = [("without", a), ("with", b)] if i % 2 else [("with", b), ("without", a)]
-            for name, client in order:
-                times[name].append(_call(client, user, stream))
+            for name in names[i % len(names) :] + names[: i % len(names)]:
+                times[name].append(_call(clients[name], user, stream))
+    finally:
+        for client in clients.values():
+            client.close()
     kind = "streams (to the last chunk)" if stream else "plain calls"
-    print(f"\n{calls} {kind}, one at a time, the two proxies taking turns:")
-    print(f"{'':24}{'p50':>9}{'p95':>9}{'p99':>9}   (ms)")
+    print(f"\n{calls} {kind}, one at a time, the proxies taking turns:")
+    print(f"{'':34}{'p50':>9}{'p95':>9}{'p99':>9}   (ms)")
     rows = {name: _quantiles(ms) for name, ms in times.items()}
+    base = rows[names[0]]
     for name, (p50, p95, p99) in rows.items():
-        print(f"{name + ' metering':24}{p50:9.2f}{p95:9.2f}{p99:9.2f}")
-    added = [w - o for w, o in zip(rows["with"], rows["without"], strict=True)]
-    print(f"{'added by metering':24}{added[0]:9.2f}{added[1]:9.2f}{added[2]:9.2f}")
+        print(f"{name:34}{p50:9.2f}{p95:9.2f}{p99:9.2f}")
+    for name in names[1:]:
+        added = [w - o for w, o in zip(rows[name], base, strict=True)]
+        print(f"{'added: ' + name:34}{added[0]:9.2f}{added[1]:9.2f}{added[2]:9.2f}")
 
 
 def main() -> None:
@@ -113,14 +122,22 @@ def main() -> None:
         r.raise_for_status()
         models = {MODEL: "priced"}
         env = {"METERING_URL": gateway.url, "METERING_API_KEY": ADMIN}
-        plain = LiteLLMProxy(config(provider.url, models, metered=False), {})
-        metered = LiteLLMProxy(config(provider.url, models, metered=True), env)
-        for server in (plain, metered):
+        proxies = {
+            "without metering": LiteLLMProxy(config(provider.url, models, metered=False), {}),
+            "metered (aiohttp, the default)": LiteLLMProxy(
+                config(provider.url, models, metered=True), {**env, "METERING_HTTP": "aiohttp"}
+            ),
+            "metered (httpx)": LiteLLMProxy(
+                config(provider.url, models, metered=True), {**env, "METERING_HTTP": "httpx"}
+            ),
+        }
+        for server in proxies.values():
             server.start()
             servers.append(server)
-        measure(plain.url, metered.url, args.calls, stream=False)
+        urls = {name: proxy.url for name, proxy in proxies.items()}
+        measure(urls, args.calls, stream=False)
         if not args.no_stream:
-            measure(plain.url, metered.url, args.calls, stream=True)
+            measure(urls, args.calls, stream=True)
     finally:
         for server in reversed(servers):
             server.stop()

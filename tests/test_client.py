@@ -3,13 +3,16 @@ reserve() as an async context manager that commits or releases."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from decimal import Decimal
 
 import httpx
 import pytest
 
 from metering_client import InsufficientCreditsError, MeteringAPIError, MeteringClient
+from metering_client.http import GatewayUnreachable, HttpKind
 from tests.conftest import ADMIN_KEY, Client
+from tests.processes import gateway_process
 
 
 class LosesFirstAnswer(httpx.AsyncBaseTransport):
@@ -78,3 +81,31 @@ async def test_reserve_commits_or_releases(client: Client) -> None:
             pass  # never committed: released on exit
         bal = await m.balance("hold-user")
     assert bal.credits_remaining == "4.500000" and bal.credits_held == "0.000000"
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[str]:
+    with gateway_process() as running:
+        yield running.url
+
+
+@pytest.mark.parametrize("http", ["aiohttp", "httpx"])
+async def test_both_http_stacks_over_a_real_socket(served: str, http: HttpKind) -> None:
+    """The same calls through aiohttp (the default where installed) and httpx against a real
+    `metering serve`: a user id with a slash reaches its routes, errors are typed, and a
+    gateway that does not answer is GatewayUnreachable after the retries."""
+    user = f"team/{http}"
+    async with MeteringClient(served, ADMIN_KEY, http=http) as m:
+        done = await m.debit(user, "0.25", model="m", input_tokens=3)
+        assert done.credits_remaining == "4.750000"
+        assert (await m.balance(user)).credits_remaining == "4.750000"
+        assert [g.remaining for g in (await m.grants(user)).grants] == ["4.750000"]
+        with pytest.raises(InsufficientCreditsError) as short:
+            await m.debit(user, "100")
+        assert short.value.credits_remaining == Decimal("4.75")
+        with pytest.raises(MeteringAPIError) as bad:
+            await m.debit(user, "x")
+        assert bad.value.status == 400 and "amount" in bad.value.detail
+    async with MeteringClient("http://127.0.0.1:9", ADMIN_KEY, http=http, retries=1) as down:
+        with pytest.raises(GatewayUnreachable):
+            await down.balance(user)

@@ -91,5 +91,7 @@ def test_the_distribution_builds_alone_with_only_httpx_and_msgspec(tmp_path: Pat
         "httpx",
         "msgspec",
         "litellm",
+        "aiohttp",
     }
     assert any("extra ==" in r and r.startswith("litellm") for r in requires)
+    assert any("extra ==" in r and r.startswith("aiohttp") for r in requires)  # optional

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-import httpx
 import litellm
 from litellm.integrations.custom_logger import CustomLogger
 
 from metering_client import Hold, InsufficientCreditsError, MeteringAPIError, MeteringClient
+from metering_client.http import GatewayUnreachable, HttpKind
 from metering_client.litellm.completion import commit_usage, usage_counts
 from metering_client.litellm.rules import (
     DEFAULT_PAYER,
@@ -128,7 +128,7 @@ class MeteringProxyHandler(CustomLogger):
             hold = await self._reserve(user, data)
         except InsufficientCreditsError as exc:
             raise refuse(400, f"metering: {exc.reason or 'insufficient_credits'}: {exc}") from None
-        except (httpx.TransportError, MeteringAPIError) as exc:
+        except (GatewayUnreachable, MeteringAPIError) as exc:
             if isinstance(exc, MeteringAPIError) and exc.status < 500:
                 raise refuse(400, f"metering: {exc}") from None
             if self.fail_open:  # documented risk: the call goes ahead unmetered
@@ -242,7 +242,7 @@ class MeteringProxyHandler(CustomLogger):
                 try:
                     await call.hold.extend(self.ttl_seconds)
                     call.extended = now
-                except (httpx.HTTPError, MeteringAPIError) as exc:  # tried again next round
+                except (GatewayUnreachable, MeteringAPIError) as exc:  # tried again next round
                     log.warning("metering: extending a hold failed: %s", exc)
 
     async def _settle(self, call: Awaitable[Any], hold: Hold) -> None:
@@ -253,7 +253,7 @@ class MeteringProxyHandler(CustomLogger):
         self.settling += 1
         try:
             await call
-        except (httpx.HTTPError, MeteringAPIError) as exc:
+        except (GatewayUnreachable, MeteringAPIError) as exc:
             self.failed_settlements += 1
             held = hold.reservation.reservation_id if hold.reservation else "?"
             log.error("metering: settling reservation %s failed: %s", held, exc)
@@ -272,7 +272,7 @@ def from_env() -> MeteringProxyHandler | None:
         int(env("METERING_DEFAULT_MAX_TOKENS", "4096")),
     )
     return MeteringProxyHandler(
-        MeteringClient(url, key),
+        MeteringClient(url, key, http=_http_kind(env("METERING_HTTP", "auto"))),
         env("METERING_HOLD") or None,
         env("METERING_PAYER", DEFAULT_PAYER),
         sizing,
@@ -280,3 +280,9 @@ def from_env() -> MeteringProxyHandler | None:
         int(env("METERING_HOLD_TTL", "300")),
         float(env("METERING_MAX_CALL_SECONDS", "3600")),
     )
+
+
+def _http_kind(value: str) -> HttpKind:
+    if value not in ("auto", "aiohttp", "httpx"):
+        raise ValueError(f"METERING_HTTP must be auto, aiohttp or httpx, not {value!r}")
+    return value  # type: ignore[return-value]
