@@ -8,6 +8,7 @@ change reaches every gateway process within that time (at once in the process th
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from decimal import ROUND_HALF_UP, Decimal
 
 import asyncpg
@@ -18,19 +19,40 @@ from gateway.credits.schemas import TOKEN_FIELDS, Priced
 from persistence.pricing import Price, all_prices, upsert_price
 
 MILLION = Decimal(1_000_000)
+US, RS = "\x1f", "\x1e"  # between a charge's tier amounts, and a tier's name and amount
 
 
 def cost_micro(price: Price, priced: Priced) -> int:
+    return _round(cost(price, priced))
+
+
+def cost(price: Price, priced: Priced) -> Decimal:
+    """The exact cost in credits, not rounded."""
     inp, out = price.input_per_million, price.output_per_million
     reasoning = priced.reasoning_tokens or 0
-    cost = (
+    total = (
         (priced.input_tokens or 0) * inp
         + (priced.cached_input_tokens or 0) * _or(price.cached_input_per_million, inp)
         + (priced.cache_write_tokens or 0) * _or(price.cache_write_per_million, inp)
         + ((priced.output_tokens or 0) - reasoning) * out
         + reasoning * _or(price.reasoning_per_million, out)
     )
-    return to_micro((cost / MILLION).quantize(SCALE, rounding=ROUND_HALF_UP))
+    return total / MILLION
+
+
+def _round(credits: Decimal) -> int:
+    return to_micro(credits.quantize(SCALE, rounding=ROUND_HALF_UP))
+
+
+def by_tier(exact: Decimal, markups: Mapping[str, Decimal], sign: int) -> str:
+    """A priced charge for the scripts when some tiers pay a markup: the model price's amount
+    (micro, signed), then each such tier's (the exact cost times its multiplier, rounded once),
+    as 'base<US>tier<RS>amount<US>...'; lib.lua for_tier picks the user's inside the script,
+    so a tier change cannot slip between the price and the charge."""
+    parts = [str(sign * _round(exact))]
+    for name, m in markups.items():
+        parts.append(f"{name}{RS}{sign * min(_round(exact * m), MAX_MICRO)}")
+    return US.join(parts)
 
 
 def _or(rate: Decimal | None, default: Decimal) -> Decimal:
@@ -69,3 +91,8 @@ class PriceBook:
         if micro > MAX_MICRO:
             raise Unprocessable(f"the priced cost exceeds the maximum amount {fmt(MAX_MICRO)}")
         return micro
+
+    async def charge(self, priced: Priced, markups: Mapping[str, Decimal], sign: int) -> str:
+        """by_tier for a priced call (after price() accepted it)."""
+        price = (await self.prices())[str(priced.model)]
+        return by_tier(cost(price, priced), markups, sign)

@@ -95,7 +95,8 @@ class ReservationService:
         micro = await self.credits.amount_of(req)
         extra = usage_fields(req)
         keys = [key, self.keys.user(user), self.keys.holds(user), self.keys.user_stream(user)]
-        args: Args = [micro, new_id(), reservation_id, *extra]
+        charge = await self.credits.charge_arg(req, 1)
+        args: Args = [micro if charge is None else charge, new_id(), reservation_id, *extra]
         res = await self.credits.call(self.scripts.commit, user, keys, args)
         status = res[0]
         _count("commit", status)

@@ -362,6 +362,7 @@ class TierInfo(Struct):
     default: bool
     rollover: bool
     max_rollover: str | None = None  # the most a rollover block holds (None: no limit)
+    price_multiplier: str = "1"  # the model prices times this for the tier's users (markup)
 
 
 class TierList(Struct):

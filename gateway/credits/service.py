@@ -211,13 +211,24 @@ class CreditService:
         if any(d is not None for d in details):  # bodies without them keep their old digest
             tokens += details
         fp = fingerprint("debit", micro, req.model, *tokens, req.metadata)
-        return self.apply_call(req.user_id, req.request_id, -micro, fp, "usage", extra)
+        charge = await self.charge_arg(req, -1)
+        return self.apply_call(
+            req.user_id, req.request_id, -micro, fp, "usage", extra, charge=charge
+        )
 
     async def amount_of(self, req: DebitRequest | CommitRequest) -> int:
         """The amount sent, or the gateway's price for the model and tokens."""
         if req.amount is not None:
             return parse_amount(req.amount)
         return await self.pricing.price(req)
+
+    async def charge_arg(self, req: DebitRequest | CommitRequest, sign: int) -> str | None:
+        """For a priced call while some tiers pay a markup: the amount of each (the script
+        charges the user's tier's, pricing.by_tier); None: the amount is the same for all."""
+        markups = self.tiers.markups
+        if req.amount is not None or not markups:
+            return None
+        return await self.pricing.charge(req, markups, sign)
 
     async def grant(self, req: GrantRequest, actor: str) -> GrantResult:
         micro = parse_amount(req.amount)
@@ -244,9 +255,11 @@ class CreditService:
         extra: Args,
         txn: str | None = None,
         spec: str = "",
+        charge: str | None = None,
     ) -> ApplyCall:
         """spec: a grant's block, 'priority:expires_ms' (lib.lua apply_change); expires_ms may be
-        '+ms', from now on the scripts' clock."""
+        '+ms', from now on the scripts' clock. charge: the amounts by tier (charge_arg) that
+        the script picks from instead of delta."""
         keys = [
             self.keys.user(user_id),
             self.keys.request(user_id, request_id),
@@ -254,7 +267,8 @@ class CreditService:
             self.keys.holds(user_id),
         ]
         txn = txn or new_id()
-        args: Args = [delta, fp, txn, self.idempotency_ttl, request_id, event, spec, *extra]
+        amount = delta if charge is None else charge
+        args: Args = [amount, fp, txn, self.idempotency_ttl, request_id, event, spec, *extra]
         return ApplyCall(user_id, request_id, delta, keys, args)
 
     async def _state(self, user_id: str) -> list[Any]:

@@ -27,6 +27,7 @@ class Tier:
     max_rollover: int | None = None  # micro: the most the rollover block holds (None: no limit)
     alerts: tuple[int, ...] = (80, 95)  # low-balance webhooks at these % of the allocation spent
     alert_depleted: bool = True  # and one when the period's spending has used up the balance
+    price_multiplier: Decimal = Decimal(1)  # the gateway's model prices times this (markup)
 
 
 def roll_flag(tier: Tier | None) -> str:
@@ -48,6 +49,11 @@ class TierTable:
     def default_tier(self) -> Tier:
         return self.tiers[self.default]
 
+    @property
+    def markups(self) -> dict[str, Decimal]:
+        """The tiers whose users pay other than the model prices: name -> multiplier."""
+        return {t.name: t.price_multiplier for t in self.tiers.values() if t.price_multiplier != 1}
+
     def alert_rules(self) -> tuple[list[str], list[str], list[Decimal]]:
         """(tier, kind, fraction of the allocation) per low-balance alert, as three columns."""
         rules = [
@@ -67,6 +73,19 @@ def _micro(value: Any, where: str, *, allow_zero: bool) -> int:
         return parse_amount(str(value), field=where)
     except AmountError as exc:
         raise TierConfigError(str(exc)) from None
+
+
+def _multiplier(value: Any, where: str) -> Decimal:
+    """A price multiplier: a decimal string (or integer) > 0 and <= 1000, at most 6 places."""
+    if isinstance(value, float | bool):
+        raise TierConfigError(f'{where} must be a decimal string such as "1.25", not {value!r}')
+    try:
+        m = Decimal(str(value))
+    except ArithmeticError:
+        raise TierConfigError(f"{where} must be a decimal number, not {value!r}") from None
+    if not m.is_finite() or not 0 < m <= 1000 or m != m.quantize(Decimal("0.000001")):
+        raise TierConfigError(f"{where} must be > 0 and <= 1000 with at most 6 decimal places")
+    return m
 
 
 def parse_tiers(text: str) -> TierTable:
@@ -105,6 +124,7 @@ def parse_tiers(text: str) -> TierTable:
             raise TierConfigError(
                 f"tiers.{name}.alerts must be a list of whole percentages from 1 to 100"
             )
+        markup = _multiplier(spec.get("price_multiplier", "1"), f"tiers.{name}.price_multiplier")
         depleted = spec.get("alert_depleted", True)
         if not isinstance(depleted, bool):
             raise TierConfigError(f"tiers.{name}.alert_depleted must be true or false")
@@ -116,6 +136,7 @@ def parse_tiers(text: str) -> TierTable:
             max_rollover=max_roll,
             alerts=tuple(sorted(set(alerts))),
             alert_depleted=depleted,
+            price_multiplier=markup,
         )
     default = data.get("default_tier", "trial")
     if default not in tiers:

@@ -135,7 +135,7 @@ class CreditsController(Controller):
 
     @get("/tiers", opt={"scope": "read"}, responses=errors())
     async def tiers(self, state: State) -> TierList:
-        """The configured tiers and their monthly allocations."""
+        """The configured tiers: monthly allocations, caps, rollover and price multipliers."""
         table = services(state).credits.tiers
         return TierList(
             [
@@ -146,6 +146,7 @@ class CreditsController(Controller):
                     t.name == table.default,
                     t.rollover,
                     None if t.max_rollover is None else fmt(t.max_rollover),
+                    str(t.price_multiplier),
                 )
                 for t in table.tiers.values()
             ]

@@ -4,7 +4,7 @@
 -- (expired on the one clock, lib.lua) is never charged or returned again.
 -- KEYS[1] the reservation hash  KEYS[2] user state hash  KEYS[3] the user's holds
 -- KEYS[4] shard event stream
--- ARGV[1..4] the common header (lib.lua)  ARGV[5] amount to charge (micro)
+-- ARGV[1..4] the common header (lib.lua)  ARGV[5] amount to charge (micro; or by tier: for_tier)
 -- ARGV[6] transaction id  ARGV[7] reservation id  ARGV[8..] extra event fields, name/value pairs
 -- {'backlog'} when the shard's unflushed events reached BACKLOG_MAX (nothing changed).
 -- Returns {'ok'|'replay', txn, charged, available, held}, {'conflict', charged},
@@ -14,7 +14,7 @@
 local r = redis.call('HMGET', KEYS[1], 'st', 'amt', 'exp', 'tx', 'charged', 'bal', 'rid')
 if not r[1] or redis.call('EXISTS', KEYS[2]) == 0 then return {'notfound'} end
 if r[1] == 'committed' then
-  if r[5] == ARGV[5] then return {'replay', r[4], r[5], r[6], r[2]} end
+  if any_amount(ARGV[5], r[5]) then return {'replay', r[4], r[5], r[6], r[2]} end
   return {'conflict', r[5]}
 end
 if r[1] == 'released' then return {'released'} end
@@ -27,7 +27,7 @@ if r[1] == 'expired' or not redis.call('ZSCORE', KEYS[3], member) then
   return {'expired'}
 end
 local hold = tonumber(r[2])
-local charge = tonumber(ARGV[5])
+local charge = for_tier(KEYS[2], ARGV[5])
 local st = redis.call('HMGET', KEYS[2], 'bal', 'spent', 'cap', 'blks')
 local bal, spent = tonumber(st[1]), tonumber(st[2])
 local others = held - hold
@@ -49,6 +49,6 @@ local ver = redis.call('HINCRBY', KEYS[2], 'ver', 1)
 local extra = {'resv', ARGV[7], 'blk', listed, 'draws', table.concat(draws, ',')}
 for i = 8, #ARGV do extra[#extra + 1] = ARGV[i] end
 emit(KEYS[4], 'usage', ARGV[6], r[7], -charge, bal, ver, spent, extra)
-redis.call('HSET', KEYS[1], 'st', 'committed', 'tx', ARGV[6], 'charged', ARGV[5],
+redis.call('HSET', KEYS[1], 'st', 'committed', 'tx', ARGV[6], 'charged', int(charge),
            'bal', avail(bal, others))
-return {'ok', ARGV[6], ARGV[5], avail(bal, others), r[2]}
+return {'ok', ARGV[6], int(charge), avail(bal, others), r[2]}

@@ -469,10 +469,37 @@ end
 -- {'backlog'}. A debit draws from the blocks in order; a grant opens a block of its kind (id:
 -- its transaction id), with spec 'priority:expires_ms' ('' parts: the kind's priority, never;
 -- '+ms' for an expiry that long after now).
+-- A charge's amount (micro, signed): a number, or, for a priced call while some tiers pay a
+-- markup (gateway/credits/pricing.py by_tier), the model price's amount then each such tier's,
+-- 'base\31tier\30amount\31...': the user's tier's, else the base. Read inside the script, so a
+-- tier change cannot come between the price and the charge.
+local function for_tier(user, amount)
+  local n = tonumber(amount)
+  if n then return n end
+  local tier = redis.call('HGET', user, 'tier')
+  local base
+  for part in string.gmatch(amount, '[^\31]+') do
+    local name, value = string.match(part, '^(.*)\30(.*)$')
+    if not name then base = tonumber(part)
+    elseif name == tier then return tonumber(value) end
+  end
+  return base
+end
+
+-- Every amount a charge could be (for_tier): a replayed commit's charge is one of them.
+local function any_amount(amount, charged)
+  if amount == charged then return true end
+  for part in string.gmatch(amount, '[^\31]+') do
+    if (string.match(part, '\30(.*)$') or part) == charged then return true end
+  end
+  return false
+end
+
 local function apply_change(user, idem, stream, holds, delta, fp, txn, ttl, rid, event, extra,
                             spec)
   local stop, held, st = open_user(user, idem, fp, stream, holds)
   if stop then return stop end
+  delta = for_tier(user, delta)
   local bal, spent = tonumber(st[3]), tonumber(st[4])
   if delta < 0 then
     local refused = refuse_spend(bal, spent, held, st[5], -delta)
