@@ -33,9 +33,17 @@ class FakeProvider(ServerProcess):
         super().__init__([sys.executable, "-m", "loadtests.fake_provider"], {}, health="/health")
 
 
-def config(provider: str, models: dict[str, str], metered: bool, **router: Any) -> dict[str, Any]:
+METERING_CALLBACK = "metering_client.litellm.proxy_handler"
+NOOP_CALLBACK = "loadtests.noop_callback.handler"  # needs the repository on PYTHONPATH
+
+
+def config(
+    provider: str, models: dict[str, str], metered: bool | str, **router: Any
+) -> dict[str, Any]:
     """A proxy config.yaml (JSON is YAML): each model group served by the fake provider's
-    upstream model of the given name; the metering callback as the README configures it."""
+    upstream model of the given name; metered: the metering callback as the README configures
+    it (True), no callback (False), or the callback named."""
+    callback = METERING_CALLBACK if metered is True else metered
     cfg: dict[str, Any] = {
         "model_list": [
             {
@@ -50,9 +58,7 @@ def config(provider: str, models: dict[str, str], metered: bool, **router: Any) 
         ],
         "router_settings": router,
         "general_settings": {"master_key": MASTER_KEY},
-        "litellm_settings": {"callbacks": "metering_client.litellm.proxy_handler"}
-        if metered
-        else {},
+        "litellm_settings": {"callbacks": callback} if callback else {},
     }
     return cfg
 

@@ -1,6 +1,7 @@
-"""What metering adds to a proxied LLM call, measured: the real LiteLLM proxy three times,
-without the metering callback and with it over each of the client's HTTP stacks (aiohttp,
-httpx), in front of the same fake provider, one call at a time, the proxies taking turns so that
+"""What metering adds to a proxied LLM call, measured: the real LiteLLM proxy four times,
+without any callback, with a callback that does nothing (what LiteLLM spends on running one),
+and with the metering callback over each of the client's HTTP stacks (aiohttp, httpx), in
+front of the same fake provider, one call at a time, the proxies taking turns so that
 all see the same machine.
 
     python -m loadtests.proxy_latency [--calls 200] [--stream]
@@ -18,10 +19,11 @@ import argparse
 import asyncio
 import statistics
 import time
+from pathlib import Path
 
 import httpx
 
-from loadtests.proxy import MASTER_KEY, FakeProvider, LiteLLMProxy, config
+from loadtests.proxy import MASTER_KEY, NOOP_CALLBACK, FakeProvider, LiteLLMProxy, config
 from loadtests.servers import GatewayProcess, PrivatePostgres, PrivateRedis
 from persistence.migrate import prepare
 
@@ -122,8 +124,12 @@ def main() -> None:
         r.raise_for_status()
         models = {MODEL: "priced"}
         env = {"METERING_URL": gateway.url, "METERING_API_KEY": ADMIN}
+        root = str(Path(__file__).resolve().parent.parent)
         proxies = {
             "without metering": LiteLLMProxy(config(provider.url, models, metered=False), {}),
+            "a callback doing nothing": LiteLLMProxy(
+                config(provider.url, models, metered=NOOP_CALLBACK), {"PYTHONPATH": root}
+            ),
             "metered (aiohttp, the default)": LiteLLMProxy(
                 config(provider.url, models, metered=True), {**env, "METERING_HTTP": "aiohttp"}
             ),

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no fetch from the internet
 litellm = pytest.importorskip("litellm")
@@ -247,6 +248,11 @@ async def test_a_stream_is_charged_when_it_ends_with_the_usage_it_reported(gw: R
         assert Decimal("4.98") < left < 5  # the prompt and the first chunk, charged
 
 
+def refusals(reason: str) -> float:
+    value = REGISTRY.get_sample_value("metering_proxy_refusals_total", {"reason": reason})
+    return value or 0.0
+
+
 async def test_refusals_are_400_and_an_unreachable_gateway_fails_closed_with_503(
     gw: Running,
 ) -> None:
@@ -259,9 +265,11 @@ async def test_refusals_are_400_and_an_unreachable_gateway_fails_closed_with_503
         with pytest.raises(MeteringRefused) as broke:
             await handler.async_pre_call_hook(key, None, {"model": MODEL}, "completion")
         assert broke.value.status_code == 400 and "insufficient_credits" in broke.value.detail
+        before = refusals("no_payer")
         with pytest.raises(MeteringRefused) as nobody:
             await handler.async_pre_call_hook(SimpleNamespace(), None, {"model": MODEL}, "")
         assert nobody.value.status_code == 400 and "no one to charge" in nobody.value.detail
+        assert refusals("no_payer") == before + 1
     async with MeteringClient("http://127.0.0.1:9", ADMIN_KEY, retries=0) as down:
         closed = MeteringProxyHandler(down, "0.50")
         with pytest.raises(MeteringRefused) as unavailable:
@@ -298,6 +306,8 @@ async def test_a_commit_that_fails_after_its_retries_is_logged_and_counted(
                 None,
             )
         assert handler.failed_settlements == 1 and not handler.holds
+        failures = REGISTRY.get_sample_value("metering_proxy_settlement_failures_total")
+        assert failures is not None and failures >= 1  # on the proxy's /metrics too
         assert hold.reservation is not None
         assert hold.reservation.reservation_id in caplog.text
         hold.client = m

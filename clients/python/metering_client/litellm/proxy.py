@@ -20,6 +20,12 @@ from litellm.integrations.custom_logger import CustomLogger
 from metering_client import Hold, InsufficientCreditsError, MeteringAPIError, MeteringClient
 from metering_client.http import GatewayUnreachable, HttpKind
 from metering_client.litellm.completion import commit_usage, usage_counts
+from metering_client.litellm.metrics import (
+    LATE_COMMITS,
+    REFUSALS,
+    SETTLEMENT_FAILURES,
+    SHORT_COMMITS,
+)
 from metering_client.litellm.rules import (
     DEFAULT_PAYER,
     HoldSizing,
@@ -98,6 +104,7 @@ class MeteringProxyHandler(CustomLogger):
         model = str(data.get("model") or "")
         price = await self.price_of(model)
         if price is None:
+            REFUSALS.labels("unpriced_model").inc()
             raise refuse(
                 400,
                 f"metering: model {model!r} has no price at the gateway, so its use could not "
@@ -115,6 +122,7 @@ class MeteringProxyHandler(CustomLogger):
     ) -> dict[str, Any]:
         user = payer_of(self.payer, user_api_key_dict, data)
         if not user:
+            REFUSALS.labels("no_payer").inc()
             raise refuse(
                 400,
                 f"metering: this request names no one to charge (METERING_PAYER={self.payer!r})",
@@ -127,13 +135,16 @@ class MeteringProxyHandler(CustomLogger):
         try:
             hold = await self._reserve(user, data)
         except InsufficientCreditsError as exc:
+            REFUSALS.labels(exc.reason or "insufficient_credits").inc()
             raise refuse(400, f"metering: {exc.reason or 'insufficient_credits'}: {exc}") from None
         except (GatewayUnreachable, MeteringAPIError) as exc:
             if isinstance(exc, MeteringAPIError) and exc.status < 500:
+                REFUSALS.labels("refused").inc()
                 raise refuse(400, f"metering: {exc}") from None
             if self.fail_open:  # documented risk: the call goes ahead unmetered
                 log.warning("metering unreachable (%s): a call to %s not metered", exc, user)
                 return data
+            REFUSALS.labels("gateway_unreachable").inc()
             raise refuse(503, "metering is unavailable; nothing was charged, retry later") from None
         now = time.monotonic()
         self.holds[key] = _Call(hold, user, now, now)
@@ -207,6 +218,7 @@ class MeteringProxyHandler(CustomLogger):
             assert call.hold.reservation is not None
             await call.hold.commit(call.hold.reservation.held)
             self.short_commits += 1
+            SHORT_COMMITS.inc()
             log.warning(
                 "metering: reservation %s cost more than its payer had; charged the hold",
                 call.hold.reservation.reservation_id,
@@ -221,6 +233,7 @@ class MeteringProxyHandler(CustomLogger):
                 **usage_counts(getattr(response, "usage", None)),
             )
             self.late_commits += 1
+            LATE_COMMITS.inc()
             log.warning(
                 "metering: reservation %s had expired; charged by a debit",
                 call.hold.reservation.reservation_id,
@@ -255,6 +268,7 @@ class MeteringProxyHandler(CustomLogger):
             await call
         except (GatewayUnreachable, MeteringAPIError) as exc:
             self.failed_settlements += 1
+            SETTLEMENT_FAILURES.inc()
             held = hold.reservation.reservation_id if hold.reservation else "?"
             log.error("metering: settling reservation %s failed: %s", held, exc)
         finally:
