@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -240,3 +241,50 @@ async def test_extend_keeps_a_long_call_s_hold_and_never_revives_an_expired_one(
     assert (
         await client.post(f"{RES}/{unknown}/extend", json={"ttl_seconds": 5})
     ).status_code == 404
+
+
+async def test_the_fast_path_reserves_exactly_as_the_framework_route(client: Client) -> None:
+    """POST /api/v1/credits/reservations goes through the plain-ASGI fast path (an LLM proxy
+    makes one before every call); Litestar's route stays behind it. Both give the same status
+    and body for each case: a hold, a replay, bad fields, a bad body, no credits, no key."""
+    import httpx
+
+    framework = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=client.app.app),
+        base_url="http://gateway",
+        headers={"Authorization": client.headers["Authorization"]},
+    )
+    cases: list[tuple[str, dict[str, Any], bytes | None]] = [
+        ("ok", {"amount": "0.5"}, None),
+        ("ok", {"amount": "0.5"}, None),  # the replay
+        ("amount", {"amount": "x"}, None),
+        ("ttl", {"amount": "1", "ttl_seconds": 0}, None),
+        ("unknown", {"amount": "1", "colour": "red"}, None),
+        ("missing", {}, None),
+        ("broke", {"amount": "100"}, None),
+        ("json", {}, b'{"user_id": '),
+        ("deep", {}, b"[" * 40 + b"]" * 40),
+    ]
+    async with framework:
+        for name, fields, raw in cases:
+            answers = []
+            for side, c in (("fast", client), ("framework", framework)):
+                body = {"user_id": f"fp-{side}", "request_id": f"fp-{name}", **fields}
+                content = raw if raw is not None else json.dumps(body).encode()
+                r = await c.post(
+                    "/api/v1/credits/reservations",
+                    content=content,
+                    headers={"Content-Type": "application/json"},
+                )
+                data = r.json()
+                for varying in ("reservation_id", "user_id", "expires_at"):
+                    data.pop(varying, None)
+                answers.append((r.status_code, data, r.headers.get("retry-after")))
+            assert answers[0] == answers[1], name
+        bare = {"Authorization": "", "Content-Type": "application/json"}
+        no_key = [
+            await c.post("/api/v1/credits/reservations", content=b"{}", headers=bare)
+            for c in (client, framework)
+        ]
+        assert [r.status_code for r in no_key] == [401, 401]
+        assert no_key[0].json() == no_key[1].json()

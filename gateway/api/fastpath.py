@@ -1,7 +1,8 @@
-"""The hot path without the framework: POST /api/v1/credits/debit (and /debit/batch) handled
-in plain ASGI.
+"""The hot path without the framework: POST /api/v1/credits/debit (and /debit/batch) and the
+reserve an LLM proxy makes before each call (POST /api/v1/credits/reservations) handled in
+plain ASGI.
 
-Everything else goes to Litestar. The debit route is still declared in Litestar (OpenAPI, and
+Everything else goes to Litestar. These routes are still declared in Litestar (OpenAPI, and
 the fallback while the app is starting), and this path answers exactly as it would: the same
 API-key check, body limit, msgspec validation, service call and error bodies. What it skips is
 Litestar's per-request machinery (signature model, dependency resolution, guard copies,
@@ -33,9 +34,9 @@ from gateway.api.paths import routing_path
 from gateway.base.connect import REDIS_UNAVAILABLE
 from gateway.base.errors import POSTGRES_DOWN, REDIS_DOWN, InsufficientCredits, MeteringError
 from gateway.base.metrics import DEBITS, LATENCY, POSTGRES_ERRORS, REDIS_ERRORS, debit_outcome
-from gateway.credits.inputs import MAX_BODY_DEPTH, decoder
+from gateway.credits.inputs import MAX_BODY_DEPTH, decoder, too_deep
 from gateway.credits.money import fmt
-from gateway.credits.schemas import DebitRequest
+from gateway.credits.schemas import DebitRequest, ReserveRequest
 from persistence.db import DB_ERRORS
 
 log = logging.getLogger("metering.fastpath")
@@ -43,9 +44,12 @@ log = logging.getLogger("metering.fastpath")
 
 DEBIT_PATH = "/api/v1/credits/debit"
 BATCH_PATH = "/api/v1/credits/debit/batch"
+RESERVE_PATH = "/api/v1/credits/reservations"
+FAST_PATHS = (DEBIT_PATH, BATCH_PATH, RESERVE_PATH)
 BATCH_MAX_BODY = 1024 * 1024  # room for 1000 items; other routes keep the app's limit
 _encode = msgspec.json.Encoder().encode
 _decoder = decoder(DebitRequest)
+_reserve_decoder = decoder(ReserveRequest)
 
 
 class RawBatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -86,7 +90,7 @@ class DebitFastPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"] if scope["type"] == ScopeType.HTTP else ""
         if (
-            path not in (DEBIT_PATH, BATCH_PATH)
+            path not in FAST_PATHS
             or scope.get("method") != "POST"
             or getattr(self.app.state, "services", None) is None
         ):
@@ -98,6 +102,8 @@ class DebitFastPath:
         if path == DEBIT_PATH:
             status, body = await self.answer(scope, receive, self.max_body, self.debit)
             LATENCY.observe(time.perf_counter() - started)
+        elif path == RESERVE_PATH:  # counted by the service (metering_reservations_total)
+            status, body = await self.answer(scope, receive, self.max_body, self.reserve, False)
         else:
             status, body = await self.answer(scope, receive, BATCH_MAX_BODY, self.batch)
         headers = [
@@ -122,24 +128,35 @@ class DebitFastPath:
 
     async def debit(self, raw: bytes) -> tuple[int, bytes]:
         try:
-            req = _decoder.decode(raw)
+            req = _decoder.decode(raw or b"null")
         except msgspec.ValidationError as exc:
-            return _count(400), _validation_error(str(exc), DEBIT_PATH)
+            return _count(400), _invalid(exc, raw, DEBIT_PATH, DebitRequest)
         except msgspec.DecodeError as exc:
-            return _count(400), _error(400, str(exc))
+            return _count(400), _not_json(exc)
         except RecursionError:
             return _count(400), _error(400, TOO_DEEP)
         result = await self.app.state.services.credits.debit(req)
         DEBITS.labels("replay" if result.replayed else "ok").inc()
         return 200, _encode(result)
 
+    async def reserve(self, raw: bytes) -> tuple[int, bytes]:
+        try:
+            req = _reserve_decoder.decode(raw or b"null")
+        except msgspec.ValidationError as exc:
+            return 400, _invalid(exc, raw, RESERVE_PATH, ReserveRequest)
+        except msgspec.DecodeError as exc:
+            return 400, _not_json(exc)
+        except RecursionError:
+            return 400, _error(400, TOO_DEEP)
+        return 201, _encode(await self.app.state.services.reservations.reserve(req))
+
     async def batch(self, raw: bytes) -> tuple[int, bytes]:
         try:
-            items = _batch_decoder.decode(raw).debits
+            items = _batch_decoder.decode(raw or b"null").debits
         except msgspec.ValidationError as exc:
             return 400, _validation_error(str(exc), BATCH_PATH)
         except msgspec.DecodeError as exc:
-            return 400, _error(400, str(exc))
+            return 400, _not_json(exc)
         except RecursionError:
             return 400, _error(400, TOO_DEEP)
         result = await self.app.state.services.batch.debit(items)
@@ -155,9 +172,12 @@ class DebitFastPath:
         receive: Receive,
         max_body: int,
         handle: Callable[[bytes], Awaitable[tuple[int, bytes]]],
+        debits: bool = True,
     ) -> tuple[int, bytes]:
-        """The key check, the body, the handler; every error as the JSON Litestar would send."""
+        """The key check, the body, the handler; every error as the JSON Litestar would send.
+        debits: count the answer in metering_debits_total (a reserve is counted elsewhere)."""
         services = self.app.state.services
+        count = _count if debits else _as_is
         try:
             header = ""
             for name, value in scope["headers"]:
@@ -168,11 +188,12 @@ class DebitFastPath:
             await authorize(services.authenticator, header, "debit", client[0] if client else None)
             return await handle(await self._body(receive, max_body))
         except HTTPException as exc:  # 401, 403 from the key check
-            return _count(exc.status_code), _error(exc.status_code, exc.detail)
+            return count(exc.status_code), _error(exc.status_code, exc.detail)
         except TooLarge:
-            return _count(413), _error(413, "Request Entity Too Large")
+            return count(413), _error(413, "Request Entity Too Large")
         except InsufficientCredits as exc:
-            DEBITS.labels(debit_outcome(402, reason=exc.reason)).inc()
+            if debits:
+                DEBITS.labels(debit_outcome(402, reason=exc.reason)).inc()
             return 402, _encode(
                 {
                     "status_code": 402,
@@ -182,18 +203,18 @@ class DebitFastPath:
                 }
             )
         except MeteringError as exc:
-            return _count(exc.status_code), _error(exc.status_code, exc.detail)
+            return count(exc.status_code), _error(exc.status_code, exc.detail)
         except REDIS_UNAVAILABLE as exc:
             log.error("redis error: %s", type(exc).__name__)
             REDIS_ERRORS.inc()
-            return _count(503), _error(503, REDIS_DOWN)
+            return count(503), _error(503, REDIS_DOWN)
         except DB_ERRORS as exc:
             log.error("postgres error: %s", type(exc).__name__)
             POSTGRES_ERRORS.inc()
-            return _count(503), _error(503, POSTGRES_DOWN)
+            return count(503), _error(503, POSTGRES_DOWN)
         except Exception:
             log.exception("debit failed")
-            return _count(500), _error(500, "Internal Server Error")
+            return count(500), _error(500, "Internal Server Error")
 
     async def _body(self, receive: Receive, max_body: int) -> bytes:
         chunks: list[bytes] = []
@@ -214,18 +235,38 @@ def _count(status: int) -> int:
     return status
 
 
+def _as_is(status: int) -> int:
+    return status
+
+
 def _error(status: int, detail: str) -> bytes:
     return _encode({"status_code": status, "detail": detail})
 
 
-def _validation_error(message: str, path: str) -> bytes:
+def _not_json(exc: msgspec.DecodeError) -> bytes:
+    return _error(400, f"the body is not valid JSON: {exc}")  # as gateway/api/routes/body.py
+
+
+def _invalid(
+    exc: msgspec.ValidationError, raw: bytes, path: str, kind: type[msgspec.Struct]
+) -> bytes:
+    """A body the struct refused: as the framework's route answers it, which reads the JSON
+    first and refuses a body nested too deep before looking at its fields."""
+    try:
+        deep = too_deep(msgspec.json.decode(raw), MAX_BODY_DEPTH)
+    except (msgspec.DecodeError, RecursionError):
+        deep = True
+    return _error(400, TOO_DEEP) if deep else _validation_error(str(exc), path, kind)
+
+
+def _validation_error(message: str, path: str, kind: type[msgspec.Struct] = DebitRequest) -> bytes:
     """The body Litestar gives a validation failure: the message, and the field it is about."""
     text, _, where = message.partition(" - at `$.")
     if where:
         key = where.rstrip("`").split(".")[0].split("[")[0]
     else:  # a rule across fields (__post_init__): its message starts with the field's name
         first = text.split(" ", 1)[0]
-        key = first if first in DebitRequest.__struct_fields__ else "data"
+        key = first if first in kind.__struct_fields__ else "data"
     return _encode(
         {
             "status_code": 400,
