@@ -110,9 +110,9 @@ class MeteringProxyHandler(CustomLogger):
                 f"metering: model {model!r} has no price at the gateway, so its use could not "
                 "be charged; refused before the call (PUT /api/v1/pricing/{model})",
             )
+        if self.hold is not None:  # fixed: no estimate, and never a smaller hold
+            return self.hold, price, 0
         prompt = litellm.token_counter(model=model, messages=data.get("messages") or [])
-        if self.hold is not None:
-            return self.hold, price, prompt
         output = data.get("max_tokens") or data.get("max_completion_tokens")
         amount = estimate(price, prompt, int(output or self.sizing.default_output), self.sizing)
         return str(amount), price, prompt
