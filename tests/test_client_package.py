@@ -95,3 +95,36 @@ def test_the_distribution_builds_alone_with_only_httpx_and_msgspec(tmp_path: Pat
     }
     assert any("extra ==" in r and r.startswith("litellm") for r in requires)
     assert any("extra ==" in r and r.startswith("aiohttp") for r in requires)  # optional
+
+
+def test_the_proxy_handler_names_what_its_environment_lacks() -> None:
+    """The proxy resolves metering_client.litellm.proxy_handler when it starts: without
+    METERING_URL or METERING_API_KEY it fails there, saying which (it used to be None, which
+    LiteLLM refused as 'neither a CustomLogger instance nor a callable'); with both it is the
+    handler. Importing the package needs neither."""
+    code = (
+        "import metering_client.litellm as m\n"
+        "try:\n    m.proxy_handler\nexcept ValueError as exc:\n    print(exc)\n"
+    )
+    env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=CLIENT,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "needs METERING_URL and METERING_API_KEY" in out.stdout
+    full = {**env, "METERING_URL": "http://127.0.0.1:9", "METERING_API_KEY": "k"}
+    code = "import metering_client.litellm as m; print(type(m.proxy_handler).__name__)"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=CLIENT,
+        env=full,
+    )
+    assert out.stdout.strip() == "MeteringProxyHandler", out.stderr

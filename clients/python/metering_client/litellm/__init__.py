@@ -49,6 +49,8 @@ Needs LiteLLM: ``pip install 'metering-client[litellm]'`` (clients/python); the 
 not depend on it.
 """
 
+from typing import Any
+
 from metering_client.litellm.completion import MeteredStream, metered_completion
 from metering_client.litellm.proxy import MeteringProxyHandler, from_env
 from metering_client.litellm.rules import (
@@ -71,9 +73,20 @@ __all__ = [
     "estimate",
     "metered_completion",
     "payer_of",
-    "proxy_handler",
     "refuse",
 ]
 
-# what the proxy's config names: litellm_settings: callbacks: metering_client.litellm.proxy_handler
-proxy_handler = from_env()
+_handler: MeteringProxyHandler | None = None
+
+
+def __getattr__(name: str) -> Any:
+    """proxy_handler, what the proxy's config names (litellm_settings: callbacks:
+    metering_client.litellm.proxy_handler), is made from the environment when the proxy first
+    looks it up, so importing this package elsewhere needs none of METERING_URL and
+    METERING_API_KEY; a proxy started without them fails at once, saying which is missing."""
+    global _handler
+    if name != "proxy_handler":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _handler is None:
+        _handler = from_env()
+    return _handler

@@ -275,10 +275,15 @@ class MeteringProxyHandler(CustomLogger):
             self.settling -= 1
 
 
-def from_env() -> MeteringProxyHandler | None:
+def from_env() -> MeteringProxyHandler:
+    """The handler the proxy's environment describes; ValueError naming what is missing."""
     url, key = os.environ.get("METERING_URL"), os.environ.get("METERING_API_KEY")
-    if not (url and key):
-        return None
+    missing = [name for name, v in (("METERING_URL", url), ("METERING_API_KEY", key)) if not v]
+    if missing or url is None or key is None:
+        raise ValueError(
+            f"metering_client.litellm.proxy_handler needs {' and '.join(missing)} in the "
+            "proxy's environment: the gateway's URL and a key with the debit and read scopes"
+        )
     env = os.environ.get
     sizing = HoldSizing(
         Decimal(env("METERING_HOLD_MIN", "0.01")),
