@@ -43,19 +43,25 @@ def test_the_sdk_reads_the_answers_the_server_writes(server: ModuleType, name: s
     ]
 
 
+def outside_the_repository(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Python code run from clients/python, not the repository root: the server's packages are
+    not on the path there."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=CLIENT,
+        env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", "PATH": "/usr/bin:/bin", **env},
+    )
+
+
 def test_importing_the_sdk_and_the_integration_pulls_nothing_of_the_server() -> None:
     code = (
         "import sys, metering_client, metering_client.litellm\n"
         f"print([m for m in sys.modules if m.split('.')[0] in {SERVER_ONLY!r}])"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=CLIENT,  # not the repository root: the server's packages are not on the path there
-        env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", "PATH": "/usr/bin:/bin"},
-    )
+    out = outside_the_repository(code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
@@ -106,25 +112,9 @@ def test_the_proxy_handler_names_what_its_environment_lacks() -> None:
         "import metering_client.litellm as m\n"
         "try:\n    m.proxy_handler\nexcept ValueError as exc:\n    print(exc)\n"
     )
-    env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "PATH": "/usr/bin:/bin"}
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=CLIENT,
-        env=env,
-    )
+    out = outside_the_repository(code)
     assert out.returncode == 0, out.stderr
     assert "needs METERING_URL and METERING_API_KEY" in out.stdout
-    full = {**env, "METERING_URL": "http://127.0.0.1:9", "METERING_API_KEY": "k"}
     code = "import metering_client.litellm as m; print(type(m.proxy_handler).__name__)"
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=CLIENT,
-        env=full,
-    )
+    out = outside_the_repository(code, METERING_URL="http://127.0.0.1:9", METERING_API_KEY="k")
     assert out.stdout.strip() == "MeteringProxyHandler", out.stderr
