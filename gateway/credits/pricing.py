@@ -79,6 +79,13 @@ class PriceBook:
 
     async def price(self, priced: Priced) -> int:
         """The cost in micro-credits of a call, for a debit or commit sent without an amount."""
+        return (await self.priced(priced, {}, 1))[0]
+
+    async def priced(
+        self, priced: Priced, markups: Mapping[str, Decimal], sign: int
+    ) -> tuple[int, str | None]:
+        """The call's cost in micro-credits and, while some tiers pay a markup, the charge by
+        tier for the scripts (by_tier, signed; None without markups): one computation."""
         model = priced.model
         if model is None or all(getattr(priced, n) is None for n in TOKEN_FIELDS):
             raise Unprocessable(
@@ -87,12 +94,8 @@ class PriceBook:
         price = (await self.prices()).get(model)
         if price is None:
             raise Unprocessable(f"no price for model {model!r}; set one with PUT /api/v1/pricing")
-        micro = cost_micro(price, priced)
+        exact = cost(price, priced)
+        micro = _round(exact)
         if micro > MAX_MICRO:
             raise Unprocessable(f"the priced cost exceeds the maximum amount {fmt(MAX_MICRO)}")
-        return micro
-
-    async def charge(self, priced: Priced, markups: Mapping[str, Decimal], sign: int) -> str:
-        """by_tier for a priced call (after price() accepted it)."""
-        price = (await self.prices())[str(priced.model)]
-        return by_tier(cost(price, priced), markups, sign)
+        return micro, by_tier(exact, markups, sign) if markups else None

@@ -92,10 +92,9 @@ class ReservationService:
 
     async def commit(self, reservation_id: str, req: CommitRequest) -> CommitResult:
         key, user = await self._owner(reservation_id)
-        micro = await self.credits.amount_of(req)
+        micro, charge = await self.credits.charge_of(req, 1)
         extra = usage_fields(req)
         keys = [key, self.keys.user(user), self.keys.holds(user), self.keys.user_stream(user)]
-        charge = await self.credits.charge_arg(req, 1)
         args: Args = [micro if charge is None else charge, new_id(), reservation_id, *extra]
         res = await self.credits.call(self.scripts.commit, user, keys, args)
         status = res[0]

@@ -204,31 +204,26 @@ class CreditService:
 
     async def debit_call(self, req: DebitRequest) -> ApplyCall:
         """Keys and arguments of the apply script for one debit (also used by batches)."""
-        micro = await self.amount_of(req)
+        micro, charge = await self.charge_of(req, -1)
         extra = usage_fields(req)
         tokens: list[object] = [req.input_tokens, req.output_tokens]
         details = [getattr(req, name) for name in TOKEN_FIELDS[2:]]
         if any(d is not None for d in details):  # bodies without them keep their old digest
             tokens += details
         fp = fingerprint("debit", micro, req.model, *tokens, req.metadata)
-        charge = await self.charge_arg(req, -1)
         return self.apply_call(
             req.user_id, req.request_id, -micro, fp, "usage", extra, charge=charge
         )
 
-    async def amount_of(self, req: DebitRequest | CommitRequest) -> int:
-        """The amount sent, or the gateway's price for the model and tokens."""
+    async def charge_of(
+        self, req: DebitRequest | CommitRequest, sign: int
+    ) -> tuple[int, str | None]:
+        """The amount sent, or the gateway's price for the model and tokens (micro-credits),
+        and, for a priced call while some tiers pay a markup, the amount of each for the
+        script to pick the user's tier's from (pricing.by_tier, signed); else None."""
         if req.amount is not None:
-            return parse_amount(req.amount)
-        return await self.pricing.price(req)
-
-    async def charge_arg(self, req: DebitRequest | CommitRequest, sign: int) -> str | None:
-        """For a priced call while some tiers pay a markup: the amount of each (the script
-        charges the user's tier's, pricing.by_tier); None: the amount is the same for all."""
-        markups = self.tiers.markups
-        if req.amount is not None or not markups:
-            return None
-        return await self.pricing.charge(req, markups, sign)
+            return parse_amount(req.amount), None
+        return await self.pricing.priced(req, self.tiers.markups, sign)
 
     async def grant(self, req: GrantRequest, actor: str) -> GrantResult:
         micro = parse_amount(req.amount)
@@ -258,7 +253,7 @@ class CreditService:
         charge: str | None = None,
     ) -> ApplyCall:
         """spec: a grant's block, 'priority:expires_ms' (lib.lua apply_change); expires_ms may be
-        '+ms', from now on the scripts' clock. charge: the amounts by tier (charge_arg) that
+        '+ms', from now on the scripts' clock. charge: the amounts by tier (charge_of) that
         the script picks from instead of delta."""
         keys = [
             self.keys.user(user_id),
