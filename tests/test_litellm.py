@@ -345,3 +345,28 @@ def test_provider_usage_shapes_become_the_gateways_token_counts() -> None:
         "cached_input_tokens": 64,
     }
     assert usage_counts(None) == {"input_tokens": 0, "output_tokens": 0}
+
+
+async def test_a_commit_after_expiry_is_a_debit_but_never_a_second_charge(gw: Running) -> None:
+    """The success comes after the hold expired (1 s): charged once, by a debit of the same
+    usage. A hold already committed answers 409 'already committed': the handler does not
+    charge the call again (it counts a failed settlement instead)."""
+    async with MeteringClient(gw.url, ADMIN_KEY) as m:
+        handler = MeteringProxyHandler(m, "0.50", ttl_seconds=1)
+        key = SimpleNamespace(end_user_id="late-commit")
+        reply = SimpleNamespace(usage=SimpleNamespace(prompt_tokens=10, completion_tokens=20))
+        data = await handler.async_pre_call_hook(key, None, {"model": MODEL}, "completion")
+        assert handler._keeper is not None
+        handler._keeper.cancel()  # as if the gateway had not answered its extends
+        await asyncio.sleep(1.5)
+        logged = {"litellm_params": {"metadata": data["metadata"]}, "model": MODEL}
+        await handler.async_log_success_event(logged, reply, None, None)
+        assert handler.late_commits == 1 and handler.failed_settlements == 0
+        assert await remaining(m, "late-commit") == Decimal("4.95")
+        data = await handler.async_pre_call_hook(key, None, {"model": MODEL}, "completion")
+        hold = handler.holds[data["metadata"]["metering_hold"]].hold
+        await hold.commit("0.01")  # committed elsewhere already, for another amount
+        logged = {"litellm_params": {"metadata": data["metadata"]}, "model": MODEL}
+        await handler.async_log_success_event(logged, reply, None, None)
+        assert handler.late_commits == 1 and handler.failed_settlements == 1
+        assert await remaining(m, "late-commit") == Decimal("4.94")  # 0.05 + 0.01, no more

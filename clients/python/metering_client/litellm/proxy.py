@@ -224,7 +224,11 @@ class MeteringProxyHandler(CustomLogger):
                 call.hold.reservation.reservation_id,
             )
         except MeteringAPIError as exc:
-            if exc.status != 409 or call.hold.reservation is None:
+            # only a hold that charged nothing (expired, or released by a failure the proxy
+            # reported before this success) is charged by a debit; one already committed
+            # ("already committed for ...") is never charged again
+            unpaid = "was expired" in exc.detail or "was released" in exc.detail
+            if exc.status != 409 or not unpaid or call.hold.reservation is None:
                 raise
             await self.metering.debit(
                 call.user,
