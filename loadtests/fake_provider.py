@@ -10,6 +10,8 @@ POST /v1/chat/completions answers by the upstream model's name:
   prompt tokens (OpenAI's usage shape).
 A last message starting ``slow N S`` streams N chunks S seconds apart. Streams end with a usage
 chunk when the request asks for one (``stream_options.include_usage``).
+GET /calls?says=TEXT answers how many completion requests had TEXT as their last message (so a
+test sees whether a refused call reached the provider; the proxy does not pass ``user`` on).
 
     python -m loadtests.fake_provider --port 8900
 """
@@ -18,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import itertools
 import time
+import urllib.parse
 from typing import Any
 
 import msgspec
@@ -43,6 +47,7 @@ def usage(req: dict[str, Any]) -> dict[str, Any]:
 
 TEXT = "Hello from upstream"
 _calls = itertools.count()
+_by_text: collections.Counter[str] = collections.Counter()
 
 
 def _chunk(model: str, delta: dict[str, Any], usage: Any = None, finish: Any = None) -> bytes:
@@ -81,6 +86,10 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
             await send({"type": "lifespan.startup.complete"})
         await send({"type": "lifespan.shutdown.complete"})
         return
+    if scope["path"] == "/calls":
+        query = urllib.parse.parse_qs(scope["query_string"].decode())
+        await _send_json(send, 200, {"calls": _by_text[query.get("says", [""])[0]]})
+        return
     if not scope["path"].endswith("/chat/completions"):
         await _send_json(send, 404, {"error": {"message": "not found"}})
         return
@@ -91,6 +100,7 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
         await _send_json(send, 500, {"error": {"message": "upstream is down", "type": "server"}})
         return
     last = str((req.get("messages") or [{}])[-1].get("content", ""))
+    _by_text[last] += 1
     chunks, pause = 4, 0.0
     if last.startswith("slow "):
         _, count, seconds = last.split()[:3]

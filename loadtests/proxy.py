@@ -9,6 +9,8 @@ import json
 import os
 import sys
 import tempfile
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,13 @@ def proxy_bin() -> str:
 class FakeProvider(ServerProcess):
     def __init__(self) -> None:
         super().__init__([sys.executable, "-m", "loadtests.fake_provider"], {}, health="/health")
+
+    def calls(self, says: str) -> int:
+        """How many completion requests whose last message was this text reached it."""
+        query = urllib.parse.urlencode({"says": says})
+        with urllib.request.urlopen(f"{self.url}/calls?{query}") as answer:
+            found: int = json.load(answer)["calls"]
+        return found
 
 
 METERING_CALLBACK = "metering_client.litellm.proxy_handler"

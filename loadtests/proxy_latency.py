@@ -1,10 +1,11 @@
-"""What metering adds to a proxied LLM call, measured: the real LiteLLM proxy four times,
+"""What metering adds to a proxied LLM call, measured: the real LiteLLM proxy five times,
 without any callback, with a callback that does nothing (what LiteLLM spends on running one),
-and with the metering callback over each of the client's HTTP stacks (aiohttp, httpx), in
+with the metering callback over each of the client's HTTP stacks (aiohttp, httpx), and with
+its reserve awaited in the pre-call hook instead of overlapping the proxy's work, in
 front of the same fake provider, one call at a time, the proxies taking turns so that
 all see the same machine.
 
-    python -m loadtests.proxy_latency [--calls 200] [--stream]
+    python -m loadtests.proxy_latency [--calls 200] [--no-stream] [--pin]
 
 Starts a private Redis and PostgreSQL, `metering serve`, the fake provider
 (loadtests/fake_provider.py) and the proxies (`make proxy-venv` builds their environment).
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import time
 from pathlib import Path
@@ -29,7 +31,7 @@ from persistence.migrate import prepare
 
 ADMIN = "latency-admin-key-0123456789abcdef0123"
 MODEL = "priced"
-USERS = 20
+USERS = 50  # 5.00 each: enough for every metered proxy's calls at 0.05
 
 
 def _call(client: httpx.Client, user: str, stream: bool) -> float:
@@ -95,7 +97,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m loadtests.proxy_latency", description=__doc__)
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--no-stream", action="store_true", help="plain calls only")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="the gateway, Redis and PostgreSQL on the last CPU, the proxies, the provider and "
+        "this client on the others (as if the gateway had a host of its own)",
+    )
     args = parser.parse_args()
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.pin:  # processes keep the affinity of the process that started them
+        os.sched_setaffinity(0, cpus[-1:])
     pg, rd = PrivatePostgres(), PrivateRedis()
     pg.start()
     rd.start()
@@ -111,10 +122,13 @@ def main() -> None:
                 "METERING_RENEW_CRON": "off",
             }
         )
+        gateway.start()
+        servers.append(gateway)
+        if args.pin:
+            os.sched_setaffinity(0, cpus[:-1])
         provider = FakeProvider()
-        for server in (gateway, provider):
-            server.start()
-            servers.append(server)
+        provider.start()
+        servers.append(provider)
         admin = {"Authorization": f"Bearer {ADMIN}"}
         r = httpx.put(
             f"{gateway.url}/api/v1/pricing/{MODEL}",
@@ -135,6 +149,10 @@ def main() -> None:
             ),
             "metered (httpx)": LiteLLMProxy(
                 config(provider.url, models, metered=True), {**env, "METERING_HTTP": "httpx"}
+            ),
+            "metered, reserve not overlapped": LiteLLMProxy(
+                config(provider.url, models, metered=True),
+                {**env, "METERING_HTTP": "aiohttp", "METERING_OVERLAP": "0"},
             ),
         }
         for server in proxies.values():

@@ -42,6 +42,16 @@ def gw() -> Iterator[Running]:
         yield running
 
 
+async def admitted(
+    handler: MeteringProxyHandler, key: object, data: dict[str, object]
+) -> dict[str, object]:
+    """What the proxy does with a chat completion before it calls the provider: the pre-call
+    hook (which starts the reserve), then LiteLLM's deployment hook (which waits for it)."""
+    data = await handler.async_pre_call_hook(key, None, data, "completion")
+    await handler.async_pre_call_deployment_hook(data, None)
+    return data
+
+
 async def remaining(m: MeteringClient, user: str) -> Decimal:
     b = await m.balance(user)
     assert b.credits_held == "0.000000"  # every hold settled
@@ -89,7 +99,7 @@ async def test_the_proxy_callback_reserves_commits_and_releases(gw: Running) -> 
         litellm.callbacks = [handler]
         try:
             key = SimpleNamespace(end_user_id="llm-proxy")  # as the proxy's UserAPIKeyAuth
-            data = await handler.async_pre_call_hook(key, None, {"model": MODEL}, "completion")
+            data = await admitted(handler, key, {"model": MODEL})
             assert (await m.balance("llm-proxy")).credits_held == "0.500000"
             await litellm.acompletion(
                 model=MODEL,
@@ -100,7 +110,7 @@ async def test_the_proxy_callback_reserves_commits_and_releases(gw: Running) -> 
             await settled(handler)
             assert await remaining(m, "llm-proxy") == Decimal("4.95")
 
-            data = await handler.async_pre_call_hook(key, None, {"model": MODEL}, "completion")
+            data = await admitted(handler, key, {"model": MODEL})
             with pytest.raises(litellm.exceptions.InternalServerError) as failed:
                 await litellm.acompletion(
                     model=MODEL,
@@ -114,11 +124,19 @@ async def test_the_proxy_callback_reserves_commits_and_releases(gw: Running) -> 
             await settled(handler)
             assert await remaining(m, "llm-proxy") == Decimal("4.95")  # released, not charged
 
-            broke = SimpleNamespace(end_user_id="llm-proxy")
+            # 100 credits asked of 4.95: the reserve starts in the pre-call hook and LiteLLM's
+            # own deployment hook refuses the call before the provider is called
+            litellm.callbacks = [broke := MeteringProxyHandler(m, "100")]
+            data = await broke.async_pre_call_hook(key, None, {"model": MODEL}, "completion")
             with pytest.raises(MeteringRefused, match="insufficient_credits"):
-                await MeteringProxyHandler(m, "100").async_pre_call_hook(
-                    broke, None, {"model": MODEL}, "completion"
+                await litellm.acompletion(
+                    model=MODEL, messages=ASK, mock_response="ok", metadata=data["metadata"]
                 )
+            await broke.async_post_call_failure_hook(data, RuntimeError(), key)
+            assert not broke.holds and await remaining(m, "llm-proxy") == Decimal("4.95")
+            # other call types (embeddings, ...) wait for their reserve in the pre-call hook
+            with pytest.raises(MeteringRefused, match="insufficient_credits"):
+                await broke.async_pre_call_hook(key, None, {"model": MODEL}, "embeddings")
         finally:
             # LiteLLM copies callbacks into lists of its own on first use: clear those too
             litellm.logging_callback_manager._reset_all_callbacks()
@@ -157,9 +175,7 @@ async def test_the_same_client_call_id_three_times_is_three_charges(gw: Running)
         try:
             key = SimpleNamespace(user_id="default_user_id", end_user_id="same-id-user")
             datas = [
-                await handler.async_pre_call_hook(
-                    key, None, {"model": MODEL, "litellm_call_id": "client-chosen"}, "completion"
-                )
+                await admitted(handler, key, {"model": MODEL, "litellm_call_id": "client-chosen"})
                 for _ in range(3)
             ]
             assert len({d["metadata"]["metering_hold"] for d in datas}) == 3
@@ -195,21 +211,19 @@ async def test_each_hold_is_the_calls_estimate_and_an_unpriced_model_is_refused(
         handler = MeteringProxyHandler(m)
         key = SimpleNamespace(end_user_id="sizer")
         small = {"model": MODEL, "messages": ASK, "max_tokens": 100}
-        await handler.async_pre_call_hook(key, None, small, "completion")
+        await admitted(handler, key, small)
         assert (await m.balance("sizer")).credits_held == "0.208000"
         await handler.holds.popitem()[1].hold.release()
         open_ended = {"model": MODEL, "messages": ASK}
         assert await handler.hold_for(open_ended) == "8.200000"
-        await handler.async_pre_call_hook(key, None, open_ended, "completion")
+        await admitted(handler, key, open_ended)
         assert (await m.balance("sizer")).credits_held == "0.300000"  # all there is, not 8.20
         await handler.holds.popitem()[1].hold.release()
         await m.debit("sizer", "0.295")  # 0.005 left: under the floor of 0.01
         with pytest.raises(MeteringRefused, match="insufficient_credits"):
-            await handler.async_pre_call_hook(key, None, open_ended, "completion")
+            await admitted(handler, key, open_ended)
         with pytest.raises(MeteringRefused, match="no price"):
-            await handler.async_pre_call_hook(
-                key, None, {"model": "unpriced-model", "messages": ASK}, "completion"
-            )
+            await admitted(handler, key, {"model": "unpriced-model", "messages": ASK})
         assert await remaining(m, "sizer") == Decimal("0.005")
 
 
@@ -263,20 +277,20 @@ async def test_refusals_are_400_and_an_unreachable_gateway_fails_closed_with_503
         handler = MeteringProxyHandler(m, "100")
         key = SimpleNamespace(end_user_id="refused")
         with pytest.raises(MeteringRefused) as broke:
-            await handler.async_pre_call_hook(key, None, {"model": MODEL}, "completion")
+            await admitted(handler, key, {"model": MODEL})
         assert broke.value.status_code == 400 and "insufficient_credits" in broke.value.detail
         before = refusals("no_payer")
         with pytest.raises(MeteringRefused) as nobody:
-            await handler.async_pre_call_hook(SimpleNamespace(), None, {"model": MODEL}, "")
+            await admitted(handler, SimpleNamespace(), {"model": MODEL})
         assert nobody.value.status_code == 400 and "no one to charge" in nobody.value.detail
         assert refusals("no_payer") == before + 1
     async with MeteringClient("http://127.0.0.1:9", ADMIN_KEY, retries=0) as down:
         closed = MeteringProxyHandler(down, "0.50")
         with pytest.raises(MeteringRefused) as unavailable:
-            await closed.async_pre_call_hook(key, None, {"model": MODEL}, "completion")
+            await admitted(closed, key, {"model": MODEL})
         assert unavailable.value.status_code == 503
         opened = MeteringProxyHandler(down, "0.50", fail_open=True)
-        data = await opened.async_pre_call_hook(key, None, {"model": MODEL}, "completion")
+        data = await admitted(opened, key, {"model": MODEL})
         assert data["model"] == MODEL and not opened.holds  # let through, unmetered
 
 
@@ -292,7 +306,7 @@ async def test_a_commit_that_fails_after_its_retries_is_logged_and_counted(
     ):
         handler = MeteringProxyHandler(m, "0.50")
         key = SimpleNamespace(end_user_id="lost-commit")
-        data = await handler.async_pre_call_hook(key, None, {"model": MODEL}, "completion")
+        data = await admitted(handler, key, {"model": MODEL})
         hold = handler.holds[data["metadata"]["metering_hold"]].hold
         hold.client = down  # the gateway is gone when the call ends
         reply = SimpleNamespace(
@@ -355,7 +369,7 @@ async def test_a_commit_after_expiry_is_a_debit_but_never_a_second_charge(gw: Ru
         handler = MeteringProxyHandler(m, "0.50", ttl_seconds=1)
         key = SimpleNamespace(end_user_id="late-commit")
         reply = SimpleNamespace(usage=SimpleNamespace(prompt_tokens=10, completion_tokens=20))
-        data = await handler.async_pre_call_hook(key, None, {"model": MODEL}, "completion")
+        data = await admitted(handler, key, {"model": MODEL})
         assert handler._keeper is not None
         handler._keeper.cancel()  # as if the gateway had not answered its extends
         await asyncio.sleep(1.5)
@@ -363,7 +377,7 @@ async def test_a_commit_after_expiry_is_a_debit_but_never_a_second_charge(gw: Ru
         await handler.async_log_success_event(logged, reply, None, None)
         assert handler.late_commits == 1 and handler.failed_settlements == 0
         assert await remaining(m, "late-commit") == Decimal("4.95")
-        data = await handler.async_pre_call_hook(key, None, {"model": MODEL}, "completion")
+        data = await admitted(handler, key, {"model": MODEL})
         hold = handler.holds[data["metadata"]["metering_hold"]].hold
         await hold.commit("0.01")  # committed elsewhere already, for another amount
         logged = {"litellm_params": {"metadata": data["metadata"]}, "model": MODEL}

@@ -47,6 +47,7 @@ class Stack:
     gateway: Running
     proxy: LiteLLMProxy
     admin: httpx.Client
+    provider: FakeProvider
 
     def openai(self, retries: int = 2) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.proxy.url, api_key=MASTER_KEY, max_retries=retries)
@@ -119,7 +120,7 @@ def stack() -> Iterator[Stack]:
             )
             proxy.start()
             try:
-                yield Stack(gw, proxy, admin)
+                yield Stack(gw, proxy, admin, provider)
             finally:
                 proxy.stop()
                 assert key.json()["key"] not in proxy.log.read_text()  # never logged
@@ -229,14 +230,18 @@ def test_refusals_are_400_with_the_gateways_reason_and_not_retried(stack: Stack)
     assert r.status_code == 200, r.text
     before = stack.counter("reserve", "insufficient_credits")
     client = stack.openai()  # the SDK's default: 2 retries, for 5xx and 429, never a 400
+    ask = [{"role": "user", "content": "p-broke asks"}]
     with pytest.raises(openai.BadRequestError, match="insufficient_credits"):
-        client.chat.completions.create(model="priced", messages=ASK, user="p-broke")
+        client.chat.completions.create(model="priced", messages=ask, user="p-broke")
     assert stack.counter("reserve", "insufficient_credits") == before + 1  # asked once
+    with pytest.raises(openai.BadRequestError, match="insufficient_credits"):  # with a fallback
+        client.chat.completions.create(model="flaky", messages=ask, user="p-broke")
     with pytest.raises(openai.BadRequestError, match="no price"):
-        client.chat.completions.create(model="unpriced", messages=ASK, user="p-broke")
+        client.chat.completions.create(model="unpriced", messages=ask, user="p-broke")
     with pytest.raises(openai.BadRequestError, match="no one to charge"):
-        client.chat.completions.create(model="priced", messages=ASK)
+        client.chat.completions.create(model="priced", messages=ask)
     assert stack.balance("p-broke") == (Decimal(0), 0)
+    assert stack.provider.calls("p-broke asks") == 0  # every refusal came before the model call
 
 
 def test_a_payer_short_of_the_estimate_gets_an_answer_cut_to_what_they_have(
@@ -270,6 +275,41 @@ def test_a_stream_longer_than_its_hold_is_charged_by_its_commit(stack: Stack) ->
     assert stack.counter("extend", "ok") >= extended + 2
     charged = [t for t in stack.ledger("p-long") if t["type"] == "usage"]
     assert len(charged) == 1 and not charged[0]["request_id"].endswith("-late")
+
+
+def test_an_unreachable_gateway_refuses_with_503_before_the_model_call(stack: Stack) -> None:
+    """A proxy whose gateway dies after the price list was read (the reserve itself fails):
+    503 with the reason, no model call; the call made before is charged, the books balance."""
+    with (
+        gateway_process() as gw,
+        httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as admin,
+    ):
+        assert admin.put("/api/v1/pricing/priced", json=PRICES["priced"]).status_code == 200
+        key = admin.post("/api/v1/admin/keys", json={"name": "down", "scopes": ["debit", "read"]})
+        proxy = LiteLLMProxy(
+            config(stack.provider.url, {"priced": "priced"}, metered=True, num_retries=1),
+            {"METERING_URL": gw.url, "METERING_API_KEY": key.json()["key"]},
+        )
+        proxy.start()
+        try:
+            client = openai.OpenAI(base_url=proxy.url, api_key=MASTER_KEY, max_retries=0)
+            first = [{"role": "user", "content": "p-down asks"}]
+            client.chat.completions.create(model="priced", messages=first, user="p-down")
+            gw.process.kill()
+            later = [{"role": "user", "content": "p-down asks again"}]
+            with pytest.raises(openai.APIStatusError, match="metering is unavailable") as down:
+                client.chat.completions.create(model="priced", messages=later, user="p-down")
+            assert down.value.status_code == 503
+            assert stack.provider.calls("p-down asks") == 1
+            assert stack.provider.calls("p-down asks again") == 0
+        finally:
+            proxy.stop()
+
+        async def check() -> None:
+            async with flushed(gw) as (pool, redis, keys):
+                assert await assert_books_balance(pool, redis, keys) >= 1
+
+        asyncio.run(check())
 
 
 def test_zz_books_balance_after_everything(stack: Stack) -> None:

@@ -21,8 +21,11 @@ after it, release when it fails. Two ways in:
   gives more anyway: the call is charged the whole hold, never more than the payer had).
   METERING_HOLD sets a fixed hold instead. A model without a gateway price is refused before
   the call (it could not be charged).
-  Before each call the proxy runs ``async_pre_call_hook`` (reserve for the payer; refused with
-  the gateway's message when the payer is out of credits), then ``async_log_success_event``
+  Before each call the proxy runs ``async_pre_call_hook`` (reserve for the payer), LiteLLM runs
+  ``async_pre_call_deployment_hook`` just before the provider is called (a chat completion waits
+  there for its reserve, which ran meanwhile, and is refused with the gateway's message when
+  the payer is out of credits: METERING_OVERLAP=0 waits in the pre-call hook instead, as other
+  call types always do), then ``async_log_success_event``
   (commit, priced by the model group that answered) or, once the whole request has failed,
   ``async_post_call_failure_hook`` (release). A deployment's failure that the proxy retries or
   falls back from keeps the hold: it belongs to the request. Each hold has a request id of

@@ -42,14 +42,34 @@ HOLD_KEY = "metering_hold"  # the request metadata's field naming the request's 
 PRICES_TTL = 30.0  # seconds the handler keeps the gateway's price list
 
 
+# The call types whose provider call LiteLLM precedes with async_pre_call_deployment_hook in
+# the proxy's own event loop (chat completions): their reserve overlaps the proxy's work from
+# the pre-call hook to that hook, which waits for it and refuses there. Any other call type
+# waits for its reserve in the pre-call hook.
+OVERLAPPED = frozenset({"completion", "acompletion"})
+
+# What a reserve came to: the hold (None: the gateway could not be reached and fail-open lets
+# the call through unmetered), and the request's max-tokens field with the cut to it that a
+# short payer's hold pays for, if any.
+_Admission = tuple[Hold | None, str, int | None]
+
+
 @dataclass
 class _Call:
     """A proxied request's hold, from the pre-call hook until the request ends."""
 
-    hold: Hold
     user: str
+    admission: asyncio.Task[_Admission]  # the reserve, started by the pre-call hook
     started: float  # time.monotonic()
     extended: float
+
+    @property
+    def hold(self) -> Hold | None:
+        """The hold, once the reserve has answered with one."""
+        done = self.admission.done() and not self.admission.cancelled()
+        if not done or self.admission.exception() is not None:
+            return None
+        return self.admission.result()[0]
 
 
 class MeteringProxyHandler(CustomLogger):
@@ -62,13 +82,17 @@ class MeteringProxyHandler(CustomLogger):
         fail_open: bool = False,
         ttl_seconds: int = 300,
         max_call_seconds: float = 3600,
+        overlap: bool = True,
     ) -> None:
         """hold: a fixed hold per call; None (the default) sizes each hold from its estimate.
         fail_open: when the gateway cannot be reached, let calls through unmetered (free: a
         risk to choose knowingly) instead of refusing them with 503.
         ttl_seconds: each hold's time to live; a call still running after a third of it has
         its hold extended, again and again, for up to max_call_seconds (a request the proxy
-        never ends then gives its credits back when the hold expires)."""
+        never ends then gives its credits back when the hold expires).
+        overlap: let a chat completion's reserve run while the proxy prepares the call, and
+        wait for it only just before the provider is called (LiteLLM's deployment hook);
+        False waits in the pre-call hook (a LiteLLM without that hook always does)."""
         super().__init__()
         check_payer_rule(payer)
         self.metering = metering
@@ -78,6 +102,7 @@ class MeteringProxyHandler(CustomLogger):
         self.fail_open = fail_open
         self.ttl_seconds = ttl_seconds
         self.max_call_seconds = max_call_seconds
+        self.overlap = overlap and hasattr(litellm.utils, "async_pre_call_deployment_hook")
         self.holds: dict[str, _Call] = {}  # HOLD_KEY -> the hold, until the request ends
         self.settling = 0  # commits and releases on their way to the gateway
         self.failed_settlements = 0  # commits and releases that failed after their retries
@@ -127,39 +152,93 @@ class MeteringProxyHandler(CustomLogger):
                 400,
                 f"metering: this request names no one to charge (METERING_PAYER={self.payer!r})",
             )
-        # the hold's own key, carried in the request's metadata to the proxy's callbacks: the
-        # call id can come from a client's header, the same for several requests at once
-        key = str(uuid.uuid4())
         if data.get("stream"):  # settle with the usage the provider reports at the stream's end
             data["stream_options"] = {**(data.get("stream_options") or {}), "include_usage": True}
         try:
-            hold = await self._reserve(user, data)
-        except InsufficientCreditsError as exc:
-            REFUSALS.labels(exc.reason or "insufficient_credits").inc()
-            raise refuse(400, f"metering: {exc.reason or 'insufficient_credits'}: {exc}") from None
-        except (GatewayUnreachable, MeteringAPIError) as exc:
-            if isinstance(exc, MeteringAPIError) and exc.status < 500:
-                REFUSALS.labels("refused").inc()
-                raise refuse(400, f"metering: {exc}") from None
-            if self.fail_open:  # documented risk: the call goes ahead unmetered
-                log.warning("metering unreachable (%s): a call to %s not metered", exc, user)
+            sized = await self._estimate(data)  # an unpriced model is refused here
+        except (GatewayUnreachable, MeteringAPIError) as exc:  # the price list's lookup
+            if self._let_through(exc, user):
                 return data
-            REFUSALS.labels("gateway_unreachable").inc()
-            raise refuse(503, "metering is unavailable; nothing was charged, retry later") from None
+            raise self._refusal(exc) from None
+        # the hold's own key, carried in the request's metadata to the proxy's callbacks: the
+        # call id can come from a client's header, the same for several requests at once
+        key = str(uuid.uuid4())
         now = time.monotonic()
-        self.holds[key] = _Call(hold, user, now, now)
+        task = asyncio.get_running_loop().create_task(self._admit(user, data, sized))
+        self.holds[key] = _Call(user, task, now, now)
         data["metadata"] = {**(data.get("metadata") or {}), HOLD_KEY: key}
         if self._keeper is None or self._keeper.done():
             self._keeper = asyncio.get_running_loop().create_task(self._keep_holds())
+        if self.overlap and str(call_type) in OVERLAPPED:
+            await asyncio.sleep(0)  # one turn of the loop: the reserve starts on its way
+        else:
+            await self._admitted(key, data)
         return data
 
-    async def _reserve(self, user: str, data: dict[str, Any]) -> Hold:
+    async def async_pre_call_deployment_hook(
+        self, kwargs: dict[str, Any], call_type: Any
+    ) -> dict[str, Any] | None:
+        """Just before LiteLLM calls the provider (each deployment tried, retries and fallbacks
+        included): wait for the call's reserve, refuse the call if it was refused (a 400 is a
+        deliberate block to LiteLLM's router: no retry, no fallback), cut max_tokens if the
+        hold pays for fewer."""
+        key = _hold_key(kwargs)
+        if key is None:
+            return None
+        await self._admitted(key, kwargs)
+        return kwargs
+
+    async def _admitted(self, key: str, data: dict[str, Any]) -> None:
+        """Wait for the call's reserve; raise its refusal; apply its max_tokens cut to data.
+        A refused call stays known until the request ends, so that every attempt is refused."""
+        call = self.holds.get(key)
+        if call is None:
+            return
+        _, field, cut = await asyncio.shield(call.admission)  # a cancelled call keeps its hold
+        if cut is not None:
+            data[field] = cut
+
+    async def _admit(
+        self, user: str, data: dict[str, Any], sized: tuple[str, PriceInfo, int]
+    ) -> _Admission:
+        """The call's reserve, or the refusal the proxy answers with."""
+        try:
+            return await self._reserve(user, data, sized)
+        except (GatewayUnreachable, MeteringAPIError) as exc:
+            if self._let_through(exc, user):
+                return None, "", None
+            raise self._refusal(exc) from None
+
+    def _let_through(self, exc: Exception, user: str) -> bool:
+        """Whether fail-open lets a call go ahead unmetered (free: a documented risk) because
+        the gateway could not be reached or failed."""
+        down = not isinstance(exc, MeteringAPIError) or exc.status >= 500
+        if down and self.fail_open:
+            log.warning("metering unreachable (%s): a call to %s not metered", exc, user)
+        return down and self.fail_open
+
+    @staticmethod
+    def _refusal(exc: Exception) -> Exception:
+        """What the proxy answers a call the gateway refused or could not be asked about."""
+        if isinstance(exc, InsufficientCreditsError):
+            REFUSALS.labels(exc.reason or "insufficient_credits").inc()
+            return refuse(400, f"metering: {exc.reason or 'insufficient_credits'}: {exc}")
+        if isinstance(exc, MeteringAPIError) and exc.status < 500:
+            REFUSALS.labels("refused").inc()
+            return refuse(400, f"metering: {exc}")
+        REFUSALS.labels("gateway_unreachable").inc()
+        return refuse(503, "metering is unavailable; nothing was charged, retry later")
+
+    async def _reserve(
+        self, user: str, data: dict[str, Any], sized: tuple[str, PriceInfo, int]
+    ) -> _Admission:
         """Hold the call's estimate. A payer with less than that but at least the floor holds
         what they have, and the call's answer is cut (max_tokens) at what that pays for: an
         estimate assumes the longest answer, and a small call must still go through."""
-        amount, price, prompt = await self._estimate(data)
+        amount, price, prompt = sized
+        field = "max_completion_tokens" if "max_completion_tokens" in data else "max_tokens"
         try:
-            return await self._hold(user, amount)
+            return await self._hold(user, amount), field, None
         except InsufficientCreditsError as exc:
             have = exc.credits_remaining
             if self.hold is not None or exc.reason != "insufficient_credits":
@@ -169,9 +248,7 @@ class MeteringProxyHandler(CustomLogger):
             tokens = int(left // rate) if rate > 0 else self.sizing.default_output
             if have < self.sizing.floor or have >= Decimal(amount) or tokens < 1:
                 raise
-            field = "max_completion_tokens" if "max_completion_tokens" in data else "max_tokens"
-            data[field] = tokens
-            return await self._hold(user, format(have, "f"))
+            return await self._hold(user, format(have, "f")), field, tokens
 
     async def _hold(self, user: str, amount: str) -> Hold:
         # the gateway's request id is the handler's own, never a client-sent call id alone
@@ -185,12 +262,21 @@ class MeteringProxyHandler(CustomLogger):
     ) -> None:
         metadata = (kwargs.get("litellm_params") or {}).get("metadata") or {}
         call = self.holds.pop(str(metadata.get(HOLD_KEY)), None)
-        if call is not None:
-            logged = kwargs.get("standard_logging_object") or {}
-            # priced by the model group that answered (a fallback's, after a fallback): the name
-            # the proxy's config gives it, which the operator prices at the gateway
-            model = logged.get("model_group") or kwargs.get("model")
-            await self._settle(self._commit(call, response_obj, model), call.hold)
+        if call is None:
+            return
+        logged = kwargs.get("standard_logging_object") or {}
+        # priced by the model group that answered (a fallback's, after a fallback): the name
+        # the proxy's config gives it, which the operator prices at the gateway
+        model = logged.get("model_group") or kwargs.get("model")
+        try:
+            hold = (await call.admission)[0]
+        except Exception:  # refused, yet answered: charged all the same, never free
+            log.error("metering: a refused call to %s was answered; charging it", call.user)
+            refused = self._late_debit(call, response_obj, model, f"litellm-{uuid.uuid4()}")
+            await self._settle(refused, None)
+            return
+        if hold is not None:  # None: unmetered (fail-open while the gateway was unreachable)
+            await self._settle(self._commit(call, hold, response_obj, model), hold)
 
     # A deployment's failure (async_log_failure_event) is not the request's end: the proxy may
     # retry it or fall back to another model group under the same call id, which keeps the
@@ -203,45 +289,53 @@ class MeteringProxyHandler(CustomLogger):
         traceback_str: str | None = None,
     ) -> None:
         call = self.holds.pop(str((request_data.get("metadata") or {}).get(HOLD_KEY)), None)
-        if call is not None:
-            await self._settle(call.hold.release(), call.hold)
+        if call is None:
+            return
+        try:
+            hold = (await call.admission)[0]
+        except Exception:  # refused: nothing is held
+            return
+        if hold is not None:
+            await self._settle(hold.release(), hold)
 
-    async def _commit(self, call: _Call, response: Any, model: str | None) -> None:
+    async def _commit(self, call: _Call, hold: Hold, response: Any, model: str | None) -> None:
         """The call's priced usage; a hold that expired meanwhile (the gateway was unreachable
         while it should have been extended) is charged by a direct debit of the same usage
         under a request id of its own, so the call is never free."""
+        assert hold.reservation is not None
         try:
-            await commit_usage(call.hold, response, model)
+            await commit_usage(hold, response, model)
         except InsufficientCreditsError:
             # the call cost more than its hold and than the payer has left: it takes the whole
             # hold, everything the payer had (the balance never goes below zero)
-            assert call.hold.reservation is not None
-            await call.hold.commit(call.hold.reservation.held)
+            await hold.commit(hold.reservation.held)
             self.short_commits += 1
             SHORT_COMMITS.inc()
             log.warning(
                 "metering: reservation %s cost more than its payer had; charged the hold",
-                call.hold.reservation.reservation_id,
+                hold.reservation.reservation_id,
             )
         except MeteringAPIError as exc:
             # only a hold that charged nothing (expired, or released by a failure the proxy
             # reported before this success) is charged by a debit; one already committed
             # ("already committed for ...") is never charged again
             unpaid = "was expired" in exc.detail or "was released" in exc.detail
-            if exc.status != 409 or not unpaid or call.hold.reservation is None:
+            if exc.status != 409 or not unpaid:
                 raise
-            await self.metering.debit(
-                call.user,
-                request_id=f"{call.hold.body['request_id']}-late",
-                model=model,
-                **usage_counts(getattr(response, "usage", None)),
-            )
+            await self._late_debit(call, response, model, f"{hold.body['request_id']}-late")
             self.late_commits += 1
             LATE_COMMITS.inc()
             log.warning(
                 "metering: reservation %s had expired; charged by a debit",
-                call.hold.reservation.reservation_id,
+                hold.reservation.reservation_id,
             )
+
+    async def _late_debit(
+        self, call: _Call, response: Any, model: str | None, request_id: str
+    ) -> None:
+        """A call charged without its hold: its priced usage, debited directly."""
+        usage = usage_counts(getattr(response, "usage", None))
+        await self.metering.debit(call.user, request_id=request_id, model=model, **usage)
 
     async def _keep_holds(self) -> None:
         """Every third of the hold's life, extend the holds of calls still running (long
@@ -251,18 +345,20 @@ class MeteringProxyHandler(CustomLogger):
             await asyncio.sleep(every / 2)
             now = time.monotonic()
             due = [
-                c
+                (c, c.hold)
                 for c in list(self.holds.values())
                 if now - c.extended >= every and now - c.started < self.max_call_seconds
             ]
-            for call in due:
+            for call, hold in due:
+                if hold is None:  # refused, unmetered, or its reserve not answered yet
+                    continue
                 try:
-                    await call.hold.extend(self.ttl_seconds)
+                    await hold.extend(self.ttl_seconds)
                     call.extended = now
                 except (GatewayUnreachable, MeteringAPIError) as exc:  # tried again next round
                     log.warning("metering: extending a hold failed: %s", exc)
 
-    async def _settle(self, call: Awaitable[Any], hold: Hold) -> None:
+    async def _settle(self, call: Awaitable[Any], hold: Hold | None) -> None:
         """A commit or release, counted in `settling` while it is on its way. One that still
         fails after the client's retries (same reservation, so never twice) is logged with its
         reservation id and counted in `failed_settlements`, for an operator to follow up (its
@@ -273,7 +369,7 @@ class MeteringProxyHandler(CustomLogger):
         except (GatewayUnreachable, MeteringAPIError) as exc:
             self.failed_settlements += 1
             SETTLEMENT_FAILURES.inc()
-            held = hold.reservation.reservation_id if hold.reservation else "?"
+            held = hold.reservation.reservation_id if hold and hold.reservation else "none"
             log.error("metering: settling reservation %s failed: %s", held, exc)
         finally:
             self.settling -= 1
@@ -302,6 +398,7 @@ def from_env() -> MeteringProxyHandler:
         env("METERING_FAIL_OPEN", "") in ("1", "true", "yes"),
         int(env("METERING_HOLD_TTL", "300")),
         float(env("METERING_MAX_CALL_SECONDS", "3600")),
+        env("METERING_OVERLAP", "1") not in ("0", "false", "no"),
     )
 
 
@@ -309,3 +406,12 @@ def _http_kind(value: str) -> HttpKind:
     if value not in ("auto", "aiohttp", "httpx"):
         raise ValueError(f"METERING_HTTP must be auto, aiohttp or httpx, not {value!r}")
     return value  # type: ignore[return-value]
+
+
+def _hold_key(kwargs: dict[str, Any]) -> str | None:
+    """The hold key a deployment call's kwargs carry (the proxy's request metadata)."""
+    for field in ("metadata", "litellm_metadata"):
+        found = (kwargs.get(field) or {}).get(HOLD_KEY)
+        if found:
+            return str(found)
+    return None
