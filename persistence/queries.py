@@ -119,6 +119,12 @@ SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::varchar[], $4::varchar[]
 ON CONFLICT (id) DO NOTHING
 """
 
+# An operator's action on a dead letter (replay, drop), from the command line.
+AUDIT_DEAD_LETTER = """
+INSERT INTO audit_log (id, actor, action, user_id, target, amount, request_id, details)
+VALUES (gen_random_uuid(), $1, $2, $3, $4, $5, $6, $7::jsonb)
+"""
+
 # Newest first, keyset-paginated on (at, id) before ($3, $4); $1 user and $2 action optional.
 AUDIT_PAGE = """
 SELECT id, at, actor, action, user_id, target, amount, request_id, details FROM audit_log

@@ -95,5 +95,7 @@ def test_metering_top_renders_a_live_gateway() -> None:
     assert out.returncode == 0, out.stderr
     text = out.stdout
     assert "debits per second" in text and "insufficient_credits" in text and "topper" in text
-    assert "flusher: ok" in text
+    assert "status" in text and "lag (s)" in text and "dead letters" in text
+    assert max(len(line) for line in text.splitlines()) <= 80  # nothing wrapped or cut
+    assert "HTTP Request" not in text + out.stderr  # quiet: no line per request
     assert "reservations per second" in text and "reserve/ok" in text

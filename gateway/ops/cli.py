@@ -28,6 +28,7 @@ from gateway.credits.keys import Keys
 from gateway.credits.money import fmt, to_micro
 from gateway.credits.tiers import load_tiers
 from gateway.flusher.background import has_work, make_flusher, run_forever
+from gateway.ops.errors import CommandError, explain
 from gateway.ops.reconcile import reconcile
 from gateway.ops.supervise import Supervisor
 from persistence import api_keys, db, ledger, users
@@ -161,6 +162,28 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> tuple[int, str]
         await conn.close()
 
 
+async def _dead_letters(settings: Settings, args: argparse.Namespace) -> str:
+    from gateway.ops.dead_letters import act, dead_letters
+
+    redis = connect_redis(settings.redis_url, settings.redis_timeout)
+    keys = Keys(settings.key_prefix, settings.shards)
+    try:
+        if args.dead_command == "list":
+            found = await dead_letters(redis, keys, args.shard)
+            return json.dumps([d.summary() for d in found], indent=2)
+        conn = await asyncpg.connect(settings.database_url)  # before acting: it is audited
+        try:
+            actor = f"cli:{getpass.getuser()}"
+            done = [
+                await act(redis, conn, keys, ref, args.dead_command, actor) for ref in args.refs
+            ]
+        finally:
+            await conn.close()
+        return "\n".join(done)
+    finally:
+        await redis.aclose()
+
+
 async def _pricing_import(settings: Settings, args: argparse.Namespace) -> tuple[int, str]:
     from decimal import Decimal, InvalidOperation
     from pathlib import Path
@@ -196,6 +219,22 @@ async def _pricing_import(settings: Settings, args: argparse.Namespace) -> tuple
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command; a failure of the gateway, Redis or PostgreSQL is one line on stderr and a
+    non-zero exit, never a traceback."""
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args, argv)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        line = explain(exc, settings_from_env(), getattr(args, "url", None))
+        if line is None:
+            raise
+        print(f"metering {args.command}: {line}", file=sys.stderr)
+        return exc.status if isinstance(exc, CommandError) else 1
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metering", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="apply migrations, start the API and the flusher")
@@ -252,6 +291,18 @@ def main(argv: list[str] | None = None) -> int:
         "--credits-per-usd", default="1", help="credits per US dollar of LiteLLM's prices"
     )
     imp.add_argument("--dry-run", action="store_true", help="count, change nothing")
+    dead = sub.add_parser(
+        "dead-letters", help="events PostgreSQL refused: list them, replay or drop them"
+    )
+    dead_sub = dead.add_subparsers(dest="dead_command", required=True)
+    dead_list = dead_sub.add_parser("list", help="every dead letter (JSON), or one shard's")
+    dead_list.add_argument("--shard", type=int)
+    for action, text in (
+        ("replay", "put events back where the flusher takes them (fix their cause first)"),
+        ("drop", "remove events for good (audited; the ledger never gets them)"),
+    ):
+        acting = dead_sub.add_parser(action, help=text)
+        acting.add_argument("refs", nargs="+", metavar="SHARD/ID", help="as `list` prints them")
     top = sub.add_parser("top", help="live view of a gateway: debits/s, flush lag, backlog")
     top.add_argument("--url", default="http://127.0.0.1:8000")
     top.add_argument(
@@ -261,8 +312,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     top.add_argument("--interval", type=float, default=1.0)
     top.add_argument("--once", action="store_true", help="print one view and exit")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    for chatty in ("httpx", "httpcore"):  # a line per request: not for a terminal view
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = settings_from_env()
 
@@ -281,10 +337,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "top":
         from gateway.ops.top import run
 
+        if not args.key:
+            raise CommandError(
+                "needs an admin key: --key, or METERING_API_KEY or METERING_ADMIN_KEY", 2
+            )
         try:
-            return run(args.url, args.key or "", args.interval, args.once)
+            return run(args.url, args.key, args.interval, args.once)
         except KeyboardInterrupt:
             return 0
+    if args.command == "dead-letters":
+        print(asyncio.run(_dead_letters(settings, args)))
+        return 0
     if args.command == "keys":
         code, out = asyncio.run(_keys(settings, args))
         print(out)

@@ -39,18 +39,19 @@ def render(prev: dict[str, Any], cur: dict[str, Any]) -> Group:
         rate = (total - before.get(label, 0.0)) / seconds
         holds.add_row(label, f"{rate:,.1f}", f"{total:,.0f}")
     flusher = cur["flusher"]
-    flush = Table(
-        title=f"flusher: {flusher['status']}, lag {flusher['oldest_event_age_seconds']} s,"
-        f" backlog {flusher['backlog']}"
-    )
-    flush.add_column("shard")
-    flush.add_column("unflushed", justify="right")
+    flush = Table(title="flusher")
+    flush.add_column("state", no_wrap=True)
+    flush.add_column("value", justify="right", no_wrap=True)
+    flush.add_row("status", str(flusher["status"]))
+    flush.add_row("lag (s)", str(flusher["oldest_event_age_seconds"]))
+    flush.add_row("backlog", str(flusher["backlog"]))
+    flush.add_row("dead letters", str(flusher.get("dead_letters", 0)))
     for shard, n in enumerate(flusher["backlog_per_shard"]):
         if n:
-            flush.add_row(str(shard), str(n))
+            flush.add_row(f"shard {shard} unflushed", str(n))
     spenders = Table(title="top spenders this period (flushed)")
     for column in ("user_id", "tier", "period_spent", "credits_remaining"):
-        spenders.add_column(column)
+        spenders.add_column(column, no_wrap=True, overflow="ellipsis", max_width=24)
     for row in cur["top_spenders"]:
         spenders.add_row(row["user_id"], row["tier"], row["period_spent"], row["credits_remaining"])
     return Group(rates, holds, flush, spenders)
