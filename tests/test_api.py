@@ -347,9 +347,14 @@ async def test_malformed_json_is_400(client: Client, redis: Redis, keys: Keys, r
     assert [k async for k in redis.scan_iter(match=keys.pattern())] == []
 
 
-async def test_oversized_body_is_refused(client: Client) -> None:
+async def test_oversized_body_is_refused_saying_the_limit(client: Client) -> None:
+    """413 names the limit and its setting, on the fast path and on the framework's routes."""
+    says = "larger than the 65,536 bytes a request may have (METERING_MAX_BODY_BYTES)"
     r = await debit(client, "big", "1", "x", metadata={"blob": "a" * 100_000})
-    assert r.status_code == 413
+    assert r.status_code == 413 and says in r.json()["detail"], r.text
+    grant = {"user_id": "big", "amount": "1", "request_id": "g", "reason": "a" * 100_000}
+    r = await client.post("/api/v1/credits/grant", json=grant)
+    assert r.status_code == 413 and says in r.json()["detail"], r.text
 
 
 @pytest.mark.parametrize("user", ["a{b}", "a}:r:x", "with space", "üñí©ødé", "x:y", "%7B"])

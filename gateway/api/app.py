@@ -8,11 +8,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from litestar import Litestar, Request, Response
+from litestar.exceptions import ValidationException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.openapi import OpenAPIConfig
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from gateway.api.auth import Authenticator, scope_guard
-from gateway.api.fastpath import DebitFastPath
+from gateway.api.fastpath import DebitFastPath, too_large
 from gateway.api.health import check_eviction
 from gateway.api.paths import decode_path_params
 from gateway.api.routes import ROUTES
@@ -23,8 +25,9 @@ from gateway.base.errors import POSTGRES_DOWN, REDIS_DOWN, InsufficientCredits, 
 from gateway.base.metrics import POSTGRES_ERRORS, REDIS_ERRORS
 from gateway.base.settings import Settings, settings_from_env
 from gateway.credits.clock import Clock, configured, system_clock
-from gateway.credits.inputs import decode_amount, is_amount
+from gateway.credits.inputs import EMPTY_BODY, decode_amount, is_amount
 from gateway.credits.keys import Keys
+from gateway.credits.messages import in_words
 from gateway.credits.money import fmt
 from gateway.credits.service import CreditService
 from gateway.credits.tiers import load_tiers
@@ -50,6 +53,20 @@ def metering_error(_: Request[Any, Any, Any], exc: MeteringError) -> Response[di
     if isinstance(exc, InsufficientCredits):
         return _error(402, exc.detail, reason=exc.reason, credits_remaining=fmt(exc.balance))
     return _error(exc.status_code, exc.detail)
+
+
+def invalid(_: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
+    """The framework's 400 for a refused body or parameter, each rule said in words."""
+    items = exc.extra if isinstance(exc.extra, list) else []
+    if any(isinstance(i, dict) and i.get("message") == "'data'" for i in items):
+        return _error(400, EMPTY_BODY)  # no body at all: the framework names the missing kwarg
+    extra = [
+        {**item, "message": in_words(str(item["message"]))}
+        if isinstance(item, dict) and "message" in item
+        else item
+        for item in items
+    ]
+    return _error(400, exc.detail, **({"extra": extra} if extra else {}))
 
 
 def redis_down(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
@@ -111,6 +128,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
         lifespan=[lifespan],
         exception_handlers={
             MeteringError: metering_error,
+            ValidationException: invalid,
+            RequestEntityTooLarge: lambda _, __: _error(413, too_large(settings.max_body_bytes)),
             **dict.fromkeys(REDIS_UNAVAILABLE, redis_down),
             **dict.fromkeys(DB_ERRORS, postgres_down),
             HTTP_500_INTERNAL_SERVER_ERROR: internal_error,

@@ -34,7 +34,8 @@ from gateway.api.paths import routing_path
 from gateway.base.connect import REDIS_UNAVAILABLE
 from gateway.base.errors import POSTGRES_DOWN, REDIS_DOWN, InsufficientCredits, MeteringError
 from gateway.base.metrics import DEBITS, LATENCY, POSTGRES_ERRORS, REDIS_ERRORS, debit_outcome
-from gateway.credits.inputs import MAX_BODY_DEPTH, decoder, too_deep
+from gateway.credits.inputs import EMPTY_BODY, MAX_BODY_DEPTH, decoder, too_deep
+from gateway.credits.messages import in_words
 from gateway.credits.money import fmt
 from gateway.credits.schemas import DebitRequest, ReserveRequest
 from persistence.db import DB_ERRORS
@@ -127,6 +128,8 @@ class DebitFastPath:
         await send(end)
 
     async def debit(self, raw: bytes) -> tuple[int, bytes]:
+        if not raw.strip():
+            return _count(400), _error(400, EMPTY_BODY)
         try:
             req = _decoder.decode(raw or b"null")
         except msgspec.ValidationError as exc:
@@ -140,6 +143,8 @@ class DebitFastPath:
         return 200, _encode(result)
 
     async def reserve(self, raw: bytes) -> tuple[int, bytes]:
+        if not raw.strip():
+            return 400, _error(400, EMPTY_BODY)
         try:
             req = _reserve_decoder.decode(raw or b"null")
         except msgspec.ValidationError as exc:
@@ -151,6 +156,8 @@ class DebitFastPath:
         return 201, _encode(await self.app.state.services.reservations.reserve(req))
 
     async def batch(self, raw: bytes) -> tuple[int, bytes]:
+        if not raw.strip():
+            return 400, _error(400, EMPTY_BODY)
         try:
             items = _batch_decoder.decode(raw or b"null").debits
         except msgspec.ValidationError as exc:
@@ -190,7 +197,7 @@ class DebitFastPath:
         except HTTPException as exc:  # 401, 403 from the key check
             return count(exc.status_code), _error(exc.status_code, exc.detail)
         except TooLarge:
-            return count(413), _error(413, "Request Entity Too Large")
+            return count(413), _error(413, too_large(max_body))
         except InsufficientCredits as exc:
             if debits:
                 DEBITS.labels(debit_outcome(402, reason=exc.reason)).inc()
@@ -230,6 +237,12 @@ class DebitFastPath:
                 return b"".join(chunks)
 
 
+def too_large(limit: int) -> str:
+    """The 413's detail: the limit, and the setting that moves it."""
+    setting = "" if limit == BATCH_MAX_BODY else " (METERING_MAX_BODY_BYTES)"
+    return f"the body is larger than the {limit:,} bytes a request may have{setting}"
+
+
 def _count(status: int) -> int:
     DEBITS.labels(debit_outcome(status)).inc()
     return status
@@ -262,6 +275,7 @@ def _invalid(
 def _validation_error(message: str, path: str, kind: type[msgspec.Struct] = DebitRequest) -> bytes:
     """The body Litestar gives a validation failure: the message, and the field it is about."""
     text, _, where = message.partition(" - at `$.")
+    text = in_words(text)
     if where:
         key = where.rstrip("`").split(".")[0].split("[")[0]
     else:  # a rule across fields (__post_init__): its message starts with the field's name

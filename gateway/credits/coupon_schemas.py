@@ -17,12 +17,13 @@ from gateway.credits.schemas import (
     check_request_id,
 )
 
+COUPON_CODE_PATTERN = r"^[A-Za-z0-9_-]+\Z"
 CouponCode = Annotated[
     str,
     Meta(
         min_length=3,
         max_length=64,
-        pattern=r"^[A-Za-z0-9_-]+\Z",
+        pattern=COUPON_CODE_PATTERN,
         description="3 to 64 letters, digits, '_' or '-'",
     ),
 ]

@@ -97,6 +97,9 @@ def _shape(value: Any, limit: int) -> tuple[bool, int]:
     return False, keys
 
 
+EMPTY_BODY = "the body is empty: send a JSON object"
+
+
 def too_deep(value: Any, limit: int) -> bool:
     return _shape(value, limit)[0]
 

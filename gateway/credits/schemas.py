@@ -15,6 +15,8 @@ from gateway.credits.inputs import NAME_PATTERN, TEXT_PATTERN, Amount, check_met
 from gateway.credits.money import parse_amount
 
 USER_ID_PATTERN = NAME_PATTERN
+REQUEST_ID_PATTERN = r"^[\x20-\x7e]+\Z"
+NO_NUL_PATTERN = r"^[^\x00]*\Z"
 UserId = Annotated[
     str,
     Meta(
@@ -30,7 +32,7 @@ RequestId = Annotated[
     Meta(
         min_length=1,
         max_length=128,
-        pattern=r"^[\x20-\x7e]+\Z",
+        pattern=REQUEST_ID_PATTERN,
         description="1 to 128 printable ASCII characters, unique per user",
     ),
 ]
@@ -49,6 +51,7 @@ AmountIn = Annotated[
 RESERVED_REQUEST_PREFIX = "sys:"
 KEY_NAME_PATTERN = r"^[\x21-\x7e]+\Z"
 RESERVATION_ID_PATTERN = r"^rv[0-9]{1,5}_[0-9a-f]{32}\Z"
+ACTION_PATTERN = r"^[a-z][a-z_.]*\Z"  # an audit log action, e.g. grant.purchase
 
 
 def check_request_id(request_id: str) -> None:
@@ -146,7 +149,7 @@ class GrantRequest(Struct, forbid_unknown_fields=True):
     amount: AmountIn
     request_id: RequestId
     kind: Literal["purchase", "bonus", "adjustment"] = "purchase"
-    reason: Annotated[str, Meta(max_length=1000, pattern=r"^[^\x00]*\Z")] | None = None
+    reason: Annotated[str, Meta(max_length=1000, pattern=NO_NUL_PATTERN)] | None = None
     expires_at: datetime | None = None
     priority: Annotated[int, Meta(ge=0, le=100)] | None = None
 

@@ -13,6 +13,7 @@ from gateway.api.routes.common import AnyRequest, actor, errors, services
 from gateway.base.errors import Conflict, NotFound
 from gateway.credits.audit import read_audit
 from gateway.credits.schemas import (
+    ACTION_PATTERN,
     KEY_NAME_PATTERN,
     USER_ID_PATTERN,
     AuditPage,
@@ -79,9 +80,7 @@ class AuditController(Controller):
         user_id: Annotated[
             str | None, QueryParameter(max_length=255, pattern=USER_ID_PATTERN)
         ] = None,
-        action: Annotated[
-            str | None, QueryParameter(max_length=50, pattern=r"^[a-z][a-z_.]*\Z")
-        ] = None,
+        action: Annotated[str | None, QueryParameter(max_length=50, pattern=ACTION_PATTERN)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
         cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
     ) -> AuditPage:

@@ -14,15 +14,25 @@ from litestar.plugins import OpenAPISchemaPlugin
 from litestar.types import Empty
 from litestar.typing import FieldDefinition
 
-from gateway.credits.inputs import AMOUNT_GRAMMAR, MAX_BODY_DEPTH, Amount, decoder, too_deep
+from gateway.credits.inputs import (
+    AMOUNT_GRAMMAR,
+    EMPTY_BODY,
+    MAX_BODY_DEPTH,
+    Amount,
+    decoder,
+    too_deep,
+)
 
 _decode = decoder(Any).decode
 
 
 def read_json(body: bytes) -> Any:
-    """A request body as Python values; ClientException (400) when it is not acceptable JSON."""
+    """A request body as Python values; ClientException (400) when it is not acceptable JSON
+    (every route that reads a body needs one)."""
+    if not body.strip():
+        raise ClientException(EMPTY_BODY)
     try:
-        value = _decode(body or b"null")
+        value = _decode(body)
     except RecursionError:
         value = None
     except msgspec.DecodeError as exc:

@@ -10,6 +10,7 @@ from litestar.params import JSONBody, PathParameter, QueryParameter
 
 from gateway.api.routes.common import AnyRequest, actor, errors, services
 from gateway.credits.coupon_schemas import (
+    COUPON_CODE_PATTERN,
     Coupon,
     CouponCheck,
     CouponRequest,
@@ -17,7 +18,7 @@ from gateway.credits.coupon_schemas import (
     RedeemResult,
 )
 
-CodePath = Annotated[str, PathParameter(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+\Z")]
+CodePath = Annotated[str, PathParameter(min_length=1, max_length=64, pattern=COUPON_CODE_PATTERN)]
 
 
 class CouponsController(Controller):
