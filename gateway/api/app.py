@@ -10,10 +10,10 @@ from typing import Any
 from litestar import Litestar, Request, Response
 from litestar.exceptions import ValidationException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
-from litestar.openapi import OpenAPIConfig
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from gateway.api.auth import Authenticator, scope_guard
+from gateway.api.docs import assets_router, openapi_config
 from gateway.api.fastpath import DebitFastPath, too_large
 from gateway.api.health import check_eviction
 from gateway.api.paths import decode_path_params
@@ -123,7 +123,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
             await pool.close()
 
     app = Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, assets_router()],
         guards=[scope_guard],
         lifespan=[lifespan],
         exception_handlers={
@@ -134,7 +134,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
             **dict.fromkeys(DB_ERRORS, postgres_down),
             HTTP_500_INTERNAL_SERVER_ERROR: internal_error,
         },
-        openapi_config=OpenAPIConfig(title="Metering gateway", version="0.1.0"),
+        openapi_config=openapi_config(),
         request_class=MeteringRequest,
         middleware=[decode_path_params],
         type_decoders=[(is_amount, decode_amount)],

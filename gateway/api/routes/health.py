@@ -14,6 +14,7 @@ class HealthController(Controller):
     path = "/health"
     tags = ["health"]
     opt = {"public": True}  # the one thing that answers without a key
+    security = [{}]  # in the OpenAPI document: no key needed (an empty requirement)
 
     @get("/live")
     async def live(self) -> dict[str, str]:
