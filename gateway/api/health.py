@@ -1,5 +1,6 @@
-"""Health: readiness (Redis and PostgreSQL reachable, migrations applied), how far behind the
-flusher is, and the start-up check that Redis will never evict unflushed state."""
+"""Health: readiness (can this gateway serve debits: Redis, a live flusher, no pending
+migration; PostgreSQL's state and the flusher's lag reported as degraded fields), how far behind
+the flusher is, and the start-up check that Redis will never evict unflushed state."""
 
 from __future__ import annotations
 
@@ -89,6 +90,12 @@ async def flusher_state(s: Services) -> tuple[dict[str, Any], list[int]]:
 
 
 async def readiness(state: Services) -> Response[dict[str, Any]]:
+    """Ready (200) means this gateway can serve debits: Redis answers, a flusher is alive on
+    its key prefix (what Redis acknowledges reaches PostgreSQL) and no migration is known to be
+    pending. What it can serve around is reported, still 200, as "degraded" with the reasons:
+    PostgreSQL unreachable (users Redis holds are served; new users and the PostgreSQL-backed
+    reads answer 503), the flusher behind, dead letters waiting. 503 with the reasons otherwise:
+    a load balancer wired to this probe drops a gateway only when it cannot charge."""
     checks: dict[str, str] = {}
     flusher: dict[str, Any] | None = None
     try:
@@ -107,6 +114,23 @@ async def readiness(state: Services) -> Response[dict[str, Any]]:
         checks["migrations"] = "ok" if not missing else f"pending: {', '.join(missing)}"
     except Exception as exc:
         checks["postgres"] = f"unreachable: {type(exc).__name__}"
-    ok = all(v == "ok" for v in checks.values()) and len(checks) == 3
-    body = {"status": "ready" if ok else "not ready", "checks": checks, "flusher": flusher}
-    return Response(body, status_code=200 if ok else 503)
+        checks["migrations"] = "unknown (PostgreSQL unreachable)"
+    failing = [f"redis {checks['redis']}"] if checks["redis"] != "ok" else []
+    if checks["migrations"].startswith("pending"):
+        failing.append(f"migrations {checks['migrations']}")
+    if flusher is not None and flusher["status"] == "down":
+        failing.append("no flusher is running: nothing reaches PostgreSQL")
+    degraded = [f"postgres {checks['postgres']}"] if checks["postgres"] != "ok" else []
+    if flusher is not None and flusher["status"] == "behind":
+        degraded.append(f"flusher behind: oldest event {flusher['oldest_event_age_seconds']} s")
+    if flusher is not None and flusher["dead_letters"]:
+        degraded.append(f"{flusher['dead_letters']} dead letters wait for an operator")
+    status = "not ready" if failing else "degraded" if degraded else "ready"
+    body = {
+        "status": status,
+        "checks": checks,
+        "flusher": flusher,
+        **({"not_ready": failing} if failing else {}),
+        **({"degraded": degraded} if degraded else {}),
+    }
+    return Response(body, status_code=503 if failing else 200)

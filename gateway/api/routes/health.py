@@ -23,5 +23,7 @@ class HealthController(Controller):
 
     @get("/ready")
     async def ready(self, request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
-        """200 only when Redis and PostgreSQL answer and migrations are applied."""
+        """200 when this gateway can serve debits (Redis up, a flusher alive, no migration
+        pending): "ready", or "degraded" with reasons (PostgreSQL down, the flusher behind,
+        dead letters); 503 "not ready" with reasons. The probe for a load balancer."""
         return await readiness(services(request.app.state))
