@@ -33,7 +33,14 @@ from gateway.api.auth import authorize
 from gateway.api.paths import routing_path
 from gateway.base.connect import REDIS_UNAVAILABLE
 from gateway.base.errors import POSTGRES_DOWN, REDIS_DOWN, InsufficientCredits, MeteringError
-from gateway.base.metrics import DEBITS, LATENCY, POSTGRES_ERRORS, REDIS_ERRORS, debit_outcome
+from gateway.base.metrics import (
+    DEBITS,
+    HTTP_RESPONSES,
+    LATENCY,
+    POSTGRES_ERRORS,
+    REDIS_ERRORS,
+    debit_outcome,
+)
 from gateway.credits.inputs import EMPTY_BODY, MAX_BODY_DEPTH, decoder, too_deep
 from gateway.credits.messages import in_words
 from gateway.credits.money import fmt
@@ -95,9 +102,17 @@ class DebitFastPath:
             or scope.get("method") != "POST"
             or getattr(self.app.state, "services", None) is None
         ):
-            if path:
-                scope["path"] = routing_path(scope)  # gateway/api/paths.py
-            await self.app(scope, receive, send)
+            if not path:
+                await self.app(scope, receive, send)
+                return
+            scope["path"] = routing_path(scope)  # gateway/api/paths.py
+
+            async def counted(message: Any) -> None:
+                if message["type"] == "http.response.start":
+                    HTTP_RESPONSES.labels(str(message["status"])).inc()
+                await send(message)
+
+            await self.app(scope, receive, counted)
             return
         started = time.perf_counter()
         if path == DEBIT_PATH:
@@ -114,6 +129,7 @@ class DebitFastPath:
         if status in (429, 503):  # when to try again (the same request_id)
             wait = self.app.state.services.authenticator.fail_window if status == 429 else 1
             headers.append((b"retry-after", b"%d" % wait))
+        HTTP_RESPONSES.labels(str(status)).inc()
         start: HTTPResponseStartEvent = {
             "type": "http.response.start",
             "status": status,

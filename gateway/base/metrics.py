@@ -42,6 +42,10 @@ DEAD_LETTERS = Counter(
     "metering_dead_letters", "Events PostgreSQL refused, moved to a dead-letter stream"
 )
 
+HTTP_RESPONSES = Counter(
+    "metering_http_responses", "Responses by status code, every route", ["code"]
+)
+
 RESERVATIONS = Counter(
     "metering_reservations",
     "Reservation calls (reserve, commit, release, extend) by outcome: ok, replay, "
@@ -74,9 +78,10 @@ def debit_outcome(status: int, replayed: bool = False, reason: str | None = None
 class RedisState:
     """Backlog per shard and the age of the oldest unflushed event, read at scrape time."""
 
-    def __init__(self, status: dict[str, Any], per_shard: list[int]) -> None:
+    def __init__(self, status: dict[str, Any], per_shard: list[int], ceiling: int) -> None:
         self.status = status
         self.per_shard = per_shard
+        self.ceiling = ceiling
 
     def collect(self) -> Iterator[Metric]:
         backlog = GaugeMetricFamily(
@@ -85,6 +90,12 @@ class RedisState:
         for shard, n in enumerate(self.per_shard):
             backlog.add_metric([str(shard)], n)
         yield backlog
+        yield GaugeMetricFamily(
+            "metering_stream_backlog_max",
+            "The most unflushed events a shard may hold (METERING_MAX_BACKLOG): past it, "
+            "changes of that shard's users answer 503",
+            value=self.ceiling,
+        )
         yield GaugeMetricFamily(
             "metering_flush_lag_seconds",
             "Age of the oldest unflushed event",

@@ -20,7 +20,8 @@ class MetricsController(Controller):
         backlog per shard and the flush lag, in the Prometheus text format."""
         try:
             status, per_shard = await flusher_state(services(state))
-            extra: RedisState | None = RedisState(status, per_shard)
+            ceiling = services(state).settings.max_backlog
+            extra: RedisState | None = RedisState(status, per_shard, ceiling)
         except Exception:  # Redis down: the process counters still answer
             extra = None
         return Response(render(extra), media_type=PROMETHEUS_TEXT)
