@@ -57,3 +57,20 @@ def test_two_workers_are_summed_whichever_answers_the_scrape() -> None:
             text = httpx.get(f"{gw.url}/metrics", headers=headers).text
             scrapes.add(value(text, 'metering_debits_total{outcome="ok"}'))
         assert scrapes == {40.0}
+
+
+async def test_every_answer_is_counted_by_status_with_the_backlog_ceiling(client: Client) -> None:
+    """metering_http_responses_total{code} counts the fast path's answers and the framework's
+    alike (the alert rules' 5xx rate), and the backlog ceiling is a gauge beside the backlog."""
+    name = 'metering_http_responses_total{code="%s"}'
+    before = (await client.get("/metrics")).text
+    ok = {"user_id": "h", "amount": "1", "request_id": "h1"}
+    assert (await client.post("/api/v1/credits/debit", json=ok)).status_code == 200
+    bare = {"Authorization": ""}
+    assert (await client.post("/api/v1/credits/debit", json=ok, headers=bare)).status_code == 401
+    assert (await client.get("/api/v1/tiers", headers=bare)).status_code == 401
+    assert (await client.get("/api/v1/credits/balance?user_id=h")).status_code == 200
+    after = (await client.get("/metrics")).text
+    assert value(after, name % 401) - value(before, name % 401) == 2
+    assert value(after, name % 200) - value(before, name % 200) == 3  # and the first scrape
+    assert value(after, "metering_stream_backlog_max") == 500_000

@@ -35,10 +35,10 @@ from gateway.base.connect import REDIS_UNAVAILABLE
 from gateway.base.errors import POSTGRES_DOWN, REDIS_DOWN, InsufficientCredits, MeteringError
 from gateway.base.metrics import (
     DEBITS,
-    HTTP_RESPONSES,
     LATENCY,
     POSTGRES_ERRORS,
     REDIS_ERRORS,
+    count_response,
     debit_outcome,
 )
 from gateway.credits.inputs import EMPTY_BODY, MAX_BODY_DEPTH, decoder, too_deep
@@ -109,7 +109,7 @@ class DebitFastPath:
 
             async def counted(message: Any) -> None:
                 if message["type"] == "http.response.start":
-                    HTTP_RESPONSES.labels(str(message["status"])).inc()
+                    count_response(message["status"])
                 await send(message)
 
             await self.app(scope, receive, counted)
@@ -129,7 +129,7 @@ class DebitFastPath:
         if status in (429, 503):  # when to try again (the same request_id)
             wait = self.app.state.services.authenticator.fail_window if status == 429 else 1
             headers.append((b"retry-after", b"%d" % wait))
-        HTTP_RESPONSES.labels(str(status)).inc()
+        count_response(status)
         start: HTTPResponseStartEvent = {
             "type": "http.response.start",
             "status": status,

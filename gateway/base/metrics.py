@@ -45,6 +45,16 @@ DEAD_LETTERS = Counter(
 HTTP_RESPONSES = Counter(
     "metering_http_responses", "Responses by status code, every route", ["code"]
 )
+_ANSWERED: dict[int, Any] = {}  # status -> its child counter: labels() takes 1.7 us, this 0.3
+
+
+def count_response(status: int) -> None:
+    """One answer of this status in metering_http_responses_total (called for every request)."""
+    child = _ANSWERED.get(status)
+    if child is None:
+        child = _ANSWERED[status] = HTTP_RESPONSES.labels(str(status))
+    child.inc()
+
 
 RESERVATIONS = Counter(
     "metering_reservations",
