@@ -126,3 +126,12 @@ async def test_revocation_reaches_other_processes_after_the_cache_ttl(
     await pool.execute("UPDATE api_keys SET revoked_at = now() WHERE name = 'elsewhere'")
     await asyncio.sleep(0.6)  # auth_cache_ttl is 0.5 s in the test settings
     assert await call(client, "balance", key) == 401
+
+
+async def test_whoami_tells_any_key_its_name_and_scopes(client: Client) -> None:
+    key = await make_key(client, "who-debits", ["debit"])
+    r = await client.get("/api/v1/whoami", headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 200 and r.json() == {"name": "who-debits", "scopes": ["debit"]}
+    me = await client.get("/api/v1/whoami")  # the bootstrap admin key
+    assert me.json() == {"name": "bootstrap-admin", "scopes": ["admin"]}
+    assert (await client.get("/api/v1/whoami", headers={"Authorization": ""})).status_code == 401

@@ -24,6 +24,7 @@ from gateway.base.connect import REDIS_UNAVAILABLE
 from gateway.base.errors import POSTGRES_DOWN, REDIS_DOWN, InsufficientCredits, MeteringError
 from gateway.base.metrics import POSTGRES_ERRORS, REDIS_ERRORS
 from gateway.base.settings import Settings, settings_from_env
+from gateway.console.routes import console_router
 from gateway.credits.clock import Clock, configured, system_clock
 from gateway.credits.inputs import EMPTY_BODY, decode_amount, is_amount
 from gateway.credits.keys import Keys
@@ -123,7 +124,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
             await pool.close()
 
     app = Litestar(
-        route_handlers=[*ROUTES, assets_router()],
+        route_handlers=[*ROUTES, assets_router(), console_router()],
         guards=[scope_guard],
         lifespan=[lifespan],
         exception_handlers={

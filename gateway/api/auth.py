@@ -32,13 +32,17 @@ KEY_PREFIX = "mk_"
 V = TypeVar("V")
 
 
+ANY_SCOPE = "any"
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     name: str
     scopes: frozenset[str]
 
     def allows(self, scope: str) -> bool:
-        return scope in self.scopes or "admin" in self.scopes
+        """ANY_SCOPE: any valid key (a route that only tells the caller about its own key)."""
+        return scope == ANY_SCOPE or scope in self.scopes or "admin" in self.scopes
 
 
 def hash_key(key: str) -> str:

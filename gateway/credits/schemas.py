@@ -310,6 +310,11 @@ class TierRequest(Struct, forbid_unknown_fields=True):
     tier: Annotated[str, Meta(min_length=1, max_length=50)]
 
 
+class KeyScopes(Struct):
+    name: str  # the key's name ("bootstrap-admin" for METERING_ADMIN_KEY)
+    scopes: list[str]
+
+
 class KeyRequest(Struct, forbid_unknown_fields=True):
     name: Annotated[str, Meta(min_length=1, max_length=100, pattern=KEY_NAME_PATTERN)]
     scopes: Annotated[list[Literal["debit", "read", "admin"]], Meta(min_length=1)]

@@ -5,7 +5,7 @@ Each route declares the scope it needs in ``opt``; ``gateway.api.auth.scope_guar
 
 from __future__ import annotations
 
-from gateway.api.routes.admin import AuditController, KeysController
+from gateway.api.routes.admin import AuditController, KeysController, WhoAmIController
 from gateway.api.routes.coupons import CouponsController
 from gateway.api.routes.credits import CreditsController
 from gateway.api.routes.health import HealthController
@@ -20,6 +20,7 @@ ROUTES = [
     PricingController,
     CouponsController,
     KeysController,
+    WhoAmIController,
     AuditController,
     MetricsController,
     OpsController,

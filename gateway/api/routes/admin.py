@@ -8,7 +8,7 @@ from litestar import Controller, delete, get, post
 from litestar.datastructures import State
 from litestar.params import JSONBody, PathParameter, QueryParameter
 
-from gateway.api.auth import generate_key, hash_key
+from gateway.api.auth import ANY_SCOPE, Principal, generate_key, hash_key
 from gateway.api.routes.common import AnyRequest, actor, errors, services
 from gateway.base.errors import Conflict, NotFound
 from gateway.credits.audit import read_audit
@@ -20,6 +20,7 @@ from gateway.credits.schemas import (
     KeyCreated,
     KeyInfo,
     KeyRequest,
+    KeyScopes,
 )
 from persistence import api_keys
 
@@ -87,3 +88,15 @@ class AuditController(Controller):
         """Admin actions newest first (grants, tier changes, resets, refunds, pricing, keys),
         with the acting key's name; filter by user_id and action, page with next_cursor."""
         return await read_audit(services(state).pool, user_id, action, limit, cursor)
+
+
+class WhoAmIController(Controller):
+    path = "/api/v1/whoami"
+    tags = ["admin"]
+
+    @get("/", opt={"scope": ANY_SCOPE}, responses=errors())
+    async def whoami(self, request: AnyRequest) -> KeyScopes:
+        """The calling key's name and scopes (any valid key): what a console or a tool may
+        show it, without trying each route and meeting 403s."""
+        principal: Principal = request.state.principal
+        return KeyScopes(principal.name, sorted(principal.scopes))
