@@ -39,7 +39,7 @@ class LedgerRow:
 
 @dataclass(frozen=True, slots=True)
 class UsageRow:
-    key: str
+    key: str | None  # None: the debits that named no model (no service)
     requests: int
     credits: Decimal
     input_tokens: int

@@ -182,8 +182,9 @@ FROM credit_transactions
 WHERE user_id = $1 AND transaction_type = 'usage' AND created_at >= $2 AND created_at < $3
 GROUP BY 1 ORDER BY 1
 """
-USAGE_BY_MODEL = _USAGE.format(key="COALESCE(model, '')")
-USAGE_BY_SERVICE = _USAGE.format(key="COALESCE(metadata->>'service', '')")
+# NULL key (null in JSON, listed last): debits that named no model / no service
+USAGE_BY_MODEL = _USAGE.format(key="model")
+USAGE_BY_SERVICE = _USAGE.format(key="metadata->>'service'")
 USAGE_BY_DAY = _USAGE.format(key="to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')")
 
 _PRICE_COLUMNS = """model, input_per_million, output_per_million, cached_input_per_million,

@@ -105,25 +105,27 @@ async def test_usage_grouped_by_model_service_and_day(client: Client, clock: Fak
                 "metadata": {"service": "embed"},
             },
         )
+    plain = {"user_id": "u", "amount": "0.25", "request_id": "no-model"}  # no model, no service
+    assert (await client.post("/api/v1/credits/debit", json=plain)).status_code == 200
     await client.app.state.services.flusher.flush()
     both_days = {"from": day0.isoformat(), "to": (day1 + timedelta(days=1)).isoformat()}
     by_model = (await client.get("/api/v1/credits/u/usage", params=both_days)).json()
     assert [
         (g["key"], g["requests"], g["credits"], g["input_tokens"], g["output_tokens"])
         for g in by_model["groups"]
-    ] == [("a", 3, "0.030000", 30, 0), ("b", 2, "1.000000", 0, 14)]
-    assert by_model["total_credits"] == "1.030000" and by_model["total_requests"] == 5
+    ] == [("a", 3, "0.030000", 30, 0), ("b", 2, "1.000000", 0, 14), (None, 1, "0.250000", 0, 0)]
+    assert by_model["total_credits"] == "1.280000" and by_model["total_requests"] == 6
     current = (await client.get("/api/v1/credits/u/usage")).json()  # by default: this period
     assert current["start"] == period_start(clock.now).isoformat()
     by_service = await client.get(
         "/api/v1/credits/u/usage", params={"group_by": "service", **both_days}
     )
-    assert [g["key"] for g in by_service.json()["groups"]] == ["chat", "embed"]
+    assert [g["key"] for g in by_service.json()["groups"]] == ["chat", "embed", None]
     by_day = await client.get(
         "/api/v1/credits/u/usage",
         params={"group_by": "day", "from": day1.isoformat(), "to": both_days["to"]},
     )
-    assert [(g["key"], g["requests"]) for g in by_day.json()["groups"]] == [(day1.isoformat(), 2)]
+    assert [(g["key"], g["requests"]) for g in by_day.json()["groups"]] == [(day1.isoformat(), 3)]
 
 
 @pytest.mark.parametrize(

@@ -271,7 +271,7 @@ class TransactionsPage(Struct):
 
 
 class UsageGroup(Struct):
-    key: str
+    key: str | None  # the model, service or day; null: the debits that named no model/service
     requests: int
     credits: str
     input_tokens: int
