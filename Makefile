@@ -8,8 +8,8 @@ export METERING_ADMIN_KEY ?= dev-admin-key
 PROXY_VENV ?= .venv-proxy
 export METERING_PROXY_BIN ?= $(abspath $(PROXY_VENV))/bin/litellm
 
-.PHONY: install proxy-venv services test-services run lint types pytest pytest-dates test bench \
-	locust clean
+.PHONY: install proxy-venv lock services test-services run lint types pytest pytest-dates test \
+	bench locust clean
 
 # The tests whose outcome depends on where the clock stands, run again at each starting point of
 # tests/conftest.py START_POINTS (a year back, a year ahead, a month's and a year's last second,
@@ -20,21 +20,22 @@ DATED_TESTS := tests/test_reservations.py tests/test_periods.py tests/test_refun
 	tests/test_clock.py
 START_POINTS := year-ago year-ahead month-end new-year leap-day
 
-$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
+# Installs are reproducible: every package at the version requirements/*.lock pins (`make lock`
+# refreshes the locks after a change to the projects' dependencies; `make lock UPGRADE=1` moves
+# every pin to the newest release the projects allow).
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml requirements/dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
-	$(BIN)/python -m pip install -q -e clients/python
+	$(BIN)/python -m pip install -q -r requirements/dev.lock
+	$(BIN)/python -m pip install -q --no-deps -e . -e clients/python
 	touch $@
 
 # The real LiteLLM proxy, as an LLM team installs it: its own environment holding the proxy and
 # metering-client built from clients/python (not editable: what pip would install).
-$(PROXY_VENV)/.installed: clients/python/proxy-requirements.txt
+$(PROXY_VENV)/.installed: clients/python/proxy-requirements.txt requirements/proxy.lock
 	$(PYTHON) -m venv $(PROXY_VENV)
 	$(PROXY_VENV)/bin/python -m pip install -q --upgrade pip
-	$(PROXY_VENV)/bin/python -m pip install -q -r clients/python/proxy-requirements.txt \
-		'./clients/python[litellm]'
-	rm -rf clients/python/build
+	$(PROXY_VENV)/bin/python -m pip install -q -r requirements/proxy.lock
 	touch $@
 
 $(PROXY_VENV)/.client: $(PROXY_VENV)/.installed clients/python/pyproject.toml \
@@ -44,6 +45,17 @@ $(PROXY_VENV)/.client: $(PROXY_VENV)/.installed clients/python/pyproject.toml \
 	touch $@
 
 proxy-venv: $(PROXY_VENV)/.client
+
+# The locks, resolved with uv (installed into the venv for this): the server with its dev extra
+# and the client with its aiohttp extra; the proxy's environment (proxy-requirements.txt and the
+# client with its litellm extra). Resolution prefers the current pins unless UPGRADE=1.
+LOCK := $(BIN)/uv pip compile --python-version 3.11 -q $(if $(UPGRADE),--upgrade)
+lock: install
+	$(BIN)/python -m pip install -q uv
+	$(LOCK) pyproject.toml clients/python/pyproject.toml --extra dev --extra aiohttp \
+		-o requirements/dev.lock
+	$(LOCK) clients/python/proxy-requirements.txt clients/python/pyproject.toml \
+		--extra litellm --extra aiohttp -o requirements/proxy.lock
 
 install: $(VENV)/.installed
 
