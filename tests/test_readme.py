@@ -62,3 +62,13 @@ def test_the_readme_examples_run_as_written() -> None:
                 assert await assert_books_balance(pool, redis, keys) >= 2
 
         asyncio.run(books())
+
+
+def test_every_setting_the_code_reads_is_in_the_readme() -> None:
+    """Each METERING_* variable the gateway or the client reads is documented (with its limit or
+    default) in the README's configuration tables."""
+    root = Path(__file__).resolve().parent.parent
+    sources = [*root.glob("gateway/**/*.py"), *root.glob("clients/python/metering_client/**/*.py")]
+    read = {name for f in sources for name in re.findall(r"METERING_[A-Z_]+", f.read_text())}
+    assert len(read) > 25
+    assert {name for name in read if f"`{name}`" not in README} == set()
