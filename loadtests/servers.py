@@ -112,6 +112,85 @@ def private_redis(*extra: str) -> Iterator[str]:
         server.close()
 
 
+class PrivateSentinels:
+    """A primary, its replica and three sentinels watching them (``redis-server --sentinel``),
+    on spare ports: the gateway's ``redis+sentinel://`` URL for it, and the means to fail it
+    over (kill the primary; bring it back from its AOF)."""
+
+    SERVICE = "metering"
+
+    def __init__(self, down_after_ms: int = 1000) -> None:
+        self.primary = PrivateRedis(aof=True)
+        self.replica = PrivateRedis("--replicaof", "127.0.0.1", str(self.primary.port), aof=True)
+        self.down_after_ms = down_after_ms
+        self.sentinels = [free_port() for _ in range(3)]
+        self.dir = tempfile.mkdtemp(prefix="metering-sentinel-")
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        nodes = ",".join(f"127.0.0.1:{port}" for port in self.sentinels)
+        return f"redis+sentinel://{nodes}/{self.SERVICE}/0"
+
+    def start(self) -> None:
+        self.primary.start()
+        self.replica.start()
+        replica = redis.Redis(port=self.replica.port)
+        _wait(
+            lambda: replica.info("replication")["master_link_status"] == "up", "the replica's sync"
+        )
+        replica.close()
+        for port in self.sentinels:
+            conf = Path(self.dir) / f"sentinel-{port}.conf"
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {self.dir}\n"
+                f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.primary.port} 2\n"
+                f"sentinel down-after-milliseconds {self.SERVICE} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.SERVICE} 5000\n"
+                f"sentinel parallel-syncs {self.SERVICE} 1\n"
+            )
+            self.procs.append(
+                subprocess.Popen(
+                    ["redis-server", str(conf), "--sentinel"], stdout=subprocess.DEVNULL
+                )
+            )
+        for port in self.sentinels:  # each knows the other two and the replica
+            client = redis.Redis(port=port, decode_responses=True)
+            _wait(
+                lambda c=client: (
+                    len(c.execute_command("SENTINEL", "SENTINELS", self.SERVICE)) == 2
+                    and len(c.execute_command("SENTINEL", "REPLICAS", self.SERVICE)) == 1
+                ),
+                "the sentinels",
+            )
+            client.close()
+
+    def primary_port(self) -> int:
+        """The port the sentinels name as the primary now."""
+        client = redis.Redis(port=self.sentinels[0], decode_responses=True)
+        try:
+            _, port = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.SERVICE)
+            return int(port)
+        finally:
+            client.close()
+
+    def in_sync(self) -> None:
+        """Wait until the replica has every write the primary took."""
+        client = redis.Redis(port=self.primary.port)
+        try:
+            assert int(client.execute_command("WAIT", 1, 5000)) == 1, "the replica lags"
+        finally:
+            client.close()
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+            proc.wait(timeout=20)
+        self.primary.close()
+        self.replica.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 class PrivateCluster:
     """A Redis Cluster of its own: masters (no replicas) on spare ports, joined with
     ``redis-cli --cluster create``, slots spread evenly."""

@@ -8,11 +8,18 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from litestar import Litestar, Request, Response
-from litestar.exceptions import ValidationException
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    PermissionDeniedException,
+    TooManyRequestsException,
+    ValidationException,
+)
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from gateway.api.auth import Authenticator, scope_guard
+from gateway.api.console.routes import console_router
 from gateway.api.docs import assets_router, openapi_config
 from gateway.api.fastpath import DebitFastPath, too_large
 from gateway.api.health import check_eviction
@@ -24,7 +31,6 @@ from gateway.base.connect import REDIS_UNAVAILABLE
 from gateway.base.errors import POSTGRES_DOWN, REDIS_DOWN, InsufficientCredits, MeteringError
 from gateway.base.metrics import POSTGRES_ERRORS, REDIS_ERRORS
 from gateway.base.settings import Settings, settings_from_env
-from gateway.console.routes import console_router
 from gateway.credits.clock import Clock, configured, system_clock
 from gateway.credits.inputs import EMPTY_BODY, decode_amount, is_amount
 from gateway.credits.keys import Keys
@@ -68,6 +74,15 @@ def invalid(_: Request[Any, Any, Any], exc: ValidationException) -> Response[dic
         for item in items
     ]
     return _error(400, exc.detail, **({"extra": extra} if extra else {}))
+
+
+def refused_key(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    """401, 403 and 429 from the key check, as JSON on every route (the framework would give
+    them the route's media type: text/plain on /metrics), with their headers (Retry-After)."""
+    body = {"status_code": exc.status_code, "detail": exc.detail}
+    return Response(
+        body, status_code=exc.status_code, headers=exc.headers, media_type="application/json"
+    )
 
 
 def redis_down(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
@@ -130,6 +145,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
         exception_handlers={
             MeteringError: metering_error,
             ValidationException: invalid,
+            **dict.fromkeys(
+                (NotAuthorizedException, PermissionDeniedException, TooManyRequestsException),
+                refused_key,
+            ),
             RequestEntityTooLarge: lambda _, __: _error(413, too_large(settings.max_body_bytes)),
             **dict.fromkeys(REDIS_UNAVAILABLE, redis_down),
             **dict.fromkeys(DB_ERRORS, postgres_down),

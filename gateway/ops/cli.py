@@ -28,7 +28,9 @@ from gateway.credits.keys import Keys
 from gateway.credits.money import fmt, to_micro
 from gateway.credits.tiers import load_tiers
 from gateway.flusher.background import has_work, make_flusher, run_forever
+from gateway.ops.dead_letters import command as dead_letters_command
 from gateway.ops.errors import CommandError, explain
+from gateway.ops.price_import import command as pricing_import_command
 from gateway.ops.reconcile import reconcile
 from gateway.ops.supervise import Supervisor
 from persistence import api_keys, db, ledger, users
@@ -162,62 +164,6 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> tuple[int, str]
         await conn.close()
 
 
-async def _dead_letters(settings: Settings, args: argparse.Namespace) -> str:
-    from gateway.ops.dead_letters import act, dead_letters
-
-    redis = connect_redis(settings.redis_url, settings.redis_timeout)
-    keys = Keys(settings.key_prefix, settings.shards)
-    try:
-        if args.dead_command == "list":
-            found = await dead_letters(redis, keys, args.shard)
-            return json.dumps([d.summary() for d in found], indent=2)
-        conn = await asyncpg.connect(settings.database_url)  # before acting: it is audited
-        try:
-            actor = f"cli:{getpass.getuser()}"
-            done = [
-                await act(redis, conn, keys, ref, args.dead_command, actor) for ref in args.refs
-            ]
-        finally:
-            await conn.close()
-        return "\n".join(done)
-    finally:
-        await redis.aclose()
-
-
-async def _pricing_import(settings: Settings, args: argparse.Namespace) -> tuple[int, str]:
-    from decimal import Decimal, InvalidOperation
-    from pathlib import Path
-
-    from gateway.ops.price_import import bundled_map, import_litellm
-
-    try:
-        rate = Decimal(args.credits_per_usd)
-        if not rate.is_finite() or rate <= 0:
-            raise InvalidOperation
-    except InvalidOperation:
-        return 2, f"--credits-per-usd must be a number > 0, not {args.credits_per_usd!r}"
-    try:
-        path = Path(args.file) if args.file else bundled_map()
-        if not path.is_file():
-            return 1, f"no price map at {path}"
-        conn = await asyncpg.connect(settings.database_url)
-    except FileNotFoundError as exc:
-        return 1, str(exc)
-    except (OSError, *DB_ERRORS) as exc:
-        return 1, f"cannot reach PostgreSQL: {exc}"
-    try:
-        added, kept = await import_litellm(
-            conn, path, rate, args.provider, f"cli:{getpass.getuser()}", args.dry_run
-        )
-    except (ValueError, UnicodeDecodeError) as exc:
-        return 1, f"{path} is not a LiteLLM price map: {exc}"
-    finally:
-        await conn.close()
-    if args.dry_run:
-        return 0, f"{added} models priced in {path.name}; nothing changed (--dry-run)"
-    return 0, f"added {added} prices from {path.name}; kept {kept} models already priced"
-
-
 def main(argv: list[str] | None = None) -> int:
     """The command; a failure of the gateway, Redis or PostgreSQL is one line on stderr and a
     non-zero exit, never a traceback."""
@@ -346,14 +292,14 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
         except KeyboardInterrupt:
             return 0
     if args.command == "dead-letters":
-        print(asyncio.run(_dead_letters(settings, args)))
+        print(asyncio.run(dead_letters_command(settings, args)))
         return 0
     if args.command == "keys":
         code, out = asyncio.run(_keys(settings, args))
         print(out)
         return code
     if args.command == "pricing":
-        code, out = asyncio.run(_pricing_import(settings, args))
+        code, out = asyncio.run(pricing_import_command(settings, args))
         print(out, file=sys.stdout if code == 0 else sys.stderr)
         return code
     if args.command == "reconcile":

@@ -8,6 +8,8 @@ id is its key)."""
 
 from __future__ import annotations
 
+import argparse
+import getpass
 import json
 from dataclasses import dataclass
 from decimal import Decimal
@@ -17,6 +19,8 @@ from typing import Any, cast
 import asyncpg
 from redis.asyncio import Redis
 
+from gateway.base.connect import connect_redis
+from gateway.base.settings import Settings
 from gateway.credits.keys import Keys
 from gateway.ops.errors import CommandError
 from persistence import queries
@@ -108,3 +112,24 @@ async def act(
         json.dumps({"event_id": letter.event_id, "error": letter.error, "line": letter.line}),
     )
     return done
+
+
+async def command(settings: Settings, args: argparse.Namespace) -> str:
+    """`metering dead-letters ...`: what it prints."""
+    redis = connect_redis(settings.redis_url, settings.redis_timeout)
+    keys = Keys(settings.key_prefix, settings.shards)
+    try:
+        if args.dead_command == "list":
+            found = await dead_letters(redis, keys, args.shard)
+            return json.dumps([d.summary() for d in found], indent=2)
+        conn = await asyncpg.connect(settings.database_url)  # before acting: it is audited
+        try:
+            actor = f"cli:{getpass.getuser()}"
+            done = [
+                await act(redis, conn, keys, ref, args.dead_command, actor) for ref in args.refs
+            ]
+        finally:
+            await conn.close()
+        return "\n".join(done)
+    finally:
+        await redis.aclose()

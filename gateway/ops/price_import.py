@@ -6,17 +6,22 @@ already keep their prices: only missing models are added (each audited as pricin
 
 from __future__ import annotations
 
+import argparse
+import getpass
 import importlib.util
 import json
 import re
 from collections.abc import Iterable
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+
+from gateway.base.settings import Settings
 from gateway.credits.inputs import TEXT_PATTERN
 from gateway.credits.money import SCALE
-from persistence.db import Executor
+from persistence.db import DB_ERRORS, Executor
 from persistence.pricing import Price, import_prices
 
 MAP_FILE = "model_prices_and_context_window_backup.json"
@@ -87,3 +92,33 @@ async def import_litellm(
         return len(prices), 0
     added = await import_prices(conn, prices, actor, f"litellm:{path.name}")
     return added, len(prices) - added
+
+
+async def command(settings: Settings, args: argparse.Namespace) -> tuple[int, str]:
+    """`metering pricing import`: its exit status and what it prints."""
+    try:
+        rate = Decimal(args.credits_per_usd)
+        if not rate.is_finite() or rate <= 0:
+            raise InvalidOperation
+    except InvalidOperation:
+        return 2, f"--credits-per-usd must be a number > 0, not {args.credits_per_usd!r}"
+    try:
+        path = Path(args.file) if args.file else bundled_map()
+        if not path.is_file():
+            return 1, f"no price map at {path}"
+        conn = await asyncpg.connect(settings.database_url)
+    except FileNotFoundError as exc:
+        return 1, str(exc)
+    except (OSError, *DB_ERRORS) as exc:
+        return 1, f"cannot reach PostgreSQL: {exc}"
+    try:
+        added, kept = await import_litellm(
+            conn, path, rate, args.provider, f"cli:{getpass.getuser()}", args.dry_run
+        )
+    except (ValueError, UnicodeDecodeError) as exc:
+        return 1, f"{path} is not a LiteLLM price map: {exc}"
+    finally:
+        await conn.close()
+    if args.dry_run:
+        return 0, f"{added} models priced in {path.name}; nothing changed (--dry-run)"
+    return 0, f"added {added} prices from {path.name}; kept {kept} models already priced"
