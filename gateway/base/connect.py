@@ -125,14 +125,21 @@ TOPOLOGIES: dict[str, Callable[[str, float, dict[str, Any]], Redis]] = {
 }
 
 
-def connect_redis(url: str, timeout: float, max_connections: int = 64) -> Redis:
-    """A client that answers strings, for the topology the URL's scheme names."""
+def check_redis_url(url: str) -> None:
+    """ValueError naming what is wrong with a METERING_REDIS_URL (the settings check it)."""
     scheme = url.partition("://")[0].lower()
-    topology = TOPOLOGIES.get(scheme)
-    if topology is None:
+    if scheme not in TOPOLOGIES:
         raise ValueError(
             f"METERING_REDIS_URL: {scheme!r} is not one of {', '.join(sorted(TOPOLOGIES))}"
         )
+    if scheme.endswith("+sentinel"):
+        sentinel_target(url)
+
+
+def connect_redis(url: str, timeout: float, max_connections: int = 64) -> Redis:
+    """A client that answers strings, for the topology the URL's scheme names."""
+    check_redis_url(url)
+    topology = TOPOLOGIES[url.partition("://")[0].lower()]
     common: dict[str, Any] = {
         "decode_responses": True,
         "socket_timeout": timeout,

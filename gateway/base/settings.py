@@ -10,6 +10,8 @@ from typing import Literal
 import msgspec
 from apscheduler.triggers.cron import CronTrigger
 
+from gateway.base.connect import check_redis_url
+
 # the allocation period (gateway/credits/clock.py computes its boundaries on the one clock)
 Period = Literal["month", "week", "day"]
 
@@ -96,6 +98,10 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: object)
     try:
         settings = msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:
+        raise SystemExit(f"invalid configuration: {exc}") from None
+    try:
+        check_redis_url(settings.redis_url)
+    except ValueError as exc:
         raise SystemExit(f"invalid configuration: {exc}") from None
     if settings.renew_cron != "off":
         try:

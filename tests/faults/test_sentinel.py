@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from gateway.base.connect import connect_redis, sentinel_target
-from gateway.base.settings import Settings
+from gateway.base.settings import Settings, settings_from_env
 from gateway.credits.keys import Keys
 from loadtests.servers import PrivateSentinels
 from tests.books import assert_books_balance
@@ -56,6 +56,10 @@ def test_the_sentinel_url_is_read_as_written() -> None:
     for bad in ("redis+sentinel://a:1", "redis+sentinel://a/x", "redis+sentinel://a:1/x/y"):
         with pytest.raises(ValueError, match="METERING_REDIS_URL"):
             sentinel_target(bad)
+        with pytest.raises(SystemExit, match="invalid configuration: METERING_REDIS_URL"):
+            settings_from_env({"METERING_REDIS_URL": bad})  # refused at start-up, in one line
+    with pytest.raises(SystemExit, match="'memcached' is not one of"):
+        settings_from_env({"METERING_REDIS_URL": "memcached://x"})
 
 
 async def test_a_failover_is_followed_and_no_debit_is_lost_or_doubled(
