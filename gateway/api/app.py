@@ -44,10 +44,15 @@ from persistence.db import DB_ERRORS, open_pool
 log = logging.getLogger("metering.app")
 
 
-def _error(status: int, detail: str, **extra: Any) -> Response[dict[str, Any]]:
-    headers = {"Retry-After": "1"} if status == 503 else None  # retry with the same request_id
+def _error(
+    status: int, detail: str, *, headers: dict[str, str] | None = None, **extra: Any
+) -> Response[dict[str, Any]]:
+    """Every error the gateway answers: JSON on every route (without a media type the
+    framework would give it the route's: text/plain on /metrics)."""
+    if status == 503:  # retry with the same request_id
+        headers = {"Retry-After": "1", **(headers or {})}
     body = {"status_code": status, "detail": detail, **extra}
-    return Response(body, status_code=status, headers=headers)
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
 def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
@@ -73,16 +78,12 @@ def invalid(_: Request[Any, Any, Any], exc: ValidationException) -> Response[dic
         else item
         for item in items
     ]
-    return _error(400, exc.detail, **({"extra": extra} if extra else {}))
+    return _error(400, exc.detail, extra=extra) if extra else _error(400, exc.detail)
 
 
 def refused_key(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
-    """401, 403 and 429 from the key check, as JSON on every route (the framework would give
-    them the route's media type: text/plain on /metrics), with their headers (Retry-After)."""
-    body = {"status_code": exc.status_code, "detail": exc.detail}
-    return Response(
-        body, status_code=exc.status_code, headers=exc.headers, media_type="application/json"
-    )
+    """401, 403 and 429 from the key check, with their headers (Retry-After)."""
+    return _error(exc.status_code, exc.detail, headers=exc.headers)
 
 
 def redis_down(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
