@@ -84,3 +84,11 @@ def test_commands_against_no_redis_say_so_without_the_password() -> None:
     out = metering("flush", METERING_REDIS_URL=f"redis://:s3cret@{DEAD}/0")
     one_line(out, "Redis", "127.0.0.1:9")
     assert "s3cret" not in out.stderr + out.stdout
+
+
+def test_addresses_are_named_without_credentials() -> None:
+    from gateway.ops.errors import where
+
+    assert where("redis+sentinel://:pw@a:1,b:2/svc/0") == "redis+sentinel://a:1,b:2/svc/0"
+    assert where("postgresql://u:p@h:5432/db?password=x") == "postgresql://h:5432/db"
+    assert where("http://127.0.0.1:9") == "http://127.0.0.1:9"

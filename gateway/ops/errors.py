@@ -3,8 +3,6 @@ could not be done and why, never a traceback (and never a password from a URL)."
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 import asyncpg
 import httpx
 from redis.exceptions import AuthenticationError, RedisError
@@ -23,14 +21,10 @@ class CommandError(Exception):
 
 
 def where(url: str) -> str:
-    """A URL without its credentials: scheme://host:port/path."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "(an unparsable URL)"
-    return f"{parts.scheme}://{host}{port}{parts.path}"
+    """A URL without its credentials: scheme://host:port/path (every host of a Sentinel URL)."""
+    scheme, _, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    return f"{scheme}://{netloc.rpartition('@')[2]}{slash}{path.partition('?')[0]}"
 
 
 def explain(exc: BaseException, settings: Settings, gateway: str | None = None) -> str | None:
