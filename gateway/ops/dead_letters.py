@@ -26,6 +26,7 @@ from gateway.ops.errors import CommandError
 from persistence import queries
 from persistence.events import fields
 
+GONE = "{ref}: gone already (replayed or dropped); nothing done"  # what a repeat is told
 REPLAY = resources.files("gateway.ops").joinpath("lua", "replay_dead.lua").read_text()
 
 
@@ -88,16 +89,16 @@ async def act(
     shard, entry_id = parse_ref(ref, keys)
     found = await _read(redis, keys, shard, entry_id)
     if not found:
-        return f"{ref}: gone already (replayed or dropped); nothing done"
+        return GONE.format(ref=ref)
     letter = found[0]
     if action == "replay":
         answer = await redis.eval(REPLAY, 2, keys.dead(shard), keys.stream(shard), entry_id)
         if answer[0] == "gone":  # another operator's replay or drop came first
-            return f"{ref}: gone already (replayed or dropped); nothing done"
+            return GONE.format(ref=ref)
         done = f"{ref}: replayed as {answer[1]} in {keys.stream(shard)}"
     else:
         if not await redis.xdel(keys.dead(shard), entry_id):
-            return f"{ref}: gone already (replayed or dropped); nothing done"
+            return GONE.format(ref=ref)
         done = f"{ref}: dropped"
     summary = letter.summary()
     amount = str(summary.get("amt") or "")
