@@ -112,6 +112,50 @@ def private_redis(*extra: str) -> Iterator[str]:
         server.close()
 
 
+class PrivateReplicated:
+    """A primary and its replica of our own; the replica can be frozen (SIGSTOP: a partition
+    or a host that stopped answering, its link still up) and thawed."""
+
+    def __init__(self, aof: bool = False) -> None:
+        self.primary = PrivateRedis(aof=aof)
+        self.replica = PrivateRedis("--replicaof", "127.0.0.1", str(self.primary.port), aof=aof)
+
+    @property
+    def url(self) -> str:
+        return self.primary.url
+
+    def start(self) -> None:
+        self.primary.start()
+        self.replica.start()
+        replica = redis.Redis(port=self.replica.port)
+        _wait(
+            lambda: replica.info("replication")["master_link_status"] == "up", "the replica's sync"
+        )
+        replica.close()
+
+    def freeze(self) -> None:
+        assert self.replica.proc is not None
+        self.replica.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.replica.proc is not None
+        self.replica.proc.send_signal(signal.SIGCONT)
+
+    def in_sync(self) -> None:
+        """Wait until the replica has every write the primary took."""
+        client = redis.Redis(port=self.primary.port)
+        try:
+            assert int(client.execute_command("WAIT", 1, 5000)) == 1, "the replica lags"
+        finally:
+            client.close()
+
+    def close(self) -> None:
+        if self.replica.proc is not None:  # a frozen process ignores SIGKILL until thawed
+            self.thaw()
+        self.primary.close()
+        self.replica.close()
+
+
 class PrivateSentinels:
     """A primary, its replica and three sentinels watching them (``redis-server --sentinel``),
     on spare ports: the gateway's ``redis+sentinel://`` URL for it, and the means to fail it
@@ -120,8 +164,8 @@ class PrivateSentinels:
     SERVICE = "metering"
 
     def __init__(self, down_after_ms: int = 1000) -> None:
-        self.primary = PrivateRedis(aof=True)
-        self.replica = PrivateRedis("--replicaof", "127.0.0.1", str(self.primary.port), aof=True)
+        self.pair = PrivateReplicated(aof=True)
+        self.primary, self.replica = self.pair.primary, self.pair.replica
         self.down_after_ms = down_after_ms
         self.sentinels = [free_port() for _ in range(3)]
         self.dir = tempfile.mkdtemp(prefix="metering-sentinel-")
@@ -133,13 +177,7 @@ class PrivateSentinels:
         return f"redis+sentinel://{nodes}/{self.SERVICE}/0"
 
     def start(self) -> None:
-        self.primary.start()
-        self.replica.start()
-        replica = redis.Redis(port=self.replica.port)
-        _wait(
-            lambda: replica.info("replication")["master_link_status"] == "up", "the replica's sync"
-        )
-        replica.close()
+        self.pair.start()
         for port in self.sentinels:
             conf = Path(self.dir) / f"sentinel-{port}.conf"
             conf.write_text(
@@ -175,19 +213,13 @@ class PrivateSentinels:
             client.close()
 
     def in_sync(self) -> None:
-        """Wait until the replica has every write the primary took."""
-        client = redis.Redis(port=self.primary.port)
-        try:
-            assert int(client.execute_command("WAIT", 1, 5000)) == 1, "the replica lags"
-        finally:
-            client.close()
+        self.pair.in_sync()
 
     def close(self) -> None:
         for proc in self.procs:
             proc.kill()
             proc.wait(timeout=20)
-        self.primary.close()
-        self.replica.close()
+        self.pair.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -160,6 +160,9 @@ def settings(database_url: str, prefix: str, redis_url: str) -> Settings:
         key_prefix=prefix,
         shards=4,
         auth_cache_ttl=0.5,
+        # the tests' cluster has no replicas to wait for (tests/test_durability.py and
+        # tests/faults/test_failover.py test replica mode)
+        redis_durability="primary",
     )
 
 

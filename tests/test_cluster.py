@@ -78,7 +78,10 @@ def test_serve_on_a_cluster_url_flushes_through_its_flusher_process(
     cluster: PrivateCluster,
 ) -> None:
     with gateway_process(
-        workers=2, METERING_REDIS_URL=cluster.url, METERING_FLUSH_INTERVAL="0.2"
+        workers=2,
+        METERING_REDIS_URL=cluster.url,
+        METERING_FLUSH_INTERVAL="0.2",
+        METERING_REDIS_DURABILITY="primary",
     ) as gw:
         headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
         with httpx.Client(base_url=gw.url, headers=headers, timeout=10) as c:

@@ -22,7 +22,7 @@ from gateway.api.auth import Authenticator, scope_guard
 from gateway.api.console.routes import console_router
 from gateway.api.docs import assets_router, openapi_config
 from gateway.api.fastpath import DebitFastPath, too_large
-from gateway.api.health import check_eviction
+from gateway.api.health import check_eviction, check_replication
 from gateway.api.paths import decode_path_params
 from gateway.api.routes import ROUTES
 from gateway.api.routes.body import AmountSchema, MeteringRequest
@@ -30,15 +30,19 @@ from gateway.api.services import Services
 from gateway.base.connect import REDIS_UNAVAILABLE
 from gateway.base.errors import POSTGRES_DOWN, REDIS_DOWN, InsufficientCredits, MeteringError
 from gateway.base.metrics import POSTGRES_ERRORS, REDIS_ERRORS
-from gateway.base.settings import Settings, settings_from_env
-from gateway.credits.clock import Clock, configured, system_clock
+from gateway.base.settings import Settings, durability, settings_from_env
+from gateway.credits.clock import Clock, system_clock
 from gateway.credits.inputs import EMPTY_BODY, decode_amount, is_amount
-from gateway.credits.keys import Keys
 from gateway.credits.messages import in_words
 from gateway.credits.money import fmt
-from gateway.credits.service import CreditService
 from gateway.credits.tiers import load_tiers
-from gateway.flusher.background import Background, make_flusher, redis_client
+from gateway.flusher.background import (
+    Background,
+    make_flusher,
+    make_service,
+    redis_client,
+    replica_acks,
+)
 from persistence.db import DB_ERRORS, open_pool
 
 log = logging.getLogger("metering.app")
@@ -101,27 +105,18 @@ def postgres_down(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[st
 def create_app(settings: Settings | None = None, *, clock: Clock = system_clock) -> DebitFastPath:
     settings = settings if settings is not None else settings_from_env()
     tiers = load_tiers(settings.tiers_file)
-    keys = Keys(settings.key_prefix, settings.shards)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         redis = redis_client(settings)
         await check_eviction(redis, settings.eviction_check)
+        await check_replication(redis, durability(settings), settings.redis_wait_replicas)
         # connections are made on demand: a gateway started while PostgreSQL is down serves the
         # users Redis holds, and answers 503 for the rest until it is back
         pool = await open_pool(settings.database_url, min_size=0)
-        service = CreditService(
-            redis,
-            pool,
-            keys,
-            tiers,
-            configured(clock, settings.clock_offset),
-            settings.idempotency_ttl,
-            settings.period,
-            settings.pricing_cache_ttl,
-            settings.max_backlog,
-        )
-        flusher = make_flusher(settings, redis, pool, tiers)
+        acks = replica_acks(settings, redis)
+        service = make_service(settings, redis, pool, tiers, clock, acks)
+        flusher = make_flusher(settings, redis, pool, tiers, acks)
         auth = Authenticator(
             pool,
             settings.admin_key,
@@ -136,6 +131,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
             yield
         finally:
             await background.stop()
+            if acks is not None:
+                await acks.aclose()
             await redis.aclose()
             await pool.close()
 

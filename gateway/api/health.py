@@ -1,6 +1,7 @@
 """Health: readiness (can this gateway serve debits: Redis, a live flusher, no pending
 migration; PostgreSQL's state and the flusher's lag reported as degraded fields), how far behind
-the flusher is, and the start-up check that Redis will never evict unflushed state."""
+the flusher is, and the start-up checks that Redis will never evict unflushed state and of its
+replication."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from typing import Any, Literal
 
 from litestar import Response
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
 from gateway.api.services import Services
+from gateway.base.durable import Durability
 from gateway.flusher.flush import ALIVE_SECONDS
 from persistence import migrate, queries
 
@@ -47,6 +50,65 @@ async def check_eviction(redis: Redis, mode: Literal["refuse", "warn"]) -> str:
             raise UnsafeRedis(message)
         log.error(message)
     return policy
+
+
+async def _per_primary(redis: Redis, section: str) -> list[dict[str, Any]]:
+    """INFO section of every primary: the one server, or each primary of a cluster."""
+    if isinstance(redis, RedisCluster):
+        answers = await redis.info(section, target_nodes=RedisCluster.PRIMARIES)
+        return [dict(v) for v in answers.values()] if isinstance(answers, dict) else []
+    return [dict(await redis.info(section))]
+
+
+async def _config_per_primary(redis: Redis, name: str) -> list[str]:
+    if isinstance(redis, RedisCluster):
+        answers = await redis.config_get(name, target_nodes=RedisCluster.PRIMARIES)
+        values = answers.values() if isinstance(answers, dict) else []
+        return [str(v.get(name)) if isinstance(v, dict) else str(v) for v in values]
+    return [str((await redis.config_get(name)).get(name))]
+
+
+async def check_replication(redis: Redis, mode: Durability, replicas: int) -> dict[str, Any]:
+    """What start-up finds of Redis's replication, logged where it puts money at risk:
+    - replica mode, a primary with fewer replicas than changes wait for: they answer 503
+      until it has them;
+    - primary mode, a primary with replicas: a failover can take back acknowledged changes;
+    - a primary with replicas and min-replicas-to-write 0: cut off from its replicas, or
+      restarted from its AOF before Sentinel or the cluster demotes it, it goes on taking
+      writes that the failover then discards (docs/reliability.md)."""
+    try:
+        infos = await _per_primary(redis, "replication")
+        guards = await _config_per_primary(redis, "min-replicas-to-write")
+    except ResponseError:
+        log.warning("cannot read Redis's replication settings (INFO or CONFIG GET refused)")
+        return {"checked": False}
+    except (RedisError, OSError):
+        log.warning("Redis unreachable at start-up; replication not checked")
+        return {"checked": False}
+    counts = [int(i.get("connected_slaves", 0)) for i in infos]
+    short = sum(1 for n in counts if n < replicas)
+    if mode == "replica" and short:
+        log.error(
+            "METERING_REDIS_DURABILITY=replica: %d of %d Redis primaries have fewer than %d "
+            "replica(s) connected; their changes answer 503 until they do",
+            short,
+            len(counts),
+            replicas,
+        )
+    if mode == "primary" and any(counts):
+        log.warning(
+            "Redis has replicas but METERING_REDIS_DURABILITY=primary: a failover can lose "
+            "changes already acknowledged; set it to replica (docs/reliability.md)"
+        )
+    unguarded = sum(1 for n, g in zip(counts, guards, strict=False) if n and g in ("0", "None"))
+    if unguarded:
+        log.warning(
+            "%d Redis primaries have replicas and min-replicas-to-write 0: an isolated or "
+            "restarted old primary would accept writes a failover then discards; set "
+            "min-replicas-to-write 1 and min-replicas-max-lag 10 (docs/reliability.md)",
+            unguarded,
+        )
+    return {"checked": True, "replicas": counts, "short": short, "unguarded": unguarded}
 
 
 async def flusher_status(s: Services) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel, SentinelManagedSSLConnection
 from redis.exceptions import (
+    AskError,
     ClusterError,
     ConnectionError,
     ReadOnlyError,
@@ -30,17 +31,29 @@ from redis.exceptions import (
     TryAgainError,
 )
 
+from gateway.base.durable import NotReplicated
+
+
+class ClientFailed(ConnectionError):
+    """redis-py failed mid-call on a connection closed under it (a failover): as a lost
+    connection, the call may or may not have reached Redis."""
+
+
 # Redis cannot take the call now, though it may shortly: unreachable or slow (ConnectionError
 # includes BusyLoadingError, a restart loading its data), a replica or a demoted primary that
 # refuses writes (ReadOnlyError), a cluster failing over (ClusterDownError, TryAgainError, a
-# slot without a node). Every one is a 503 with retry advice, never a 500.
+# slot without a node, a MOVED or ASK answer when the slot map is stale: AskError is MovedError's
+# base), or replicas that did not confirm a change (durable.NotReplicated). Every one is a 503
+# with retry advice, never a 500.
 REDIS_UNAVAILABLE: tuple[type[Exception], ...] = (
     ConnectionError,
     TimeoutError,
     ReadOnlyError,
     ClusterError,
     TryAgainError,
+    AskError,
     RedisClusterException,
+    NotReplicated,
 )
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}

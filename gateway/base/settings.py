@@ -11,6 +11,7 @@ import msgspec
 from apscheduler.triggers.cron import CronTrigger
 
 from gateway.base.connect import check_redis_url
+from gateway.base.durable import Durability
 
 # the allocation period (gateway/credits/clock.py computes its boundaries on the one clock)
 Period = Literal["month", "week", "day"]
@@ -31,6 +32,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     shards: int = 16
     idempotency_ttl: int = 7 * 24 * 3600  # seconds a request_id is remembered in Redis
     redis_timeout: float = 2.0  # seconds, socket and connect timeout
+    # 'replica': answer a change only once WAIT confirms it on redis_wait_replicas replicas
+    # (gateway/base/durable.py); unset: 'replica' on Sentinel and Cluster URLs, else 'primary'
+    redis_durability: Durability | None = None
+    redis_wait_replicas: int = 1
+    redis_wait_ms: int = 200  # how long a change waits for its replicas before a 503
     auth_cache_ttl: float = 5.0  # seconds an API key lookup is cached per process
     # a client address failing authentication this many times in the window gets 429 till its end
     header_timeout: float = 10.0  # seconds from a request's first byte to its headers' end
@@ -68,6 +74,9 @@ _ENV = {
     "shards": "METERING_SHARDS",
     "idempotency_ttl": "METERING_IDEMPOTENCY_TTL",
     "redis_timeout": "METERING_REDIS_TIMEOUT",
+    "redis_durability": "METERING_REDIS_DURABILITY",
+    "redis_wait_replicas": "METERING_REDIS_WAIT_REPLICAS",
+    "redis_wait_ms": "METERING_REDIS_WAIT_MS",
     "auth_cache_ttl": "METERING_AUTH_CACHE_TTL",
     "header_timeout": "METERING_HEADER_TIMEOUT",
     "limit_concurrency": "METERING_LIMIT_CONCURRENCY",
@@ -103,6 +112,14 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: object)
         check_redis_url(settings.redis_url)
     except ValueError as exc:
         raise SystemExit(f"invalid configuration: {exc}") from None
+    if settings.redis_wait_replicas < 1:
+        raise SystemExit("invalid configuration: METERING_REDIS_WAIT_REPLICAS must be >= 1")
+    if not 0 < settings.redis_wait_ms < settings.redis_timeout * 1000:
+        raise SystemExit(
+            "invalid configuration: METERING_REDIS_WAIT_MS must be > 0 and below "
+            f"METERING_REDIS_TIMEOUT ({settings.redis_timeout} s), or the wait would time out "
+            "the connection"
+        )
     if settings.renew_cron != "off":
         try:
             CronTrigger.from_crontab(settings.renew_cron, timezone="UTC")
@@ -123,6 +140,15 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: object)
             "(webhooks are signed with it)"
         )
     return settings
+
+
+def durability(settings: Settings) -> Durability:
+    """The acknowledgement mode: as set, or by topology: replica where Redis fails over by
+    itself (Sentinel, Cluster), primary for one server (docs/reliability.md)."""
+    if settings.redis_durability is not None:
+        return settings.redis_durability
+    scheme = settings.redis_url.partition("://")[0].lower()
+    return "replica" if "+" in scheme else "primary"
 
 
 def expiring_min_micro(settings: Settings) -> int:

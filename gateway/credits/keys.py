@@ -8,6 +8,7 @@ Layout (prefix ``m`` by default, ``S`` the user's shard, ``U`` the percent-encod
 - ``m:{sS}:rv:RESID``   hash, one reservation (user, amount, expiry, state, settlement)
 - ``m:{sS}:rf:U:TXN``   string, micro-credits refunded so far of debit TXN (expires)
 - ``m:{sS}:events``     stream, the shard's unflushed ledger events, drained by the flusher
+- ``m:{sS}:w``          string, the shard's beacon: written before each WAIT in replica mode
 - ``m:marker``          string, set once per Redis data set (gone = Redis lost its data)
 - ``m:flushers``        sorted set, running flushers (host:pid) by their last beat (epoch s)
 - ``m:schema``          string, the newest migration applied (serve starts without PostgreSQL)
@@ -105,6 +106,12 @@ class Keys:
         """The newest migration `metering serve` applied to PostgreSQL: lets serve start while
         PostgreSQL is down when the schema is known to be current."""
         return f"{self.prefix}:schema"
+
+    def beacon_of(self, key: str) -> str:
+        """The beacon in key's slot (its hash tag): a write for WAIT to confirm after calls that
+        may have written nothing themselves (gateway/base/durable.py)."""
+        start = key.index("{")
+        return f"{self.prefix}:{key[start : key.index('}', start) + 1]}:w"
 
     def all_streams(self) -> list[str]:
         return [self.stream(s) for s in range(self.shards)]

@@ -13,6 +13,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from gateway.base.durable import ReplicaAcks
 from gateway.base.errors import IdempotencyConflict, InsufficientCredits, Unavailable, Unprocessable
 from gateway.base.metrics import HYDRATIONS
 from gateway.credits.block_text import blocks_text
@@ -183,6 +184,8 @@ class CreditService:
         period: Period = "month",
         pricing_ttl: float = 5.0,
         max_backlog: int = 500_000,
+        *,
+        acks: ReplicaAcks | None = None,
     ) -> None:
         self.redis = redis
         self.pool = pool
@@ -191,7 +194,7 @@ class CreditService:
         self.clock = clock
         self.period: Period = period
         self.scripts = Scripts(redis, max_backlog)
-        self.coalescer = Coalescer(redis)
+        self.coalescer = Coalescer(redis, durable=acks)
         self.idempotency_ttl = idempotency_ttl
         self.pricing = PriceBook(pool, pricing_ttl)
 

@@ -24,7 +24,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.base.connect import connect_redis
-from gateway.base.settings import Settings, expiring_min_micro
+from gateway.base.durable import ReplicaAcks
+from gateway.base.settings import Settings, durability, expiring_min_micro
 from gateway.credits.clock import Clock, configured, system_clock
 from gateway.credits.keys import Keys
 from gateway.credits.renewal import renew_idle
@@ -41,20 +42,58 @@ def redis_client(settings: Settings) -> Redis:
     return connect_redis(settings.redis_url, settings.redis_timeout)
 
 
+def replica_acks(settings: Settings, redis: Redis) -> ReplicaAcks | None:
+    """What makes changes wait for the replicas in replica mode (None in primary mode)."""
+    if durability(settings) == "primary":
+        return None
+    keys = Keys(settings.key_prefix, settings.shards)
+    return ReplicaAcks(redis, keys.beacon_of, settings.redis_wait_replicas, settings.redis_wait_ms)
+
+
+def make_service(
+    settings: Settings,
+    redis: Redis,
+    pool: asyncpg.Pool,
+    tiers: TierTable,
+    clock: Clock,
+    acks: ReplicaAcks | None,
+) -> CreditService:
+    return CreditService(
+        redis,
+        pool,
+        Keys(settings.key_prefix, settings.shards),
+        tiers,
+        configured(clock, settings.clock_offset),
+        settings.idempotency_ttl,
+        settings.period,
+        settings.pricing_cache_ttl,
+        settings.max_backlog,
+        acks=acks,
+    )
+
+
 def has_work(settings: Settings) -> bool:
     """Whether these settings give the background anything to do (the webhook sender runs
     with the flusher)."""
     return settings.flush_interval > 0 or settings.renew_cron != "off"
 
 
-def make_flusher(settings: Settings, redis: Redis, pool: asyncpg.Pool, tiers: TierTable) -> Flusher:
-    """The flusher, queueing low-balance webhooks when a webhook URL is set."""
+def make_flusher(
+    settings: Settings,
+    redis: Redis,
+    pool: asyncpg.Pool,
+    tiers: TierTable,
+    acks: ReplicaAcks | None = None,
+) -> Flusher:
+    """The flusher, queueing low-balance webhooks when a webhook URL is set; in replica mode
+    flushing only what the replicas have (with acks, or ReplicaAcks of its own)."""
     return Flusher(
         redis,
         pool,
         Keys(settings.key_prefix, settings.shards),
         settings.flush_batch,
         alerts=tiers.alert_rules() if settings.webhook_url else None,
+        acks=acks if acks is not None else replica_acks(settings, redis),
     )
 
 
@@ -173,18 +212,11 @@ async def run_forever(
     redis = redis_client(settings)
     # no connection yet: the flusher starts while PostgreSQL is down and flushes once it is back
     pool = await open_pool(settings.database_url, min_size=0, max_size=8)
-    service = CreditService(
-        redis,
-        pool,
-        Keys(settings.key_prefix, settings.shards),
-        load_tiers(settings.tiers_file),
-        configured(clock, settings.clock_offset),
-        settings.idempotency_ttl,
-        settings.period,
-        settings.pricing_cache_ttl,
-        settings.max_backlog,
+    acks = replica_acks(settings, redis)
+    service = make_service(settings, redis, pool, load_tiers(settings.tiers_file), clock, acks)
+    background = Background(
+        settings, make_flusher(settings, redis, pool, service.tiers, acks), service
     )
-    background = Background(settings, make_flusher(settings, redis, pool, service.tiers), service)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
@@ -199,5 +231,7 @@ async def run_forever(
                 break
     finally:
         await background.stop()
+        if acks is not None:
+            await acks.aclose()
         await redis.aclose()
         await pool.close()

@@ -27,6 +27,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 from redis.asyncio import Redis
 
+from gateway.base.durable import ReplicaAcks
 from gateway.base.metrics import (
     DEAD_LETTERS,
     FLUSH_BATCHES,
@@ -53,6 +54,7 @@ class FlushStats:
     inserted: int = 0  # ledger rows newly written
     dead: int = 0  # events PostgreSQL refused, moved to the dead-letter streams
     skipped_shards: list[int] = field(default_factory=list)  # locked by another flusher
+    unreplicated_shards: list[int] = field(default_factory=list)  # replicas lag: not flushed
 
 
 class Flusher:
@@ -64,8 +66,10 @@ class Flusher:
         batch: int,
         concurrency: int = 4,
         alerts: AlertRules | None = None,  # low-balance webhooks to queue (None: none)
+        acks: ReplicaAcks | None = None,  # replica mode: flush only what the replicas have
     ) -> None:
         self.alerts = alerts
+        self.acks = acks
         self.redis = redis
         self.pool = pool
         self.keys = keys
@@ -111,10 +115,10 @@ class Flusher:
                 if not await try_flush_lock(conn, stream):
                     stats.skipped_shards.append(shard)
                     return stats
-                entries = cast(
-                    list[tuple[str, dict[str, str]]],
-                    await self.redis.xrange(stream, count=self.batch),
-                )
+                entries = await self._read(stream)
+                if entries is None:  # the replicas lag: what they lack could still be lost
+                    stats.unreplicated_shards.append(shard)
+                    return stats
                 if not entries:
                     return stats
                 events = [line_of(f) for _, f in entries]
@@ -136,12 +140,27 @@ class Flusher:
             if len(entries) < self.batch:
                 return stats
 
+    async def _read(self, stream: str) -> list[tuple[str, dict[str, str]]] | None:
+        """The oldest batch of the stream; in replica mode only once the replicas confirmed it
+        (None when they did not), so PostgreSQL never books an event a failover takes back."""
+        if self.acks is None:
+            return cast(
+                list[tuple[str, dict[str, str]]], await self.redis.xrange(stream, count=self.batch)
+            )
+        entries, confirmed = await self.acks.read_durable(stream, self.batch)
+        if not confirmed:
+            log.warning("the replicas lag behind %s: not flushed until they confirm it", stream)
+            return None
+        return [(str(i), dict(f)) for i, f in entries]
+
     async def settle(self, shard: int, tries: int = 50) -> bool:
         """Flush the shard until one pass drained it without another flusher holding it, so
         everything written to it before this call is in PostgreSQL. False when it stayed held
-        (tries times 50 ms). For guards that fall back to PostgreSQL's truth (refunds, coupons)."""
+        or its replicas lagged (tries times 50 ms). For guards that fall back to PostgreSQL's
+        truth (refunds, coupons)."""
         for _ in range(tries):
-            if not (await self.flush_shard(shard)).skipped_shards:
+            stats = await self.flush_shard(shard)
+            if not stats.skipped_shards and not stats.unreplicated_shards:
                 return True
             await asyncio.sleep(0.05)
         return False
