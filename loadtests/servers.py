@@ -112,13 +112,55 @@ def private_redis(*extra: str) -> Iterator[str]:
         server.close()
 
 
+def freeze(server: PrivateRedis) -> None:
+    """The server stops answering, its connections open (SIGSTOP): a host that hangs, or a
+    partition."""
+    if server.proc is not None:
+        server.proc.send_signal(signal.SIGSTOP)
+
+
+def online_replicas(primary: PrivateRedis) -> int:
+    """Replicas that finished their sync with the primary and follow it."""
+    client = redis.Redis(port=primary.port, decode_responses=True)
+    try:
+        info = client.info("replication")
+    except redis.RedisError:
+        return 0
+    finally:
+        client.close()
+    return sum(
+        1
+        for name, value in info.items()
+        if name.startswith("slave") and isinstance(value, dict) and value.get("state") == "online"
+    )
+
+
+def cut_off(primary: PrivateRedis) -> None:
+    """The primary drops its replicas' links: what it takes from now on reaches none of them
+    (with them frozen first, they cannot reconnect: a partition)."""
+    client = redis.Redis(port=primary.port)
+    try:
+        client.client_kill_filter(_type="replica")
+    finally:
+        client.close()
+
+
+def thaw(server: PrivateRedis) -> None:
+    if server.proc is not None:
+        server.proc.send_signal(signal.SIGCONT)
+
+
 class PrivateReplicated:
     """A primary and its replica of our own; the replica can be frozen (SIGSTOP: a partition
     or a host that stopped answering, its link still up) and thawed."""
 
-    def __init__(self, aof: bool = False) -> None:
+    def __init__(self, aof: bool = False, replicas: int = 1) -> None:
         self.primary = PrivateRedis(aof=aof)
-        self.replica = PrivateRedis("--replicaof", "127.0.0.1", str(self.primary.port), aof=aof)
+        self.replicas = [
+            PrivateRedis("--replicaof", "127.0.0.1", str(self.primary.port), aof=aof)
+            for _ in range(replicas)
+        ]
+        self.replica = self.replicas[0]
 
     @property
     def url(self) -> str:
@@ -126,20 +168,23 @@ class PrivateReplicated:
 
     def start(self) -> None:
         self.primary.start()
-        self.replica.start()
-        replica = redis.Redis(port=self.replica.port)
-        _wait(
-            lambda: replica.info("replication")["master_link_status"] == "up", "the replica's sync"
-        )
-        replica.close()
+        for node in self.replicas:
+            node.start()
+            replica = redis.Redis(port=node.port)
+            _wait(
+                lambda r=replica: r.info("replication")["master_link_status"] == "up",
+                "the replica's sync",
+            )
+            replica.close()
 
     def freeze(self) -> None:
-        assert self.replica.proc is not None
-        self.replica.proc.send_signal(signal.SIGSTOP)
+        """Every replica stops answering (SIGSTOP)."""
+        for node in self.replicas:
+            freeze(node)
 
     def thaw(self) -> None:
-        assert self.replica.proc is not None
-        self.replica.proc.send_signal(signal.SIGCONT)
+        for node in self.replicas:
+            thaw(node)
 
     def in_sync(self) -> None:
         """Wait until the replica has every write the primary took."""
@@ -150,10 +195,10 @@ class PrivateReplicated:
             client.close()
 
     def close(self) -> None:
-        if self.replica.proc is not None:  # a frozen process ignores SIGKILL until thawed
-            self.thaw()
+        self.thaw()
         self.primary.close()
-        self.replica.close()
+        for node in self.replicas:
+            node.close()
 
 
 class PrivateSentinels:
@@ -163,8 +208,8 @@ class PrivateSentinels:
 
     SERVICE = "metering"
 
-    def __init__(self, down_after_ms: int = 1000) -> None:
-        self.pair = PrivateReplicated(aof=True)
+    def __init__(self, down_after_ms: int = 1000, replicas: int = 1) -> None:
+        self.pair = PrivateReplicated(aof=True, replicas=replicas)
         self.primary, self.replica = self.pair.primary, self.pair.replica
         self.down_after_ms = down_after_ms
         self.sentinels = [free_port() for _ in range(3)]
@@ -197,7 +242,8 @@ class PrivateSentinels:
             _wait(
                 lambda c=client: (
                     len(c.execute_command("SENTINEL", "SENTINELS", self.SERVICE)) == 2
-                    and len(c.execute_command("SENTINEL", "REPLICAS", self.SERVICE)) == 1
+                    and len(c.execute_command("SENTINEL", "REPLICAS", self.SERVICE))
+                    == len(self.pair.replicas)
                 ),
                 "the sentinels",
             )
@@ -224,10 +270,13 @@ class PrivateSentinels:
 
 
 class PrivateCluster:
-    """A Redis Cluster of its own: masters (no replicas) on spare ports, joined with
-    ``redis-cli --cluster create``, slots spread evenly."""
+    """A Redis Cluster of its own on spare ports, joined with ``redis-cli --cluster create``,
+    slots spread evenly: masters, each with `replicas` replicas (none by default)."""
 
-    def __init__(self, masters: int = 3) -> None:
+    def __init__(
+        self, masters: int = 3, replicas: int = 0, node_timeout_ms: int = 3000, aof: bool = False
+    ) -> None:
+        self.replicas = replicas
         self.nodes = [
             PrivateRedis(
                 "--cluster-enabled",
@@ -235,10 +284,11 @@ class PrivateCluster:
                 "--cluster-config-file",
                 "nodes.conf",
                 "--cluster-node-timeout",
-                "3000",
+                str(node_timeout_ms),
+                aof=aof,
                 port=free_cluster_port(),
             )
-            for _ in range(masters)
+            for _ in range(masters * (1 + replicas))
         ]
 
     @property
@@ -256,33 +306,86 @@ class PrivateCluster:
                 "create",
                 *(f"127.0.0.1:{n.port}" for n in self.nodes),
                 "--cluster-replicas",
-                "0",
+                str(self.replicas),
                 "--cluster-yes",
             ],
             check=True,
             stdout=subprocess.DEVNULL,
         )
+        _wait(self.healthy, "redis cluster")
 
-        def ready() -> bool:
-            for node in self.nodes:
-                client = redis.Redis(port=node.port)
-                try:
-                    if client.cluster("info")["cluster_state"] != "ok":
-                        return False
-                finally:
-                    client.close()
+    def healthy(self) -> bool:
+        """Every running node sees the cluster ok, and every master has its replicas."""
+        for node in self.nodes:
+            if node.proc is None:
+                continue
+            client = redis.Redis(port=node.port)
+            try:
+                if client.cluster("info")["cluster_state"] != "ok":
+                    return False
+            except redis.RedisError:
+                return False
+            finally:
+                client.close()
+        if self.replicas == 0:
             return True
+        masters = self.masters()
+        return len(masters) == len(self.nodes) // (1 + self.replicas) and all(
+            len(self.replicas_of(m)) >= self.replicas and online_replicas(m) >= self.replicas
+            for m in masters
+        )
 
-        _wait(ready, "redis cluster")
+    def _nodes_view(self) -> list[dict[str, str]]:
+        """CLUSTER NODES as a running node sees it: id, port, flags and master id a node."""
+        for node in self.nodes:
+            if node.proc is None:
+                continue
+            client = redis.Redis(port=node.port, decode_responses=True)
+            try:
+                nodes = client.cluster("nodes")
+            except redis.RedisError:
+                continue
+            finally:
+                client.close()
+            return [
+                {
+                    "id": str(v["node_id"]),
+                    "port": address.split("@")[0].rsplit(":", 1)[1],
+                    "flags": str(v["flags"]),
+                    "master": str(v["master_id"]),
+                }
+                for address, v in nodes.items()
+            ]
+        raise AssertionError("no cluster node answers")
+
+    def masters(self) -> list[PrivateRedis]:
+        """The nodes serving slots now (a failover changes which)."""
+        ports = {
+            int(v["port"])
+            for v in self._nodes_view()
+            if "master" in v["flags"] and "fail" not in v["flags"]
+        }
+        return [n for n in self.nodes if n.port in ports]
+
+    def replicas_of(self, master: PrivateRedis) -> list[PrivateRedis]:
+        view = self._nodes_view()
+        ids = {v["id"] for v in view if int(v["port"]) == master.port}
+        ports = {
+            int(v["port"])
+            for v in view
+            if v["master"] in ids and "fail" not in v["flags"] and "slave" in v["flags"]
+        }
+        return [n for n in self.nodes if n.port in ports]
 
     def close(self) -> None:
         for node in self.nodes:
+            thaw(node)
             node.close()
 
 
 @contextmanager
-def private_cluster(masters: int = 3) -> Iterator[PrivateCluster]:
-    cluster = PrivateCluster(masters)
+def private_cluster(masters: int = 3, replicas: int = 0) -> Iterator[PrivateCluster]:
+    cluster = PrivateCluster(masters, replicas)
     try:
         cluster.start()
         yield cluster

@@ -17,8 +17,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import httpx
-from redis.asyncio import Redis
 
+from gateway.base.connect import connect_redis
 from gateway.credits.keys import Keys
 from gateway.flusher.flush import Flusher
 from gateway.ops.reconcile import reconcile
@@ -36,6 +36,8 @@ class Debit:
     attempts: int = 0
     first_latency: float = 0.0
     sent_at: float = 0.0  # monotonic time of the first attempt
+    answered_at: float = 0.0  # monotonic time of the final answer
+    server_errors: int = 0  # attempts answered 5xx other than 503 (a 500: a bug)
 
 
 @dataclass(slots=True)
@@ -94,8 +96,10 @@ class Load:
             if debit.attempts == 1:
                 debit.first, debit.first_latency = status, time.monotonic() - start
                 debit.sent_at = start
+            if status is not None and status >= 500 and status != 503:
+                debit.server_errors += 1
             if status is not None and status < 500:
-                debit.final = status
+                debit.final, debit.answered_at = status, time.monotonic()
                 if status == 200:
                     debit.txn = r.json()["transaction_id"]
                 return
@@ -116,17 +120,20 @@ class Books:
     drift: list[dict[str, object]]
     users: int
     first_5xx_p99_ms: float | None
+    server_errors: int  # answers of 500 (or any 5xx but 503), retries included
+    longest_gap_s: float  # the longest time without a debit answered 200
 
     def assert_straight(self) -> None:
         assert self.unresolved == 0, self
         assert self.lost == 0, self
         assert self.doubled == 0, self
         assert not self.drift, self.drift
+        assert self.server_errors == 0, self
 
 
 def check_books(debits: list[Debit], database_url: str, redis_url: str, keys: Keys) -> Books:
     async def run() -> Books:
-        redis = Redis.from_url(redis_url, decode_responses=True)
+        redis = connect_redis(redis_url, 5)
         pool = await db.open_pool(database_url, max_size=2)
         try:
             # every shard drained with no other flusher holding it: a shard the gateway's own
@@ -163,9 +170,15 @@ def check_books(debits: list[Debit], database_url: str, redis_url: str, keys: Ke
             )
             if slow
             else None,
+            server_errors=sum(d.server_errors for d in debits),
+            longest_gap_s=longest_gap(sorted(d.answered_at for d in ok)),
         )
 
     return asyncio.run(run())
+
+
+def longest_gap(times: list[float]) -> float:
+    return round(max((b - a for a, b in itertools.pairwise(times)), default=0.0), 2)
 
 
 def hydrate_users(url: str, key: str, users: list[str]) -> None:
