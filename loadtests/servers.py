@@ -85,9 +85,15 @@ class PrivateRedis:
             "local",
             *self.extra,
         ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        log = Path(self.dir) / "redis.log"
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
         client = redis.Redis.from_url(self.url)
-        _wait(client.ping, "redis-server")
+        try:
+            _wait(client.ping, "redis-server")
+        except RuntimeError:
+            tail = log.read_text(errors="replace").splitlines()[-8:]
+            raise RuntimeError(f"redis-server on {self.port} did not come up: {tail}") from None
         client.close()
 
     def stop(self, sig: int = signal.SIGTERM) -> None:

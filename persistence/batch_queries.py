@@ -38,14 +38,25 @@ SELECT tx, u, t, amt::numeric / 1000000, bal::numeric / 1000000, {request_id},
 # is the event's transaction id; (user_id, request_id) is unique too), and each user's row moves
 # to the user's newest state in the batch: the version guard makes replays and stale batches
 # no-ops. Tier, allocation and cap change only with a tier event in the batch; the period start
-# only with a renewal. Returns the new ledger rows, the rows moved and the batch's users.
+# only with a renewal. Returns the new ledger rows, the rows moved, the batch's users, and the
+# users whose versions went back (a failover: the flusher resyncs them).
 LEDGER_APPLY_BATCH = f"""
 WITH e AS MATERIALIZED (SELECT * FROM {_EVENTS}),
 ins AS (
     {_LEDGER_ROW.format(request_id="rid")}
     FROM e
     ON CONFLICT DO NOTHING
-    RETURNING 1
+    RETURNING user_id AS u, redis_version AS ver
+),
+-- Users with a new event at a version PostgreSQL's row has passed: Redis lost changes already
+-- booked (a failover promoted a replica that lacked them), unless an open resync's fence is
+-- above the event (it was written before the resync that corrects it). The flusher resyncs them
+-- (gateway/flusher/resync.py). The statement sees user_credits as it was before it.
+regressed AS (
+    SELECT DISTINCT i.u FROM ins AS i JOIN user_credits AS uc ON uc.user_id = i.u
+    WHERE i.ver <= uc.redis_version
+      AND NOT EXISTS (SELECT 1 FROM redis_resyncs AS r
+                      WHERE r.user_id = i.u AND r.settled_at IS NULL AND r.fence > i.ver)
 ),
 latest AS (
     SELECT DISTINCT ON (u) u, bal, ver, COALESCE(NULLIF(spent, '')::bigint, 0) AS spent, blk, ts
@@ -73,7 +84,16 @@ moved AS (
         updated_at = now()
     FROM latest AS l LEFT JOIN tiers AS t USING (u) LEFT JOIN resets AS r USING (u)
     WHERE uc.user_id = l.u AND uc.redis_version < l.ver
+      AND NOT EXISTS (SELECT 1 FROM redis_resyncs AS r
+                      WHERE r.user_id = l.u AND r.settled_at IS NULL AND r.fence > l.ver)
     RETURNING uc.user_id AS u
+),
+-- a resync is settled once its event (at the fence) has moved the row
+settled AS (
+    UPDATE redis_resyncs AS r SET settled_at = now()
+    FROM latest AS l
+    WHERE r.user_id = l.u AND r.settled_at IS NULL AND r.fence <= l.ver
+    RETURNING 1
 ),
 -- Credit blocks of the users the batch moves. An event lists the user's blocks after it: all of
 -- them, or (a charge, its text starting with '+') only those its draw changed. Each block's
@@ -129,7 +149,8 @@ closed AS (
 )
 SELECT (SELECT count(*) FROM ins) AS inserted, (SELECT count(*) FROM moved) AS moved,
        (SELECT array_agg(u) FROM latest) AS users,
-       (SELECT count(*) FROM kept) + (SELECT count(*) FROM closed) AS blocks
+       (SELECT count(*) FROM kept) + (SELECT count(*) FROM closed) AS blocks,
+       (SELECT array_agg(u) FROM regressed) AS regressed, (SELECT count(*) FROM settled) AS settled
 """
 
 # A user's open credit blocks as hydrate.lua takes them (the cold path, in the transaction that

@@ -29,6 +29,7 @@ _USAGE = "usage" + SEP
 class BatchResult:
     inserted: int  # ledger rows newly written (replayed events are not counted)
     users: int  # user rows whose balance moved forward
+    regressed: tuple[str, ...] = ()  # users Redis took changes back from (a failover)
 
 
 async def apply_events(
@@ -64,7 +65,9 @@ async def apply_events(
         await _audit(conn, audited)
     if alerts is not None and alerts[0]:
         await conn.execute(queries.WEBHOOK_QUEUE_ALERTS, users, *alerts)
-    return BatchResult(inserted=inserted, users=int(row["moved"]))
+    return BatchResult(
+        inserted=inserted, users=int(row["moved"]), regressed=tuple(row["regressed"] or ())
+    )
 
 
 async def _insert_reused(conn: Executor, events: Sequence[str], batch: str) -> int:

@@ -154,6 +154,21 @@ SELECT user_id, tier, period_spent, credits_remaining FROM user_credits
 WHERE period_spent > 0 ORDER BY period_spent DESC, user_id LIMIT $1
 """
 
+# A user's version as PostgreSQL has it (the resync: gateway/flusher/resync.py).
+USER_VERSION = "SELECT redis_version FROM user_credits WHERE user_id = $1"
+
+# A resync made: $1 user, $2 fence (the resync event's version), $3 the correction (micro),
+# $4 the last stream entry flushed, $5 the ledger's sum, which the row takes until the resync
+# event moves it to Redis's state.
+RESYNC_RECORD = """
+WITH r AS (
+    INSERT INTO redis_resyncs (user_id, fence, delta, after_entry)
+    VALUES ($1, $2, $3::bigint::numeric / 1000000, $4)
+    ON CONFLICT DO NOTHING
+)
+UPDATE user_credits SET credits_remaining = $5, updated_at = now() WHERE user_id = $1
+"""
+
 LEDGER_SUM = """
 SELECT COALESCE(sum(amount), 0) AS total, count(*) AS n
 FROM credit_transactions WHERE user_id = $1

@@ -35,6 +35,10 @@ FLUSH_FAILURES = Counter("metering_flush_failures", "Flush rounds that failed")
 REDIS_ERRORS = Counter("metering_redis_errors", "Requests failed by a Redis error")
 POSTGRES_ERRORS = Counter("metering_postgres_errors", "Requests failed by a PostgreSQL error")
 REDIS_DATA_LOSSES = Counter("metering_redis_data_losses", "Times Redis was found emptied")
+RESYNCS = Counter(
+    "metering_resyncs",
+    "Users brought back in step after Redis lost changes PostgreSQL had booked (a failover)",
+)
 FLUSHER_RESTARTS = Counter(
     "metering_flusher_restarts", "Times metering serve restarted its flusher process"
 )

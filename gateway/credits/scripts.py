@@ -45,6 +45,7 @@ NAMES = (
     "refund",
     "blocks",
     "extend",
+    "resync",
 )
 
 
@@ -61,6 +62,7 @@ class Scripts:
     refund: AsyncScript
     blocks: AsyncScript
     extend: AsyncScript
+    resync: AsyncScript
 
     def __init__(self, redis: Any, max_backlog: int = 500_000) -> None:
         for name in NAMES:

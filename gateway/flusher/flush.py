@@ -8,6 +8,8 @@ Exactly-once effect:
   user's row only moves to a higher Redis version);
 - a failure before the commit rolls everything back and leaves the events in the stream;
 - two flushers on one shard: one holds the lock, the other skips the shard this round;
+- a user whose Redis state lost changes already booked here (a failover) is resynced in the
+  flush that notices it (gateway/flusher/resync.py);
 - an event PostgreSQL refuses (a malformed line, a user PostgreSQL does not have) would fail its
   batch on every try and stop the shard: the batch is then applied one event at a time and each
   refused event moves to the shard's dead-letter stream with the reason, and the rest flows on.
@@ -36,6 +38,8 @@ from gateway.base.metrics import (
     REDIS_DATA_LOSSES,
 )
 from gateway.credits.keys import Keys
+from gateway.credits.scripts import Scripts
+from gateway.flusher.resync import resync_users
 from persistence.events import FIELD, line_of
 from persistence.ledger import AlertRules, BatchResult, apply_events, try_flush_lock
 
@@ -55,6 +59,7 @@ class FlushStats:
     dead: int = 0  # events PostgreSQL refused, moved to the dead-letter streams
     skipped_shards: list[int] = field(default_factory=list)  # locked by another flusher
     unreplicated_shards: list[int] = field(default_factory=list)  # replicas lag: not flushed
+    resynced: int = 0  # users brought back in step after Redis lost booked changes
 
 
 class Flusher:
@@ -70,6 +75,7 @@ class Flusher:
     ) -> None:
         self.alerts = alerts
         self.acks = acks
+        self.scripts = Scripts(redis)
         self.redis = redis
         self.pool = pool
         self.keys = keys
@@ -134,6 +140,10 @@ class Flusher:
                         type(exc).__name__,
                     )
                     result = await self._isolate(conn, shard, entries, events, stats)
+                if result.regressed:  # a failover took booked changes back from Redis
+                    stats.resynced += await resync_users(
+                        conn, self.scripts, self.keys, result.regressed, entries[-1][0]
+                    )
             stats.events += len(events)
             stats.inserted += result.inserted
             await self.acknowledge(stream, entries[-1][0])
@@ -178,6 +188,7 @@ class Flusher:
         stream (its line, its entry id, the reason). A crash here applies the batch again later:
         applied events are replays, and a refused one may be set aside twice (same entry id)."""
         dead, inserted, users = self.keys.dead(shard), 0, 0
+        regressed: list[str] = []
         for (entry_id, _), line in zip(entries, events, strict=True):
             try:
                 async with conn.transaction():
@@ -191,7 +202,10 @@ class Flusher:
                 continue
             inserted += result.inserted
             users += result.users
-        return BatchResult(inserted=inserted, users=users)
+            regressed += result.regressed
+        return BatchResult(
+            inserted=inserted, users=users, regressed=tuple(dict.fromkeys(regressed))
+        )
 
     async def acknowledge(self, stream: str, last: str) -> None:
         """Remove committed events from the stream, up to and including entry id `last` (a
