@@ -107,6 +107,9 @@ LIMIT $3
 # Serializes flushers per stream (other gateway processes skip the shard while one holds it).
 FLUSH_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext($1))"
 
+# The same lock, waited for (`metering reconcile --repair`: no flush of the shard meanwhile).
+FLUSH_LOCK_WAIT = "SELECT pg_advisory_xact_lock(hashtext($1))"
+
 # The same lock, shared, waited for: a cold path loading a user waits for a flush of the user's
 # shard under way to commit (several cold paths at once do not wait for each other).
 FLUSH_WAIT = "SELECT pg_advisory_xact_lock_shared(hashtext($1))"
@@ -119,8 +122,9 @@ SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::varchar[], $4::varchar[]
 ON CONFLICT (id) DO NOTHING
 """
 
-# An operator's action on a dead letter (replay, drop), from the command line.
-AUDIT_DEAD_LETTER = """
+# An operator's action from the command line (a dead letter replayed or dropped, a drifted
+# user repaired).
+AUDIT_OPERATOR = """
 INSERT INTO audit_log (id, actor, action, user_id, target, amount, request_id, details)
 VALUES (gen_random_uuid(), $1, $2, $3, $4, $5, $6, $7::jsonb)
 """
@@ -156,6 +160,13 @@ WHERE period_spent > 0 ORDER BY period_spent DESC, user_id LIMIT $1
 
 # A user's version as PostgreSQL has it (the resync: gateway/flusher/resync.py).
 USER_VERSION = "SELECT redis_version FROM user_credits WHERE user_id = $1"
+
+USER_GET_BALANCE = "SELECT credits_remaining FROM user_credits WHERE user_id = $1"
+
+# A user PostgreSQL alone holds, its row set to its ledger's sum $2 (metering reconcile --repair)
+USER_SET_BALANCE = (
+    "UPDATE user_credits SET credits_remaining = $2, updated_at = now() WHERE user_id = $1"
+)
 
 # A resync made: $1 user, $2 fence (the resync event's version), $3 the correction (micro),
 # $4 the last stream entry flushed, $5 the ledger's sum, which the row takes until the resync

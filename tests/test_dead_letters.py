@@ -25,6 +25,7 @@ async def metering(settings: Settings, *args: str) -> subprocess.CompletedProces
         **os.environ,
         "METERING_DATABASE_URL": settings.database_url,
         "METERING_REDIS_URL": settings.redis_url,
+        "METERING_REDIS_DURABILITY": "primary",  # the tests' cluster has no replicas
         "METERING_KEY_PREFIX": settings.key_prefix,
         "METERING_SHARDS": str(settings.shards),
     }

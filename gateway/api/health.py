@@ -90,7 +90,8 @@ async def check_replication(redis: Redis, mode: Durability, replicas: int) -> di
     if mode == "replica" and short:
         log.error(
             "METERING_REDIS_DURABILITY=replica: %d of %d Redis primaries have fewer than %d "
-            "replica(s) connected; their changes answer 503 until they do",
+            "replica(s) connected; their changes answer 503 until they do (a Redis without "
+            "replicas: set METERING_REDIS_DURABILITY=primary)",
             short,
             len(counts),
             replicas,

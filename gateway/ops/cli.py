@@ -31,7 +31,7 @@ from gateway.flusher.background import has_work, make_flusher, run_forever
 from gateway.ops.dead_letters import command as dead_letters_command
 from gateway.ops.errors import CommandError, explain
 from gateway.ops.price_import import command as pricing_import_command
-from gateway.ops.reconcile import reconcile
+from gateway.ops.repair import reconcile_command
 from gateway.ops.supervise import Supervisor
 from persistence import api_keys, db, ledger, users
 from persistence.db import DB_ERRORS
@@ -55,6 +55,8 @@ async def _flush(settings: Settings) -> dict[str, Any]:
             "events": stats.events,
             "new_ledger_rows": stats.inserted,
             "skipped_shards": stats.skipped_shards,
+            "unreplicated_shards": stats.unreplicated_shards,
+            "resynced": stats.resynced,
             "backlog": await flusher.backlog(),
         }
     finally:
@@ -128,21 +130,6 @@ async def _inspect(settings: Settings, user_id: str, raw: bool) -> dict[str, Any
         await conn.close()
 
 
-async def _reconcile(settings: Settings, flush: bool) -> tuple[bool, dict[str, Any]]:
-    redis = connect_redis(settings.redis_url, settings.redis_timeout)
-    pool = await db.open_pool(settings.database_url, max_size=2)
-    keys = Keys(settings.key_prefix, settings.shards)
-    try:
-        if flush:
-            await make_flusher(settings, redis, pool, load_tiers(settings.tiers_file)).flush()
-        report = await reconcile(redis, pool, keys)
-        summary = {"users": report.users, "backlog": report.backlog, "drift": report.drift}
-        return report.ok, summary
-    finally:
-        await redis.aclose()
-        await pool.close()
-
-
 async def _keys(settings: Settings, args: argparse.Namespace) -> tuple[int, str]:
     """API keys from the command line (audited as cli:<login>)."""
     actor = f"cli:{getpass.getuser()}"
@@ -207,6 +194,11 @@ def _parser() -> argparse.ArgumentParser:
         "reconcile", help="compare every user's Redis and PostgreSQL state; exit 1 on drift"
     )
     rec.add_argument("--no-flush", action="store_true", help="do not flush pending events first")
+    rec.add_argument(
+        "--repair",
+        action="store_true",
+        help="bring each drifted user back to its ledger (audited), then compare again",
+    )
     keys_cmd = sub.add_parser("keys", help="create, list or revoke API keys")
     keys_sub = keys_cmd.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="create a key; it is printed once")
@@ -303,7 +295,9 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
         print(out, file=sys.stdout if code == 0 else sys.stderr)
         return code
     if args.command == "reconcile":
-        ok, summary = asyncio.run(_reconcile(settings, flush=not args.no_flush))
+        ok, summary = asyncio.run(
+            reconcile_command(settings, flush=not args.no_flush, fix=args.repair)
+        )
         print(json.dumps(summary, indent=2, default=str))
         return 0 if ok else 1
     if args.command == "inspect":

@@ -103,7 +103,7 @@ async def act(
     summary = letter.summary()
     amount = str(summary.get("amt") or "")
     await conn.execute(
-        queries.AUDIT_DEAD_LETTER,
+        queries.AUDIT_OPERATOR,
         actor,
         f"dead_letter.{action}",
         summary.get("u") or None,

@@ -23,6 +23,7 @@ from gateway.credits.keys import Keys
 from gateway.flusher.flush import Flusher
 from gateway.ops.reconcile import reconcile
 from persistence import db
+from persistence.ledger import REUSED_PREFIX
 from persistence.migrate import prepare
 
 
@@ -161,8 +162,11 @@ def check_books(debits: list[Debit], database_url: str, redis_url: str, keys: Ke
             retried=sum(d.attempts > 1 for d in debits),
             unresolved=sum(d.final is None for d in debits),
             lost=sum(d.txn not in ids for d in ok),
+            # a request charged twice: booked twice, booked though refused, or booked again
+            # under a derived id because Redis had forgotten it (REUSED_PREFIX)
             doubled=sum(n > 1 for n in in_ledger.values())
-            + sum((d.user, d.request_id) in in_ledger for d in refused),
+            + sum((d.user, d.request_id) in in_ledger for d in refused)
+            + sum(str(r["request_id"]).startswith(REUSED_PREFIX) for r in rows),
             drift=report.drift + ([{"backlog": report.backlog}] if report.backlog else []),
             users=report.users,
             first_5xx_p99_ms=round(

@@ -6,7 +6,8 @@ partition: the promoted replica lacks what the primary took meanwhile). The old 
 back from its AOF, as a supervisor would restart it, and rejoins as a replica.
 
 In replica mode (METERING_REDIS_DURABILITY=replica) nothing acknowledged is lost or doubled and
-the books balance, with no operator; in primary mode what a failover takes back is measured.
+the books balance, with no operator; in primary mode what a failover takes back is measured,
+and the books still agree (gateway/flusher/resync.py).
 Never a 500. The figures go to build/failover.json (docs/reliability.md, "Failover").
 """
 
@@ -200,5 +201,6 @@ def test_primary_killed_under_load_then_back_from_its_aof(
     assert acknowledged > 100
     assert books.server_errors == 0, books  # every failover error is a 503
     assert books.unresolved == 0, books  # every debit answered in the end, no operator
+    assert not books.drift, books.drift  # resyncs: whatever was lost, the books agree
     if mode == "replica":
         books.assert_straight()

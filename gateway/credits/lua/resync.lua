@@ -8,6 +8,7 @@
 -- ARGV[5] the user's ledger sum (micro) in PostgreSQL, the flushed events included
 -- ARGV[6] PostgreSQL's version of the user  ARGV[7] the last stream entry flushed
 -- ARGV[8] the resync's id (the same flush asks again after a rollback: made once)
+-- ARGV[9] who asks, for the audit log (system:failover, the flusher; cli:<login>, a repair)
 -- The balance at that entry is today's less the amounts of the user's events after it (read
 -- from the stream: a failover is rare, and the backlog is bounded by BACKLOG_MAX).
 -- Returns {'ok', fence, delta}, or {'same', fence, delta} for one already made, {'none'} when
@@ -64,6 +65,6 @@ redis.call('HSET', KEYS[1], 'bal', int(bal), 'blks', text, 'nexp',
            int(next_expiry(parse_blocks(text))), 'ver', int(fence),
            'rsx', ARGV[8] .. '|' .. int(fence) .. '|' .. int(delta))
 emit(KEYS[2], 'resync', H.rtxn, 'sys:resync:' .. H.rtxn, 0, bal, fence, tonumber(st[6] or '0'),
-     {'blk', text, 'actor', 'system:failover',
+     {'blk', text, 'actor', ARGV[9],
       'meta', '{"delta_micro":' .. int(delta) .. ',"after_entry":"' .. ARGV[7] .. '"}'})
 return {'ok', int(fence), int(delta)}
