@@ -1,5 +1,5 @@
-"""Every SQL statement the code runs (the flush batch's in persistence/batch_queries.py,
-imported here). Nothing else in the code base holds SQL.
+"""Every SQL statement the code runs (the flush batch's in persistence/batch_queries.py, the
+resyncs' in persistence/resync_queries.py, imported here). Nothing else in the code base holds SQL.
 
 The test suite prepares each statement in ``ALL`` on a database migrated from scratch, so a
 column that does not exist, a wrong type or a column/value count mismatch fails CI.
@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from persistence.batch_queries import (  # the flush batch's statements, part of ALL
     GRANTS_OPEN as GRANTS_OPEN,
-)
-from persistence.batch_queries import (
     LEDGER_APPLY_BATCH as LEDGER_APPLY_BATCH,
-)
-from persistence.batch_queries import (
     LEDGER_INSERT_REUSED as LEDGER_INSERT_REUSED,
-)
-from persistence.batch_queries import (
     LEDGER_UNBOOKED as LEDGER_UNBOOKED,
+)
+from persistence.resync_queries import (
+    FLUSH_LOCK_WAIT as FLUSH_LOCK_WAIT,
+    RESYNC_RECORD as RESYNC_RECORD,
+    USER_GET_BALANCE as USER_GET_BALANCE,
+    USER_SET_BALANCE as USER_SET_BALANCE,
+    USER_VERSION as USER_VERSION,
 )
 
 USER_COLUMNS = (
@@ -107,9 +108,6 @@ LIMIT $3
 # Serializes flushers per stream (other gateway processes skip the shard while one holds it).
 FLUSH_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext($1))"
 
-# The same lock, waited for (`metering reconcile --repair`: no flush of the shard meanwhile).
-FLUSH_LOCK_WAIT = "SELECT pg_advisory_xact_lock(hashtext($1))"
-
 # The same lock, shared, waited for: a cold path loading a user waits for a flush of the user's
 # shard under way to commit (several cold paths at once do not wait for each other).
 FLUSH_WAIT = "SELECT pg_advisory_xact_lock_shared(hashtext($1))"
@@ -156,28 +154,6 @@ LIMIT $2
 TOP_SPENDERS = """
 SELECT user_id, tier, period_spent, credits_remaining FROM user_credits
 WHERE period_spent > 0 ORDER BY period_spent DESC, user_id LIMIT $1
-"""
-
-# A user's version as PostgreSQL has it (the resync: gateway/flusher/resync.py).
-USER_VERSION = "SELECT redis_version FROM user_credits WHERE user_id = $1"
-
-USER_GET_BALANCE = "SELECT credits_remaining FROM user_credits WHERE user_id = $1"
-
-# A user PostgreSQL alone holds, its row set to its ledger's sum $2 (metering reconcile --repair)
-USER_SET_BALANCE = (
-    "UPDATE user_credits SET credits_remaining = $2, updated_at = now() WHERE user_id = $1"
-)
-
-# A resync made: $1 user, $2 fence (the resync event's version), $3 the correction (micro),
-# $4 the last stream entry flushed, $5 the ledger's sum, which the row takes until the resync
-# event moves it to Redis's state.
-RESYNC_RECORD = """
-WITH r AS (
-    INSERT INTO redis_resyncs (user_id, fence, delta, after_entry)
-    VALUES ($1, $2, $3::bigint::numeric / 1000000, $4)
-    ON CONFLICT DO NOTHING
-)
-UPDATE user_credits SET credits_remaining = $5, updated_at = now() WHERE user_id = $1
 """
 
 LEDGER_SUM = """

@@ -26,7 +26,7 @@ from gateway.base.connect import connect_redis
 from gateway.base.settings import Settings
 from gateway.credits.clock import Clock, period_end
 from gateway.credits.keys import Keys
-from loadtests.servers import PrivateCluster, private_cluster
+from loadtests.topologies import PrivateCluster, private_cluster
 from persistence import db
 from persistence.migrate import prepare
 from tests.books import assert_books_balance

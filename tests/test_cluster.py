@@ -15,7 +15,7 @@ import redis as redis_sync
 from redis.asyncio import Redis
 
 from gateway.credits.keys import Keys
-from loadtests.servers import PrivateCluster
+from loadtests.topologies import PrivateCluster
 from tests.books import assert_books_balance
 from tests.conftest import ADMIN_KEY, Client
 from tests.processes import gateway_process

@@ -33,7 +33,7 @@ def test_the_alert_rules_and_the_scrape_config_pass_promtool(tmp_path: Path) -> 
         shutil.copy(DEPLOY / "prometheus" / name, tmp_path / name)
     (tmp_path / "metering-read.key").write_text("a-read-key\n")  # what the operator provides
     assert "SUCCESS" in promtool("check", "config", "prometheus.yml", cwd=tmp_path)
-    assert "8 rules found" in promtool("check", "rules", "alerts.yml", cwd=tmp_path)
+    assert "10 rules found" in promtool("check", "rules", "alerts.yml", cwd=tmp_path)
     assert "SUCCESS" in promtool("test", "rules", "alerts.test.yml", cwd=tmp_path)
 
 

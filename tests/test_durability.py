@@ -19,7 +19,7 @@ from gateway.base.connect import connect_redis
 from gateway.base.errors import REDIS_DOWN
 from gateway.base.settings import Settings, durability, settings_from_env
 from gateway.credits.keys import Keys
-from loadtests.servers import PrivateReplicated
+from loadtests.topologies import PrivateReplicated
 from tests.books import assert_books_balance
 from tests.conftest import FakeClock, gateway
 

@@ -19,8 +19,7 @@ import httpx
 import msgspec
 import pytest
 import redis
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from gateway.credits.inputs import METADATA_MAX_BYTES
 from tests.conftest import ADMIN_KEY, REDIS_URL

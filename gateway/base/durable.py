@@ -32,14 +32,16 @@ from typing import Any, Literal
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import AskError, ConnectionError, RedisError, TimeoutError
+from redis.exceptions import AskError, ConnectionError, ReadOnlyError, RedisError, TimeoutError
+
+from gateway.base.metrics import REPLICA_WAITS_SHORT
 
 Durability = Literal["primary", "replica"]
 
 # What a cluster node answers when the slot map the gateway holds is stale (a failover moved the
-# slot, or the node went away): the map is read again, at most this often.
+# slot, demoted the node, or the node went away): the map is read again, at most this often.
 _REFRESH_SECONDS = 0.5
-_STALE_MAP = (AskError, ConnectionError, TimeoutError)
+_STALE_MAP = (AskError, ReadOnlyError, ConnectionError, TimeoutError)
 
 
 class NotReplicated(RedisError):
@@ -108,6 +110,7 @@ class ReplicaAcks:
         confirmed = isinstance(acks, int) and acks >= self.replicas
         if not confirmed:
             self.unconfirmed += 1
+            REPLICA_WAITS_SHORT.inc()
         if any(isinstance(a, _STALE_MAP) for a in answers):
             self.refresh()
         return answers[:-2], confirmed

@@ -35,6 +35,10 @@ FLUSH_FAILURES = Counter("metering_flush_failures", "Flush rounds that failed")
 REDIS_ERRORS = Counter("metering_redis_errors", "Requests failed by a Redis error")
 POSTGRES_ERRORS = Counter("metering_postgres_errors", "Requests failed by a PostgreSQL error")
 REDIS_DATA_LOSSES = Counter("metering_redis_data_losses", "Times Redis was found emptied")
+REPLICA_WAITS_SHORT = Counter(
+    "metering_replica_waits_short",
+    "Pipelines whose changes the replicas did not confirm in time (replica mode: answered 503)",
+)
 RESYNCS = Counter(
     "metering_resyncs",
     "Users brought back in step after Redis lost changes PostgreSQL had booked (a failover)",

@@ -30,6 +30,11 @@ from loadtests.bench.report import Report, ratios
 from loadtests.bench.runners import paced_rate, run_scenario, uvicorn, wanted, wrk
 from loadtests.bench.scenarios import ADMIN, BIG, BLOCK_COUNTS, ROOT, SCENARIOS, USERS
 from loadtests.servers import PrivatePostgres, PrivateRedis, ServerProcess
+from loadtests.topologies import PrivateReplicated
+
+
+def is_gateway(target: str) -> bool:
+    return target.startswith("gateway")
 
 
 def main() -> int:
@@ -56,6 +61,13 @@ def main() -> int:
     )
     parser.add_argument("--skip-flusher", action="store_true", help="no drain measurement")
     parser.add_argument(
+        "--replica",
+        action="store_true",
+        help="Redis with a replica, and the gateway in both acknowledgement modes side by "
+        "side: 'gateway' (METERING_REDIS_DURABILITY=primary) and 'gateway-replica' (replica: "
+        "a WAIT per pipeline)",
+    )
+    parser.add_argument(
         "--no-fsync",
         action="store_true",
         help="PostgreSQL without fsync, as the tests run it (by default it keeps fsync on, as in "
@@ -66,7 +78,8 @@ def main() -> int:
         print("wrk is needed: apt-get install wrk (make bench installs it)", file=sys.stderr)
         return 2
 
-    pg, rd = PrivatePostgres(durable=not args.no_fsync), PrivateRedis()
+    pg = PrivatePostgres(durable=not args.no_fsync)
+    rd: PrivateRedis | PrivateReplicated = PrivateReplicated() if args.replica else PrivateRedis()
     pg.start()
     rd.start()
     gateway_db, pg_db = f"{pg.server}/bench_gateway", f"{pg.server}/bench_direct"
@@ -84,19 +97,25 @@ def main() -> int:
         for n in BLOCK_COUNTS:  # the baselines have no blocks: the same users, one balance
             client.mset({f"naive:blk{n}-{i}": BIG * MICRO for i in range(USERS)})
         client.close()
+        serve = [sys.executable, "-m", "gateway.ops.cli", "serve", "--workers", str(args.workers)]
+        modes = [("gateway", "primary")] + (
+            [("gateway-replica", "replica")] if args.replica else []
+        )
         targets = [
             (
-                "gateway",
-                [sys.executable, "-m", "gateway.ops.cli", "serve", "--workers", str(args.workers)],
+                name,
+                serve,
                 {
                     "METERING_DATABASE_URL": gateway_db,
                     "METERING_REDIS_URL": rd.url,
+                    "METERING_REDIS_DURABILITY": mode,
                     "METERING_ADMIN_KEY": ADMIN,
                     "METERING_RENEW_CRON": "off",
                 },
                 "/api/v1/credits/debit",
                 "/health/live",
             )
+            for name, mode in modes
         ]
         if not args.skip_baselines:
             targets += [
@@ -126,13 +145,13 @@ def main() -> int:
         try:
             for target, cmd, env, path, health in targets:
                 if not any(
-                    wanted(sc.name, args.only) and (sc.baselines or target == "gateway")
+                    wanted(sc.name, args.only) and (sc.baselines or is_gateway(target))
                     for sc in SCENARIOS
                 ):
                     continue
                 server = ServerProcess(cmd, env, health=health)
                 server.start()
-                key = {"KEY": ADMIN} if target == "gateway" else {}
+                key = {"KEY": ADMIN} if is_gateway(target) else {}
                 servers.append((target, server, f"{server.url}{path}", key))
             for _, _, url, key in servers:
                 wrk(url, 2, args.connections, {**key, "USERS": str(USERS), "PREFIX": "bench"})
@@ -140,7 +159,7 @@ def main() -> int:
                 if not wanted(scenario.name, args.only):
                     continue
                 for target, server, url, key in servers:
-                    if target != "gateway" and not scenario.baselines:
+                    if not is_gateway(target) and not scenario.baselines:
                         continue
                     env = {**key, **scenario.env}
                     peak = None
@@ -168,7 +187,7 @@ def main() -> int:
                             per_request=int(env.get("BATCH", "1")),
                             expect_402=scenario.expect_402,
                             connections=scenario.connections,
-                            ready_url=f"{server.url}/health/ready" if target == "gateway" else None,
+                            ready_url=f"{server.url}/health/ready" if is_gateway(target) else None,
                         )
                     )
                     last = report.results[-1]

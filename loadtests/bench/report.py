@@ -33,10 +33,18 @@ class Report:
 
 
 def ratios(results: list[Result]) -> dict[str, float]:
-    """The gateway's debits/s over each baseline's, per scenario the baselines run."""
+    """The gateway's debits/s over each baseline's, per scenario the baselines run; with a
+    replica, the gateway's in replica mode over its own in primary mode, per scenario."""
     by = {(r.target, r.scenario): r.debits_per_s for r in results}
     out: dict[str, float] = {}
-    flat_out = {r.scenario for r in results if r.target != "gateway" and r.of_peak is None}
+    for r in results:
+        if r.target == "gateway-replica" and by.get(("gateway", r.scenario)):
+            out[f"replica/primary ({r.scenario})"] = round(
+                r.debits_per_s / by[("gateway", r.scenario)], 2
+            )
+    flat_out = {
+        r.scenario for r in results if r.target in ("naive", "pg-direct") and r.of_peak is None
+    }
     for scenario in sorted(flat_out):
         gw = by.get(("gateway", scenario))
         for base in ("naive", "pg-direct"):

@@ -24,17 +24,8 @@ import httpx
 import pytest
 
 from gateway.credits.keys import Keys
-from loadtests.servers import (
-    GatewayProcess,
-    PrivateCluster,
-    PrivatePostgres,
-    PrivateRedis,
-    PrivateSentinels,
-    _wait,
-    cut_off,
-    freeze,
-    thaw,
-)
+from loadtests.servers import GatewayProcess, PrivatePostgres, PrivateRedis, wait_until
+from loadtests.topologies import PrivateCluster, PrivateSentinels, cut_off, freeze, thaw
 from tests.faults.harness import Books, Load, check_books, hydrate_users, migrate_database
 
 pytestmark = pytest.mark.faults
@@ -165,11 +156,11 @@ def test_primary_killed_under_load_then_back_from_its_aof(
         killed = time.monotonic()
         for r in followers:
             thaw(r)
-        _wait(promoted, "a replica's promotion", 30)
+        wait_until(promoted, "a replica's promotion", 30)
         promotion = time.monotonic() - killed
         time.sleep(1)
         primary.start()  # a supervisor restarts it: back from its AOF, it rejoins as a replica
-        _wait(lambda: answered(load, 1.0) >= rate / 2, "the debit rate's recovery", 60)
+        wait_until(lambda: answered(load, 1.0) >= rate / 2, "the debit rate's recovery", 60)
         recovered = time.monotonic() - killed
         time.sleep(2)
         debits = load.stop()

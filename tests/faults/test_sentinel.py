@@ -19,7 +19,7 @@ import pytest
 from gateway.base.connect import connect_redis, sentinel_target
 from gateway.base.settings import Settings, settings_from_env
 from gateway.credits.keys import Keys
-from loadtests.servers import PrivateSentinels
+from loadtests.topologies import PrivateSentinels
 from tests.books import assert_books_balance
 from tests.conftest import FakeClock, gateway
 
