@@ -150,3 +150,14 @@ class ReplicaAcks:
         for client in self._nodes.values():
             await client.aclose()
         self._nodes.clear()
+
+
+async def replication_ids(redis: Redis) -> set[str]:
+    """The replication id of each primary (one server, or every primary of a cluster): a
+    promotion gives the new primary a new one."""
+    if isinstance(redis, RedisCluster):
+        answers = await redis.info("replication", target_nodes=RedisCluster.PRIMARIES)
+        infos = list(answers.values()) if isinstance(answers, dict) else []
+    else:
+        infos = [await redis.info("replication")]
+    return {str(i["master_replid"]) for i in infos if isinstance(i, dict) and "master_replid" in i}

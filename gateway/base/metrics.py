@@ -35,6 +35,9 @@ FLUSH_FAILURES = Counter("metering_flush_failures", "Flush rounds that failed")
 REDIS_ERRORS = Counter("metering_redis_errors", "Requests failed by a Redis error")
 POSTGRES_ERRORS = Counter("metering_postgres_errors", "Requests failed by a PostgreSQL error")
 REDIS_DATA_LOSSES = Counter("metering_redis_data_losses", "Times Redis was found emptied")
+REDIS_FAILOVERS = Counter(
+    "metering_redis_failovers", "Times the flusher saw a Redis primary with a new replication id"
+)
 REPLICA_WAITS_SHORT = Counter(
     "metering_replica_waits_short",
     "Pipelines whose changes the replicas did not confirm in time (replica mode: answered 503)",

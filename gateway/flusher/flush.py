@@ -29,13 +29,14 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 from redis.asyncio import Redis
 
-from gateway.base.durable import ReplicaAcks
+from gateway.base.durable import ReplicaAcks, replication_ids
 from gateway.base.metrics import (
     DEAD_LETTERS,
     FLUSH_BATCHES,
     FLUSH_FAILURES,
     FLUSHED_EVENTS,
     REDIS_DATA_LOSSES,
+    REDIS_FAILOVERS,
 )
 from gateway.credits.keys import Keys
 from gateway.credits.scripts import Scripts
@@ -46,6 +47,7 @@ from persistence.ledger import AlertRules, BatchResult, apply_events, try_flush_
 log = logging.getLogger("metering.flusher")
 
 ALIVE_SECONDS = 5  # a flusher that has not beaten for this long is taken for dead
+FAILOVER_CHECK_SECONDS = 2.0  # how often the flush loop reads the primaries' replication ids
 
 # What an event's content makes PostgreSQL (or the ledger code) refuse, the same on every try;
 # anything else (PostgreSQL or Redis unreachable) fails the flush, to be tried again.
@@ -159,7 +161,6 @@ class Flusher:
             )
         entries, confirmed = await self.acks.read_durable(stream, self.batch)
         if not confirmed:
-            log.warning("the replicas lag behind %s: not flushed until they confirm it", stream)
             return None
         return [(str(i), dict(f)) for i, f in entries]
 
@@ -239,6 +240,9 @@ class FlushLoop:
         self.failures = 0
         self.resume_at = 0.0
         self.data_losses = 0
+        self.failovers = 0
+        self._replication_ids: set[str] | None = None
+        self._replication_checked = 0.0
 
     async def tick(self) -> None:
         now = time.monotonic()
@@ -246,6 +250,7 @@ class FlushLoop:
             return
         try:
             await self._check_marker()
+            await self._check_failover(now)
             stats = await self.flusher.flush()
         except Exception as exc:
             FLUSH_FAILURES.inc()
@@ -259,6 +264,12 @@ class FlushLoop:
                 delay,
             )
             return
+        if stats.unreplicated_shards:
+            log.warning(
+                "%d shards not flushed: Redis's replicas did not confirm their events in time "
+                "(METERING_REDIS_DURABILITY=replica); tried again next round",
+                len(stats.unreplicated_shards),
+            )
         if self.failures:
             log.info("flushing again after %d failed attempts", self.failures)
         self.failures = 0
@@ -280,6 +291,26 @@ class FlushLoop:
     async def start(self) -> None:
         """Mark this Redis as known (a brand-new, empty Redis is not a loss)."""
         await self.flusher.redis.set(self.flusher.keys.marker(), str(time.time()), nx=True)
+
+    async def _check_failover(self, now: float) -> None:
+        """Every FAILOVER_CHECK_SECONDS, the primaries' replication ids: a new one means a
+        replica was promoted (a failover), which may have taken back changes; said in the log
+        and metering_redis_failovers_total. The users it took booked changes from are resynced
+        as their events come (gateway/flusher/resync.py)."""
+        if now - self._replication_checked < FAILOVER_CHECK_SECONDS:
+            return
+        self._replication_checked = now
+        ids = await replication_ids(self.flusher.redis)
+        known, self._replication_ids = self._replication_ids, ids
+        if known is None or not ids or ids <= known:
+            return
+        self.failovers += 1
+        REDIS_FAILOVERS.inc()
+        log.warning(
+            "Redis failed over (a primary's replication id is new: %s); users whose booked "
+            "changes it lost are resynced as their events are flushed",
+            ", ".join(sorted(ids - known)),
+        )
 
     async def _check_marker(self) -> None:
         if await self.flusher.redis.set(self.flusher.keys.marker(), str(time.time()), nx=True):
