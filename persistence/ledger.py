@@ -20,6 +20,7 @@ AlertRules = tuple[list[str], list[str], list[Decimal]]
 
 # Ledger request_id of a request whose id was reused after the idempotency window.
 REUSED_PREFIX = "sys:reused:"
+DEFAULT_WINDOW_MS = 7 * 24 * 3600 * 1000  # METERING_IDEMPOTENCY_TTL's default
 
 LINES = "\x1e"  # between the event lines of a batch (see queries._EVENTS)
 _USAGE = "usage" + SEP
@@ -33,7 +34,10 @@ class BatchResult:
 
 
 async def apply_events(
-    conn: Executor, events: Sequence[str], alerts: AlertRules | None = None
+    conn: Executor,
+    events: Sequence[str],
+    alerts: AlertRules | None = None,
+    window_ms: int = DEFAULT_WINDOW_MS,
 ) -> BatchResult:
     """Write events (lines, persistence/events.py) to the ledger and move each user's row to
     its newest state; with alert rules, queue the low-balance webhooks whose thresholds the
@@ -41,7 +45,9 @@ async def apply_events(
 
     Run inside a transaction. Replaying events already applied changes nothing: ledger rows are
     keyed by transaction id, a user's row only moves to a higher Redis version, and an alert is
-    queued once per user, period and kind.
+    queued once per user, period and kind. A request Redis charged again within the idempotency
+    window (window_ms) because it had lost the record of the first is not booked: its user is
+    among the regressed, whom the flusher resyncs, so the client is charged once.
     """
     if not events:
         return BatchResult(inserted=0, users=0)
@@ -49,15 +55,24 @@ async def apply_events(
     row = await conn.fetchrow(queries.LEDGER_APPLY_BATCH, batch)
     assert row is not None
     inserted, users = int(row["inserted"]), row["users"] or []
+    regressed = list(row["regressed"] or ())
     if inserted < len(events):
-        inserted += await _insert_reused(conn, events, batch)
-        unbooked = await conn.fetch(queries.LEDGER_UNBOOKED, batch)
-        if unbooked:  # refused: the flusher sets the event aside with this reason
-            first = unbooked[0]
+        inserted += await _insert_reused(conn, events, batch, window_ms)
+        unbooked = await conn.fetch(queries.LEDGER_UNBOOKED, batch, window_ms)
+        refused = [r for r in unbooked if not r["forgotten"]]
+        if refused:  # the flusher sets the event aside with this reason
+            first = refused[0]
             raise ValueError(
                 f"system request id {first['rid']!r} of user {first['user_id']!r} is already "
                 "in the ledger under another transaction; not booked twice"
             )
+        for r in unbooked:
+            log.warning(
+                "a request Redis had forgotten (a failover, or Redis emptied) was charged again; "
+                "it is booked once and the second charge given back",
+                extra={"user_id": r["user_id"], "request_id": r["rid"]},
+            )
+        regressed += [r["user_id"] for r in unbooked]
     # admin actions are audited; usage events never have an actor, so only the others are read
     others = [fields(e) for e in events if not e.startswith(_USAGE)]
     audited = [f for f in others if f["actor"]]
@@ -66,15 +81,15 @@ async def apply_events(
     if alerts is not None and alerts[0]:
         await conn.execute(queries.WEBHOOK_QUEUE_ALERTS, users, *alerts)
     return BatchResult(
-        inserted=inserted, users=int(row["moved"]), regressed=tuple(row["regressed"] or ())
+        inserted=inserted, users=int(row["moved"]), regressed=tuple(dict.fromkeys(regressed))
     )
 
 
-async def _insert_reused(conn: Executor, events: Sequence[str], batch: str) -> int:
+async def _insert_reused(conn: Executor, events: Sequence[str], batch: str, window_ms: int) -> int:
     """Events the ledger refused are replays (their transaction id is there: nothing to do) or,
     rarely, a request id reused after Redis forgot it (idempotency TTL): Redis charged it as a new
     request, so the ledger records it too, under a derived id, and the books still balance."""
-    rows = await conn.fetch(queries.LEDGER_INSERT_REUSED, batch, REUSED_PREFIX)
+    rows = await conn.fetch(queries.LEDGER_INSERT_REUSED, batch, REUSED_PREFIX, window_ms)
     if rows:
         request_ids = {f["tx"]: f["rid"] for f in map(fields, events)}
         for r in rows:

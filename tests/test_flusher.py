@@ -12,6 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.base.connect import connect_redis
+from gateway.base.settings import Settings
 from gateway.credits.clock import epoch_ms
 from gateway.credits.ids import new_id
 from gateway.credits.keys import Keys, shard_of
@@ -21,7 +22,7 @@ from persistence import db
 from persistence.events import SEP, fields, line_of
 from persistence.ledger import apply_events
 from tests.books import assert_books_balance
-from tests.conftest import BACKENDS, Client
+from tests.conftest import BACKENDS, Client, FakeClock, gateway
 
 # on one Redis and on a Redis Cluster of 3 masters
 pytestmark = pytest.mark.parametrize("redis_backend", BACKENDS, indirect=True)
@@ -79,8 +80,8 @@ async def test_failure_before_commit_loses_nothing(
     n = await spend(client, users=3, per_user=10)
     flusher: Flusher = client.app.state.services.flusher
 
-    async def apply_then_fail(conn: asyncpg.Connection, events: list[Any], alerts: Any) -> Any:
-        await apply_events(conn, events, alerts)
+    async def apply_then_fail(conn: asyncpg.Connection, events: list[Any], *rest: Any) -> Any:
+        await apply_events(conn, events, *rest)
         raise asyncpg.PostgresConnectionError("connection lost before COMMIT")
 
     monkeypatch.setattr(flusher_module, "apply_events", apply_then_fail)
@@ -310,16 +311,20 @@ async def _eventually(probe: Callable[[], Awaitable[Any]], tries: int = 200) -> 
 
 
 async def test_request_id_reused_after_the_idempotency_window_keeps_the_books(
-    client: Client, pool: asyncpg.Pool, redis: Redis, keys: Keys
+    settings: Settings, clock: FakeClock, pool: asyncpg.Pool, redis: Redis, keys: Keys
 ) -> None:
-    body = {"user_id": "late", "amount": "1", "request_id": "once"}
-    first = (await client.post("/api/v1/credits/debit", json=body)).json()
-    await client.app.state.services.flusher.flush()
-    await redis.delete(keys.request("late", "once"))  # the idempotency record expired
-    second = (await client.post("/api/v1/credits/debit", json=body)).json()
-    assert second["replayed"] is False and second["credits_remaining"] == "3.000000"
-    stats = await client.app.state.services.flusher.flush()
-    assert stats.inserted == 1
+    """Past the window a request id is a new request (tests/test_resync.py: within it, a
+    record Redis lost does not charge a retry twice)."""
+    async with gateway(settings, clock, idempotency_ttl=2) as client:
+        body = {"user_id": "late", "amount": "1", "request_id": "once"}
+        first = (await client.post("/api/v1/credits/debit", json=body)).json()
+        await client.app.state.services.flusher.flush()
+        await redis.delete(keys.request("late", "once"))  # the idempotency record expired
+        clock.advance(seconds=3)  # and the window with it
+        second = (await client.post("/api/v1/credits/debit", json=body)).json()
+        assert second["replayed"] is False and second["credits_remaining"] == "3.000000"
+        stats = await client.app.state.services.flusher.flush()
+    assert stats.inserted == 1 and stats.resynced == 0
     rows = await pool.fetch(
         "SELECT id::text, request_id FROM credit_transactions "
         "WHERE user_id = 'late' AND transaction_type = 'usage' ORDER BY created_at, request_id"
@@ -352,10 +357,10 @@ async def test_a_batch_read_before_redis_lost_its_data_never_strands_the_user(
     read, resume = asyncio.Event(), asyncio.Event()
     real = flusher_module.apply_events
 
-    async def held_back(conn: asyncpg.Connection, events: list[str], alerts: Any) -> Any:
+    async def held_back(conn: asyncpg.Connection, events: list[str], *rest: Any) -> Any:
         read.set()
         await resume.wait()
-        return await real(conn, events, alerts)
+        return await real(conn, events, *rest)
 
     monkeypatch.setattr(flusher_module, "apply_events", held_back)
     flushing = asyncio.create_task(flusher.flush())

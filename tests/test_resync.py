@@ -113,3 +113,31 @@ async def test_a_batch_flushed_again_after_a_rollback_corrects_once(
     await flusher.flush()
     assert await balance(client, user) == Decimal("4.6")  # 5 - 0.10 - 0.25 - 0.05
     assert await assert_books_balance(pool, redis, keys) == 1
+
+
+async def test_a_retry_redis_forgot_within_the_window_is_charged_once(
+    client: Client, redis: Redis, keys: Keys, pool: asyncpg.Pool
+) -> None:
+    """The answer to w1 was lost, w1 was booked, then Redis lost it (a failover, Redis emptied)
+    with its record: the client's retry is charged again by Redis, and the flusher books the
+    request once and gives the second charge back."""
+    flusher = client.app.state.services.flusher
+    user = "retried"
+    await debit(client, user, "0.01", "w0")
+    copy = await redis.hgetall(keys.user(user))
+    await debit(client, user, "0.10", "w1")
+    await flusher.flush()
+    await lose_since(redis, keys, user, copy, "w1")
+    await debit(client, user, "0.10", "w1")  # the retry: Redis no longer knows it
+    assert await balance(client, user) == Decimal("4.89")
+    stats = await flusher.flush()
+    assert stats.resynced == 1
+    await flusher.flush()
+    assert await balance(client, user) == Decimal("4.89")  # 5 - 0.01 - 0.10, once
+    rows = await pool.fetch(
+        "SELECT request_id FROM credit_transactions WHERE user_id = $1 AND "
+        "transaction_type = 'usage' ORDER BY request_id",
+        user,
+    )
+    assert [r["request_id"] for r in rows] == ["w0", "w1"]  # no sys:reused: booking
+    assert await assert_books_balance(pool, redis, keys) == 1

@@ -94,6 +94,7 @@ def make_flusher(
         settings.flush_batch,
         alerts=tiers.alert_rules() if settings.webhook_url else None,
         acks=acks if acks is not None else replica_acks(settings, redis),
+        window_ms=settings.idempotency_ttl * 1000,
     )
 
 

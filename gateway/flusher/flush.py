@@ -42,7 +42,13 @@ from gateway.credits.keys import Keys
 from gateway.credits.scripts import Scripts
 from gateway.flusher.resync import resync_users
 from persistence.events import FIELD, line_of
-from persistence.ledger import AlertRules, BatchResult, apply_events, try_flush_lock
+from persistence.ledger import (
+    DEFAULT_WINDOW_MS,
+    AlertRules,
+    BatchResult,
+    apply_events,
+    try_flush_lock,
+)
 
 log = logging.getLogger("metering.flusher")
 
@@ -74,9 +80,11 @@ class Flusher:
         concurrency: int = 4,
         alerts: AlertRules | None = None,  # low-balance webhooks to queue (None: none)
         acks: ReplicaAcks | None = None,  # replica mode: flush only what the replicas have
+        window_ms: int = DEFAULT_WINDOW_MS,  # the idempotency window (METERING_IDEMPOTENCY_TTL)
     ) -> None:
         self.alerts = alerts
         self.acks = acks
+        self.window_ms = window_ms
         self.scripts = Scripts(redis)
         self.redis = redis
         self.pool = pool
@@ -132,7 +140,7 @@ class Flusher:
                 events = [line_of(f) for _, f in entries]
                 try:
                     async with conn.transaction():  # a savepoint: a refused batch leaves nothing
-                        result = await apply_events(conn, events, self.alerts)
+                        result = await apply_events(conn, events, self.alerts, self.window_ms)
                 except REFUSED as exc:
                     log.error(
                         "PostgreSQL refused a batch of %d events of shard %d (%s); applying "
@@ -193,7 +201,7 @@ class Flusher:
         for (entry_id, _), line in zip(entries, events, strict=True):
             try:
                 async with conn.transaction():
-                    result = await apply_events(conn, [line], self.alerts)
+                    result = await apply_events(conn, [line], self.alerts, self.window_ms)
             except REFUSED as exc:
                 reason = f"{type(exc).__name__}: {exc}"[:1000]
                 await self.redis.xadd(dead, {FIELD: line, "id": entry_id, "error": reason})
