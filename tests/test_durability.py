@@ -19,7 +19,7 @@ from gateway.base.connect import connect_redis
 from gateway.base.errors import REDIS_DOWN
 from gateway.base.settings import Settings, durability, settings_from_env
 from gateway.credits.keys import Keys
-from loadtests.topologies import PrivateReplicated
+from loadtests.topologies import PrivateCluster, PrivateReplicated
 from tests.books import assert_books_balance
 from tests.conftest import FakeClock, gateway
 
@@ -179,3 +179,49 @@ async def test_start_up_names_what_puts_money_at_risk(
         assert caplog.text == ""
     finally:
         await redis.aclose()
+
+
+async def test_on_a_cluster_one_wait_per_pipeline_per_node(
+    settings: Settings, clock: FakeClock, pool: asyncpg.Pool
+) -> None:
+    """A 3+3 cluster: each coalesced pipeline is split by node, and each node's part ends with
+    its own WAIT, on that node; every call is answered and the books balance."""
+    cluster = PrivateCluster(3, replicas=1, node_timeout_ms=2000)
+    cluster.start()
+    try:
+        async with gateway(
+            settings, clock, redis_url=cluster.url, redis_durability="replica", shards=16
+        ) as c:
+            warm = [
+                c.post(
+                    "/api/v1/credits/debit",
+                    json={"user_id": f"n{i}", "amount": "0.01", "request_id": "warm"},
+                )
+                for i in range(16)
+            ]
+            assert {r.status_code for r in await asyncio.gather(*warm)} == {200}
+            acks = c.app.state.services.credits.coalescer.durable
+            masters = cluster.masters()
+            before = {m.port: waits(m.port) for m in masters}
+            pipelines = acks.pipelines
+            answers = await asyncio.gather(
+                *(
+                    c.post(
+                        "/api/v1/credits/debit",
+                        json={"user_id": f"n{i % 16}", "amount": "0.01", "request_id": f"c{i}"},
+                    )
+                    for i in range(300)
+                )
+            )
+            assert {a.status_code for a in answers} == {200}
+            per_node = {m.port: waits(m.port) - before[m.port] for m in masters}
+            assert sum(per_node.values()) == acks.pipelines - pipelines < 300
+            assert all(n > 0 for n in per_node.values()), per_node  # each node waited for its own
+            await c.app.state.services.flusher.flush()
+            redis = connect_redis(cluster.url, 5)
+            try:
+                assert await assert_books_balance(pool, redis, Keys(settings.key_prefix, 16)) == 16
+            finally:
+                await redis.aclose()
+    finally:
+        cluster.close()
