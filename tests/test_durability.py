@@ -34,6 +34,15 @@ def pair() -> Iterator[PrivateReplicated]:
         servers.close()
 
 
+async def books(pool: asyncpg.Pool, url: str, keys: Keys) -> int:
+    """The books check on this Redis: the number of users, each straight."""
+    redis = connect_redis(url, 5)
+    try:
+        return await assert_books_balance(pool, redis, keys)
+    finally:
+        await redis.aclose()
+
+
 def waits(port: int) -> int:
     """WAIT commands the server has run so far."""
     client = sync_redis.Redis(port=port)
@@ -61,7 +70,6 @@ def test_the_mode_follows_the_topology_unless_set() -> None:
 async def test_a_change_is_answered_once_the_replica_has_it(
     pair: PrivateReplicated, settings: Settings, clock: FakeClock, pool: asyncpg.Pool
 ) -> None:
-    keys = Keys(settings.key_prefix, settings.shards)
     body = {"user_id": "dur", "amount": "0.25", "request_id": "d1"}
     async with gateway(
         settings, clock, redis_url=pair.url, redis_durability="replica", redis_wait_ms=150
@@ -95,11 +103,7 @@ async def test_a_change_is_answered_once_the_replica_has_it(
         await flusher.flush()
         balance = await c.get("/api/v1/credits/balance", params={"user_id": "dur"})
         assert Decimal(balance.json()["credits_remaining"]) == Decimal("4.0")
-    redis = connect_redis(pair.url, 5)
-    try:
-        assert await assert_books_balance(pool, redis, keys) == 1
-    finally:
-        await redis.aclose()
+    assert await books(pool, pair.url, Keys(settings.key_prefix, settings.shards)) == 1
 
 
 async def test_one_wait_per_pipeline_not_per_request(
@@ -123,13 +127,7 @@ async def test_one_wait_per_pipeline_not_per_request(
         sent = acks.pipelines - pipelines
         assert waits(pair.primary.port) - before == sent < 200
         await c.app.state.services.flusher.flush()
-    redis = connect_redis(pair.url, 5)
-    try:
-        assert (
-            await assert_books_balance(pool, redis, Keys(settings.key_prefix, settings.shards)) == 7
-        )
-    finally:
-        await redis.aclose()
+    assert await books(pool, pair.url, Keys(settings.key_prefix, settings.shards)) == 7
 
 
 async def test_primary_mode_never_waits(
@@ -149,13 +147,7 @@ async def test_primary_mode_never_waits(
             pair.thaw()
         assert waits(pair.primary.port) == 0
         await c.app.state.services.flusher.flush()
-    redis = connect_redis(pair.url, 5)
-    try:
-        assert (
-            await assert_books_balance(pool, redis, Keys(settings.key_prefix, settings.shards)) == 1
-        )
-    finally:
-        await redis.aclose()
+    assert await books(pool, pair.url, Keys(settings.key_prefix, settings.shards)) == 1
 
 
 async def test_start_up_names_what_puts_money_at_risk(
@@ -218,10 +210,6 @@ async def test_on_a_cluster_one_wait_per_pipeline_per_node(
             assert sum(per_node.values()) == acks.pipelines - pipelines < 300
             assert all(n > 0 for n in per_node.values()), per_node  # each node waited for its own
             await c.app.state.services.flusher.flush()
-            redis = connect_redis(cluster.url, 5)
-            try:
-                assert await assert_books_balance(pool, redis, Keys(settings.key_prefix, 16)) == 16
-            finally:
-                await redis.aclose()
+        assert await books(pool, cluster.url, Keys(settings.key_prefix, 16)) == 16
     finally:
         cluster.close()

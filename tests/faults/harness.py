@@ -185,6 +185,17 @@ def longest_gap(times: list[float]) -> float:
     return round(max((b - a for a, b in itertools.pairwise(times)), default=0.0), 2)
 
 
+def debit_key(url: str, admin_key: str) -> str:
+    """A stored key with the debit scope, as an LLM proxy would use."""
+    r = httpx.post(
+        f"{url}/api/v1/admin/keys",
+        headers={"Authorization": f"Bearer {admin_key}"},
+        json={"name": f"proxy-{time.monotonic_ns()}", "scopes": ["debit", "read"]},
+    )
+    assert r.status_code == 201, r.text
+    return str(r.json()["key"])
+
+
 def hydrate_users(url: str, key: str, users: list[str]) -> None:
     """Load users into Redis (and PostgreSQL) before a fault: they are the 'warm' ones."""
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as c:

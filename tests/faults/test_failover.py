@@ -26,7 +26,14 @@ import pytest
 from gateway.credits.keys import Keys
 from loadtests.servers import GatewayProcess, PrivatePostgres, PrivateRedis, wait_until
 from loadtests.topologies import PrivateCluster, PrivateSentinels, cut_off, freeze, thaw
-from tests.faults.harness import Books, Load, check_books, hydrate_users, migrate_database
+from tests.faults.harness import (
+    Books,
+    Load,
+    check_books,
+    debit_key,
+    hydrate_users,
+    migrate_database,
+)
 
 pytestmark = pytest.mark.faults
 
@@ -90,13 +97,7 @@ class FailoverStack:
         return primary, replicas, lambda: any(r in cluster.masters() for r in replicas)
 
     def debit_key(self) -> str:
-        r = httpx.post(
-            f"{self.gateway.url}/api/v1/admin/keys",
-            headers={"Authorization": f"Bearer {ADMIN}"},
-            json={"name": f"proxy-{time.monotonic_ns()}", "scopes": ["debit", "read"]},
-        )
-        assert r.status_code == 201, r.text
-        return str(r.json()["key"])
+        return debit_key(self.gateway.url, ADMIN)
 
     def ready(self) -> dict[str, Any]:
         answer: dict[str, Any] = httpx.get(f"{self.gateway.url}/health/ready", timeout=5).json()

@@ -23,7 +23,14 @@ import redis
 
 from gateway.credits.keys import Keys
 from loadtests.servers import GatewayProcess, PrivatePostgres, PrivateRedis
-from tests.faults.harness import Books, Load, check_books, hydrate_users, migrate_database
+from tests.faults.harness import (
+    Books,
+    Load,
+    check_books,
+    debit_key,
+    hydrate_users,
+    migrate_database,
+)
 
 pytestmark = pytest.mark.faults
 
@@ -58,14 +65,7 @@ class Stack:
         self.keys = Keys(PREFIX, SHARDS)
 
     def debit_key(self) -> str:
-        """A stored key with the debit scope, as an LLM proxy would use."""
-        r = httpx.post(
-            f"{self.gateway.url}/api/v1/admin/keys",
-            headers={"Authorization": f"Bearer {ADMIN}"},
-            json={"name": f"proxy-{time.monotonic_ns()}", "scopes": ["debit", "read"]},
-        )
-        assert r.status_code == 201, r.text
-        return str(r.json()["key"])
+        return debit_key(self.gateway.url, ADMIN)
 
     def books(self, debits: list[Any]) -> Books:
         return check_books(debits, self.database, self.redis.url, self.keys)
