@@ -17,12 +17,16 @@ USER_SET_BALANCE = (
 
 # A resync made: $1 user, $2 fence (the resync event's version), $3 the correction (micro),
 # $4 the last stream entry flushed, $5 the ledger's sum, which the row takes until the resync
-# event moves it to Redis's state.
+# event moves it to Redis's state. It supersedes the user's open ones (a repair after a resync
+# event was lost): it measured Redis as it is, and an older fence must not hold its event back.
 RESYNC_RECORD = """
 WITH r AS (
     INSERT INTO redis_resyncs (user_id, fence, delta, after_entry)
     VALUES ($1, $2, $3::bigint::numeric / 1000000, $4)
     ON CONFLICT DO NOTHING
+), superseded AS (
+    UPDATE redis_resyncs SET settled_at = now()
+    WHERE user_id = $1 AND settled_at IS NULL AND fence <> $2
 )
 UPDATE user_credits SET credits_remaining = $5, updated_at = now() WHERE user_id = $1
 """

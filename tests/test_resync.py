@@ -7,12 +7,16 @@ Redis = PostgreSQL = ledger, every acknowledged debit charged once, on one Redis
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 import pytest
 from redis.asyncio import Redis
 
 from gateway.credits.keys import Keys
+from gateway.flusher import flush as flush_module
+from gateway.ops.reconcile import reconcile
+from gateway.ops.repair import repair
 from tests.books import assert_books_balance
 from tests.conftest import BACKENDS, Client
 
@@ -97,8 +101,6 @@ async def test_a_batch_flushed_again_after_a_rollback_corrects_once(
     await lose_since(redis, keys, user, copy, "w2")
     await debit(client, user, "0.05", "n1")
 
-    from gateway.flusher import flush as flush_module
-
     real = flush_module.resync_users
 
     async def then_fail(*args: object, **kwargs: object) -> int:
@@ -140,4 +142,48 @@ async def test_a_retry_redis_forgot_within_the_window_is_charged_once(
         user,
     )
     assert [r["request_id"] for r in rows] == ["w0", "w1"]  # no sys:reused: booking
+    assert await assert_books_balance(pool, redis, keys) == 1
+
+
+async def test_a_repair_after_a_lost_resync_supersedes_it(
+    client: Client, redis: Redis, keys: Keys, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user spends while a flush resyncs it (the fence lands above PostgreSQL's version),
+    then a second failover takes back the resync itself and those debits: the user's open
+    resync names a fence Redis never reached. `reconcile --repair` measures Redis again, and
+    its resync supersedes the old one, whose fence would otherwise hold the new event back."""
+    flusher = client.app.state.services.flusher
+    user = "lost-twice"
+    await debit(client, user, "0.10", "w1")
+    copy = await redis.hgetall(keys.user(user))
+    await debit(client, user, "0.10", "w2")
+    await flusher.flush()
+    await lose_since(redis, keys, user, copy, "w2")
+    await debit(client, user, "0.05", "n1")
+    again = await redis.hgetall(keys.user(user))  # what a second promoted replica will hold
+    real = flush_module.resync_users
+
+    async def spending_meanwhile(*args: Any) -> int:
+        await debit(client, user, "0.05", "n2")
+        await debit(client, user, "0.05", "n3")
+        return await real(*args)
+
+    monkeypatch.setattr(flush_module, "resync_users", spending_meanwhile)
+    assert (await flusher.flush()).resynced == 1
+    monkeypatch.setattr(flush_module, "resync_users", real)
+    # the second failover: n2, n3 and the resync's event are gone from Redis, never booked
+    await redis.xtrim(keys.user_stream(user), maxlen=0)
+    await lose_since(redis, keys, user, again, "n2", "n3")
+    await debit(client, user, "0.05", "n4")
+    await flusher.flush()
+
+    report = await reconcile(redis, pool, keys)
+    assert report.drift
+    assert await repair(redis, pool, keys, report, "cli:test") == 1
+    await flusher.flush()
+    open_ones = await pool.fetchval(
+        "SELECT count(*) FROM redis_resyncs WHERE user_id = $1 AND settled_at IS NULL", user
+    )
+    assert open_ones == 0
+    assert await balance(client, user) == Decimal("4.7")  # 5 - 2 x 0.10 - n1 - n4
     assert await assert_books_balance(pool, redis, keys) == 1
