@@ -15,7 +15,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
 from gateway.api.services import Services
-from gateway.base.durable import Durability
+from gateway.base.durable import Durability, primaries_info
 from gateway.flusher.flush import ALIVE_SECONDS
 from persistence import migrate, queries
 
@@ -52,14 +52,6 @@ async def check_eviction(redis: Redis, mode: Literal["refuse", "warn"]) -> str:
     return policy
 
 
-async def _per_primary(redis: Redis, section: str) -> list[dict[str, Any]]:
-    """INFO section of every primary: the one server, or each primary of a cluster."""
-    if isinstance(redis, RedisCluster):
-        answers = await redis.info(section, target_nodes=RedisCluster.PRIMARIES)
-        return [dict(v) for v in answers.values()] if isinstance(answers, dict) else []
-    return [dict(await redis.info(section))]
-
-
 async def _config_per_primary(redis: Redis, name: str) -> list[str]:
     if isinstance(redis, RedisCluster):
         answers = await redis.config_get(name, target_nodes=RedisCluster.PRIMARIES)
@@ -77,7 +69,7 @@ async def check_replication(redis: Redis, mode: Durability, replicas: int) -> di
       restarted from its AOF before Sentinel or the cluster demotes it, it goes on taking
       writes that the failover then discards (docs/reliability.md)."""
     try:
-        infos = await _per_primary(redis, "replication")
+        infos = await primaries_info(redis, "replication")
         guards = await _config_per_primary(redis, "min-replicas-to-write")
     except ResponseError:
         log.warning("cannot read Redis's replication settings (INFO or CONFIG GET refused)")

@@ -152,12 +152,15 @@ class ReplicaAcks:
         self._nodes.clear()
 
 
-async def replication_ids(redis: Redis) -> set[str]:
-    """The replication id of each primary (one server, or every primary of a cluster): a
-    promotion gives the new primary a new one."""
+async def primaries_info(redis: Redis, section: str) -> list[dict[str, Any]]:
+    """INFO section of every primary: the one server, or each primary of a cluster."""
     if isinstance(redis, RedisCluster):
-        answers = await redis.info("replication", target_nodes=RedisCluster.PRIMARIES)
-        infos = list(answers.values()) if isinstance(answers, dict) else []
-    else:
-        infos = [await redis.info("replication")]
-    return {str(i["master_replid"]) for i in infos if isinstance(i, dict) and "master_replid" in i}
+        answers = await redis.info(section, target_nodes=RedisCluster.PRIMARIES)
+        return [dict(v) for v in answers.values()] if isinstance(answers, dict) else []
+    return [dict(await redis.info(section))]
+
+
+async def replication_ids(redis: Redis) -> set[str]:
+    """The replication id of each primary: a promotion gives the new primary a new one."""
+    infos = await primaries_info(redis, "replication")
+    return {str(i["master_replid"]) for i in infos if "master_replid" in i}

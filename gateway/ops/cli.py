@@ -48,8 +48,8 @@ async def _migrate(settings: Settings) -> list[str]:
 async def _flush(settings: Settings) -> dict[str, Any]:
     redis = connect_redis(settings.redis_url, settings.redis_timeout)
     pool = await db.open_pool(settings.database_url, max_size=2)
+    flusher = make_flusher(settings, redis, pool, load_tiers(settings.tiers_file))
     try:
-        flusher = make_flusher(settings, redis, pool, load_tiers(settings.tiers_file))
         stats = await flusher.flush()
         return {
             "events": stats.events,
@@ -60,6 +60,8 @@ async def _flush(settings: Settings) -> dict[str, Any]:
             "backlog": await flusher.backlog(),
         }
     finally:
+        if flusher.acks is not None:
+            await flusher.acks.aclose()
         await redis.aclose()
         await pool.close()
 
