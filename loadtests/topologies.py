@@ -217,7 +217,12 @@ class PrivateCluster:
             check=True,
             stdout=subprocess.DEVNULL,
         )
-        wait_until(self.healthy, "redis cluster")
+        # 9 nodes with AOF joining and syncing on a loaded 2-core CI box took over 30 s once
+        # (8 s idle): the wait is generous, and a timeout says what the nodes saw.
+        try:
+            wait_until(self.healthy, "redis cluster", seconds=120)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}: {self._nodes_view()}") from None
 
     def healthy(self) -> bool:
         """Every running node sees the cluster ok, and every master has its replicas."""
