@@ -16,8 +16,10 @@ def migration_files() -> list[tuple[str, str]]:
     return [(name.removesuffix(".sql"), folder.joinpath(name).read_text()) for name in names]
 
 
-async def migrate(conn: asyncpg.Connection) -> list[str]:
-    """Apply pending migrations; safe when several processes start at once. Returns applied."""
+async def migrate(conn: asyncpg.Connection, until: str | None = None) -> list[str]:
+    """Apply pending migrations (up to and including version `until`, when given: the
+    benchmark fills a schema as it was, then times a migration); safe when several processes
+    start at once. Returns applied."""
     applied: list[str] = []
     async with conn.transaction():
         await conn.execute(queries.MIGRATIONS_LOCK)
@@ -26,6 +28,8 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
         for version, sql in migration_files():
             if version in done:
                 continue
+            if until is not None and version > until:
+                break
             await conn.execute(sql)
             await conn.execute(queries.MIGRATION_RECORD, version)
             applied.append(version)

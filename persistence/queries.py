@@ -1,5 +1,6 @@
 """Every SQL statement the code runs (the flush batch's in persistence/batch_queries.py, the
-resyncs' in persistence/resync_queries.py, imported here). Nothing else in the code base holds SQL.
+resyncs' in persistence/resync_queries.py, usage reports' in persistence/usage_queries.py,
+imported here). Nothing else in the code base holds SQL.
 
 The test suite prepares each statement in ``ALL`` on a database migrated from scratch, so a
 column that does not exist, a wrong type or a column/value count mismatch fails CI.
@@ -20,6 +21,12 @@ from persistence.resync_queries import (
     USER_GET_BALANCE as USER_GET_BALANCE,
     USER_SET_BALANCE as USER_SET_BALANCE,
     USER_VERSION as USER_VERSION,
+)
+from persistence.usage_queries import (  # usage reports and their summaries' check
+    USAGE_BY_DAY as USAGE_BY_DAY,
+    USAGE_BY_MODEL as USAGE_BY_MODEL,
+    USAGE_BY_SERVICE as USAGE_BY_SERVICE,
+    USAGE_SUMMARY_DRIFT as USAGE_SUMMARY_DRIFT,
 )
 
 USER_COLUMNS = (
@@ -174,20 +181,6 @@ WHERE user_id = $1 AND (created_at, id) < ($2, $3)
 ORDER BY created_at DESC, id DESC
 LIMIT $4
 """
-
-# Usage (debits) of a user in [$2, $3), grouped three ways. Credits charged are positive here.
-_USAGE = """
-SELECT {key} AS key, count(*) AS requests, COALESCE(sum(-amount), 0) AS credits,
-       COALESCE(sum(input_tokens), 0)::bigint AS input_tokens,
-       COALESCE(sum(output_tokens), 0)::bigint AS output_tokens
-FROM credit_transactions
-WHERE user_id = $1 AND transaction_type = 'usage' AND created_at >= $2 AND created_at < $3
-GROUP BY 1 ORDER BY 1
-"""
-# NULL key (null in JSON, listed last): debits that named no model / no service
-USAGE_BY_MODEL = _USAGE.format(key="model")
-USAGE_BY_SERVICE = _USAGE.format(key="metadata->>'service'")
-USAGE_BY_DAY = _USAGE.format(key="to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')")
 
 _PRICE_COLUMNS = """model, input_per_million, output_per_million, cached_input_per_million,
        cache_write_per_million, reasoning_per_million, updated_at"""

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 
 import asyncpg
 import pytest
 
 from gateway.credits.clock import period_start
 from gateway.credits.cursors import encode_cursor
+from gateway.credits.money import to_micro
+from persistence.history import report_spans
 from tests.conftest import Client, FakeClock
 
 ID = uuid.UUID(int=1)
@@ -179,3 +182,111 @@ async def test_metadata_stored_before_it_was_bounded_does_not_break_history(
 async def test_unknown_user_history_is_404(client: Client) -> None:
     assert (await client.get("/api/v1/credits/ghost/transactions")).status_code == 404
     assert (await client.get("/api/v1/credits/ghost/usage")).status_code == 404
+
+
+# minutes after the first debit: inside an hour, on an hour's edge, hours and a day apart
+DEBIT_MINUTES = [0, 17, 43, 61, 125, 179, 180, 330, 1441, 1500, 2900, 4400]
+
+
+async def test_usage_windows_that_cut_hours_sum_the_ledger_exactly(
+    client: Client, clock: FakeClock
+) -> None:
+    """Whole days and hours come from the flusher's summaries, the window's ends from the
+    ledger's rows (migration 0015): any window, aligned or not, in any time zone, sums the
+    ledger (75 h windows hold whole UTC days wherever the clock starts)."""
+    await client.get("/api/v1/credits/balance", params={"user_id": "w"})
+    t0 = clock.now
+    for i, minutes in enumerate(DEBIT_MINUTES):
+        clock.now = t0 + timedelta(minutes=minutes)
+        r = await client.post(
+            "/api/v1/credits/debit",
+            json={
+                "user_id": "w",
+                "amount": f"0.00{i + 1}",
+                "request_id": f"w{i}",
+                "model": "ab"[i % 2],
+                "input_tokens": i,
+                "metadata": {"service": f"s{i % 3}"},
+            },
+        )
+        assert r.status_code == 200, r.text
+    await client.app.state.services.flusher.flush()
+    page = (await client.get("/api/v1/credits/w/transactions", params={"limit": 50})).json()
+    rows = [t for t in page["transactions"] if t["type"] == "usage"]
+    assert len(rows) == len(DEBIT_MINUTES)
+    east = timezone(timedelta(hours=5, minutes=30))
+    for start_min, end_min in [
+        (-5, 2000),
+        (0, 61),
+        (1, 60),
+        (16, 44),
+        (17, 180),
+        (59, 181),
+        (44, 61),
+        (60, 120),
+        (121, 1442),
+        (179, 1441),
+        (-60, 0),
+    ]:
+        start, end = t0 + timedelta(minutes=start_min), t0 + timedelta(minutes=end_min)
+        for zone in (UTC, east):
+            window = {
+                "from": start.astimezone(zone).isoformat(),
+                "to": end.astimezone(zone).isoformat(),
+            }
+            inside = [t for t in rows if start <= datetime.fromisoformat(t["created_at"]) < end]
+            for group_by, key in [
+                ("model", lambda t: t["model"]),
+                ("service", lambda t: t["metadata"]["service"]),
+                ("day", lambda t: datetime.fromisoformat(t["created_at"]).date().isoformat()),
+            ]:
+                r = await client.get(
+                    "/api/v1/credits/w/usage", params={"group_by": group_by, **window}
+                )
+                assert r.status_code == 200, r.text
+                expected: dict[str, tuple[int, int, int]] = {}
+                for t in inside:
+                    n, micro, tokens = expected.get(key(t), (0, 0, 0))
+                    expected[key(t)] = (
+                        n + 1,
+                        micro - to_micro(Decimal(t["amount"])),
+                        tokens + t["input_tokens"],
+                    )
+                got = {
+                    g["key"]: (g["requests"], to_micro(Decimal(g["credits"])), g["input_tokens"])
+                    for g in r.json()["groups"]
+                }
+                assert got == expected, (group_by, start_min, end_min, zone)
+
+
+@pytest.mark.parametrize("minutes", [0, 1, 59, 60, 61, 1439, 1440, 1441, 2881, 44641])
+@pytest.mark.parametrize("offset_s", [0, 1, 59, 3599, 3600, 43200, 86399])
+def test_report_spans_cut_a_window_into_parts_that_cover_it_once(
+    minutes: int, offset_s: int
+) -> None:
+    start = datetime(2026, 3, 1, tzinfo=UTC) + timedelta(seconds=offset_s)
+    end = start + timedelta(minutes=minutes, seconds=offset_s % 7)
+    t0, h0, d0, d1, h1, t1 = bounds = report_spans(start, end)
+    assert (t0, t1) == (start, end) and list(bounds) == sorted(bounds)
+    whole_hours = [h0, h1] if h0 < h1 else []
+    whole_days = [d0, d1] if d0 < d1 else []
+    assert all(t.minute == t.second == t.microsecond == 0 for t in whole_hours + whole_days)
+    assert all(t.hour == 0 for t in whole_days)
+    # every whole hour inside the window is summed from the summaries, nothing else is
+    hour = start.replace(minute=0, second=0, microsecond=0)
+    while hour < end:
+        whole = start <= hour and hour + timedelta(hours=1) <= end
+        assert whole == (h0 <= hour < h1), hour
+        hour += timedelta(hours=1)
+    if d0 < d1:
+        assert start <= d0 and d1 <= end and (d1 - d0) % timedelta(days=1) == timedelta(0)
+    # what is summed from rows is under an hour at each end (under two hours in all when the
+    # window holds no whole hour); from hour summaries, under a day at each end
+    if h0 < h1:
+        assert h0 - start < timedelta(hours=1) and end - h1 < timedelta(hours=1)
+    else:
+        assert end - start < timedelta(hours=2)
+    if d0 < d1:
+        assert d0 - h0 < timedelta(days=1) and h1 - d1 < timedelta(days=1)
+    else:
+        assert h1 - h0 < timedelta(days=2)

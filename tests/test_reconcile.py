@@ -53,6 +53,9 @@ async def test_reconcile_passes_then_finds_each_kind_of_drift(
     await redis.hset(keys.user("a"), "bal", "1")  # Redis drifted
     await pool.execute("UPDATE user_credits SET credits_remaining = 9 WHERE user_id = 'b'")
     await redis.hset(keys.user("ghost"), mapping={"bal": "0", "ver": "0"})
+    await pool.execute(
+        "UPDATE usage_summaries SET credits = credits + 0.000001 WHERE user_id = 'c'"
+    )
     bad = run_reconcile(settings)
     assert bad.returncode == 1
     report = await reconcile(redis, pool, keys)
@@ -65,12 +68,17 @@ async def test_reconcile_passes_then_finds_each_kind_of_drift(
             ("b", "Redis and PostgreSQL differ"),
             ("b", "credit blocks in PostgreSQL do not sum to the balance"),
             (keys.user("ghost"), "in Redis but not in PostgreSQL"),
+            # the ledger's side and the summary's, of the hour and of the day
+            *[("c", "usage summary differs from the ledger")] * 4,
         ]
     )
     # put things back so the fixture's closing books check passes
     await redis.delete(keys.user("ghost"))
     await redis.hset(keys.user("a"), "bal", "4000000")
     await pool.execute("UPDATE user_credits SET credits_remaining = 4 WHERE user_id = 'b'")
+    await pool.execute(
+        "UPDATE usage_summaries SET credits = credits - 0.000001 WHERE user_id = 'c'"
+    )
 
 
 def run_cli(settings: Settings, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:

@@ -2,7 +2,8 @@
 
 Drift is any of: a balance or version that differs between Redis and PostgreSQL once nothing
 is left to flush, a ledger that does not sum to the balance, credit blocks that do not sum to it
-or differ between the two, a negative balance, or a user present on one side only.
+or differ between the two, a negative balance, a user present on one side only, or an hour or day
+usage summary (usage_summaries) that differs from the ledger's usage rows.
 `metering reconcile` prints each drift and exits 1 when there is any.
 """
 
@@ -17,9 +18,11 @@ from redis.asyncio import Redis
 from gateway.credits.block_text import parse_blocks
 from gateway.credits.keys import Keys
 from gateway.credits.money import to_micro
+from persistence.history import usage_summary_drift
 from persistence.users import users_with_ledger
 
 PAGE = 1000
+SUMMARY_DRIFT_SHOWN = 20  # hourly usage summaries that differ from the ledger, at most
 
 
 @dataclass(slots=True)
@@ -58,6 +61,14 @@ async def reconcile(redis: Redis, pool: asyncpg.Pool, keys: Keys) -> Report:
     async for key in redis.scan_iter(match=f"{keys.prefix}:{{s*}}:u:*", count=1000):
         if key not in seen:
             report.drift.append({"key": key, "problem": "in Redis but not in PostgreSQL"})
+    for summary in await usage_summary_drift(pool, SUMMARY_DRIFT_SHOWN):
+        report.drift.append(
+            {
+                "user_id": summary.pop("user_id"),
+                "problem": "usage summary differs from the ledger",
+                **{k: str(v) for k, v in summary.items()},
+            }
+        )
     return report
 
 

@@ -25,6 +25,7 @@ from dataclasses import asdict
 import redis as redis_sync
 
 from gateway.credits.money import MICRO
+from loadtests.bench import growth
 from loadtests.bench.drain import flusher_drain, prepare_database
 from loadtests.bench.report import Report, ratios
 from loadtests.bench.runners import paced_rate, run_scenario, uvicorn, wanted, wrk
@@ -60,6 +61,26 @@ def main() -> int:
         help="run only the scenarios whose name contains WORDS (repeatable), e.g. --only batch",
     )
     parser.add_argument("--skip-flusher", action="store_true", help="no drain measurement")
+    parser.add_argument(
+        "--users",
+        type=int,
+        default=0,
+        help="cost as data grows (loadtests/bench/growth.py): this many users generated in "
+        "PostgreSQL, then /usage and reconcile timed at that size (1050000 for the target)",
+    )
+    parser.add_argument(
+        "--ledger-rows",
+        type=int,
+        default=0,
+        help="ledger rows for --users (10500000 for the target; default 10 a user)",
+    )
+    parser.add_argument(
+        "--heavy-rows",
+        type=int,
+        default=1_000_000,
+        help="of the ledger rows, the usage rows of the one user whose /usage is timed",
+    )
+    parser.add_argument("--usage-calls", type=int, default=200, help="timed /usage calls")
     parser.add_argument(
         "--replica",
         action="store_true",
@@ -202,6 +223,16 @@ def main() -> int:
         if not args.skip_flusher:
             report.flusher = asyncio.run(flusher_drain(rd.url, gateway_db, args.flush_events))
             print("flusher and memory:", json.dumps(report.flusher, indent=2), flush=True)
+        if args.users:
+            rows = args.ledger_rows or 10 * args.users
+            report.growth = growth.measure(
+                f"{pg.server}/bench_growth",
+                rd.url,
+                args.users,
+                rows,
+                min(args.heavy_rows, rows // 2),
+                args.usage_calls,
+            )
     finally:
         rd.close()
         pg.close()

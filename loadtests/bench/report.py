@@ -30,6 +30,7 @@ class Report:
     ratios: dict[str, float] = field(default_factory=dict)
     flusher: dict[str, float] = field(default_factory=dict)
     memory: dict[str, float] = field(default_factory=dict)
+    growth: dict[str, object] = field(default_factory=dict)
 
 
 def ratios(results: list[Result]) -> dict[str, float]:
