@@ -34,26 +34,6 @@ SELECT tx, u, t, amt::numeric / 1000000, bal::numeric / 1000000, {request_id},
        NULLIF(tcw, '')::bigint, NULLIF(trs, '')::bigint
 """
 
-# What a ledger insert returns, and the usage summaries (migration 0015) it adds to: the new
-# 'usage' rows summed per user, UTC hour and UTC day, model and service, in the same statement.
-_INSERTED = """user_id AS u, id, redis_version AS ver, transaction_type AS kind, amount, model,
-              metadata->>'service' AS service, input_tokens AS tin, output_tokens AS tout,
-              created_at AS at"""
-_SUMMED = """
-summed AS (
-    INSERT INTO usage_summaries AS h (user_id, span, starts_at, model, service, requests,
-                                      credits, input_tokens, output_tokens)
-    SELECT u, span, date_trunc(span, at, 'UTC'), model, service, count(*), sum(-amount),
-           COALESCE(sum(tin), 0), COALESCE(sum(tout), 0)
-    FROM ins, (VALUES ('hour'), ('day')) AS s (span) WHERE kind = 'usage'
-    GROUP BY 1, 2, 3, 4, 5
-    ON CONFLICT (user_id, span, starts_at, model, md5(service)) DO UPDATE
-    SET requests = h.requests + EXCLUDED.requests, credits = h.credits + EXCLUDED.credits,
-        input_tokens = h.input_tokens + EXCLUDED.input_tokens,
-        output_tokens = h.output_tokens + EXCLUDED.output_tokens
-    RETURNING 1
-)"""
-
 # One statement per flush batch. Every event goes into the ledger at most once (the primary key
 # is the event's transaction id; (user_id, request_id) is unique too), and each user's row moves
 # to the user's newest state in the batch: the version guard makes replays and stale batches
@@ -66,9 +46,8 @@ ins AS (
     {_LEDGER_ROW.format(request_id="rid")}
     FROM e
     ON CONFLICT DO NOTHING
-    RETURNING {_INSERTED}
+    RETURNING user_id AS u, redis_version AS ver
 ),
-{_SUMMED},
 -- Users with a new event at a version PostgreSQL's row has passed: Redis lost changes already
 -- booked (a failover promoted a replica that lacked them), unless an open resync's fence is
 -- above the event (it was written before the resync that corrects it). The flusher resyncs them
@@ -206,10 +185,9 @@ WITH ins AS (
       AND rid NOT LIKE 'sys:%'
       AND NOT {_FORGOTTEN.format(window=3)}
     ON CONFLICT DO NOTHING
-    RETURNING {_INSERTED}
-),
-{_SUMMED}
-SELECT u AS user_id, id FROM ins
+    RETURNING user_id, id
+)
+SELECT user_id, id FROM ins
 """
 
 # Events of the batch ($1) the ledger still lacks after both inserts: system request ids seen

@@ -183,3 +183,9 @@ async def debit_for_refund(conn: Executor, transaction_id: str) -> DebitRecord |
         rec["draws"] or "",
         rec["blocks"] or "",
     )
+
+
+async def ledger_totals_drift(conn: Executor, limit: int) -> list[dict[str, object]]:
+    """Up to `limit` users whose kept ledger total (ledger_totals) differs from their rows':
+    `side` says which holds the figures ('ledger': the rows' sum and count)."""
+    return [dict(r) for r in await conn.fetch(queries.LEDGER_TOTALS_DRIFT, limit)]

@@ -1,5 +1,5 @@
 """Every SQL statement the code runs (the flush batch's in persistence/batch_queries.py, the
-resyncs' in persistence/resync_queries.py, usage reports' in persistence/usage_queries.py,
+resyncs' in persistence/resync_queries.py, the summaries' in persistence/summary_queries.py,
 imported here). Nothing else in the code base holds SQL.
 
 The test suite prepares each statement in ``ALL`` on a database migrated from scratch, so a
@@ -22,7 +22,8 @@ from persistence.resync_queries import (
     USER_SET_BALANCE as USER_SET_BALANCE,
     USER_VERSION as USER_VERSION,
 )
-from persistence.usage_queries import (  # usage reports and their summaries' check
+from persistence.summary_queries import (  # usage reports, the summaries' checks
+    LEDGER_TOTALS_DRIFT as LEDGER_TOTALS_DRIFT,
     USAGE_BY_DAY as USAGE_BY_DAY,
     USAGE_BY_MODEL as USAGE_BY_MODEL,
     USAGE_BY_SERVICE as USAGE_BY_SERVICE,
@@ -34,15 +35,22 @@ USER_COLUMNS = (
     "created_at, updated_at, redis_version, period_spent"
 )
 
-# $1 user_id, $2 allocation, $3 tier, $4 monthly_cap, $5 last_reset (start of the current period),
-# $6 now (the gateway's clock, so the user's first ledger entry sits on the same timeline).
-# Creates the user with the tier's allocation, its 'allocation' ledger entry and its allocation
-# credit block, or returns the existing row untouched. ``created`` tells which.
-USER_CREATE = f"""
-WITH ins AS (
+# The cold path's creation, for many users in one statement (gateway/credits/cold.py):
+# $1 user ids (sorted: concurrent statements wait for each other's rows instead of deadlocking),
+# $2 allocation, $3 tier, $4 monthly_cap, $5 each user's last_reset (the start of its current
+# period), $6 each user's now (the scripts' clock, so its first ledger entry sits on the same
+# timeline). Creates each user that does not exist with the tier's allocation, its 'allocation'
+# ledger entry and its allocation credit block, and returns the rows it created and the rows that
+# existed, untouched (``created`` tells which). A user created by a concurrent statement that
+# committed after this one began is in neither: the caller asks again.
+USERS_CREATE = f"""
+WITH want AS (
+    SELECT * FROM unnest($1::varchar[], $5::timestamptz[], $6::timestamptz[])
+        AS w (user_id, last_reset, at)
+), ins AS (
     INSERT INTO user_credits (user_id, credits_remaining, credits_allocated, tier, monthly_cap,
                               last_reset, created_at, updated_at)
-    VALUES ($1, $2, $2, $3, $4, $5, $6, $6)
+    SELECT user_id, $2, $2, $3, $4, last_reset, at, at FROM want ORDER BY user_id
     ON CONFLICT (user_id) DO NOTHING
     RETURNING {USER_COLUMNS}
 ), ledger AS (
@@ -57,8 +65,7 @@ WITH ins AS (
 )
 SELECT {USER_COLUMNS}, true AS created FROM ins
 UNION ALL
-SELECT {USER_COLUMNS}, false AS created FROM user_credits WHERE user_id = $1
-LIMIT 1
+SELECT {USER_COLUMNS}, false AS created FROM user_credits WHERE user_id = ANY($1::varchar[])
 """
 
 USER_GET = f"SELECT {USER_COLUMNS} FROM user_credits WHERE user_id = $1"
@@ -143,19 +150,22 @@ ORDER BY at DESC, id DESC
 LIMIT $5
 """
 
-# Every user with its ledger total and open credit blocks ('id:micro', by id), in user_id order
-# after $1, $2 at a time (for reconcile).
-USERS_WITH_LEDGER = """
-SELECT u.user_id, u.credits_remaining, u.redis_version,
-       (SELECT COALESCE(sum(t.amount), 0) FROM credit_transactions t
-        WHERE t.user_id = u.user_id) AS ledger,
-       (SELECT string_agg(g.id || ':' || (g.remaining * 1000000)::bigint, ',' ORDER BY g.id)
-        FROM credit_grants g WHERE g.user_id = u.user_id AND g.closed_at IS NULL) AS blocks
-FROM user_credits u
-WHERE u.user_id > $1
-ORDER BY u.user_id
-LIMIT $2
+# Every user's books in one pass, streamed by `metering reconcile`: the row's balance and
+# version, the ledger's sum (the total PostgreSQL keeps with the rows, migration 0015) and the
+# open credit blocks ('id:micro' by id, one aggregate over the table), in micro-credits.
+USERS_BOOKS = """
+SELECT u.user_id, (u.credits_remaining * 1000000)::bigint AS balance, u.redis_version AS version,
+       (COALESCE(l.total, 0) * 1000000)::bigint AS ledger, g.blocks
+FROM user_credits AS u
+LEFT JOIN ledger_totals AS l USING (user_id)
+LEFT JOIN (SELECT user_id, string_agg(id || ':' || (remaining * 1000000)::bigint, ','
+                                      ORDER BY id) AS blocks
+           FROM credit_grants WHERE closed_at IS NULL GROUP BY user_id) AS g
+    USING (user_id)
 """
+
+# Of these user ids ($1), those PostgreSQL has a row for.
+USERS_KNOWN = "SELECT user_id FROM user_credits WHERE user_id = ANY($1::varchar[])"
 
 # The users who spent most in their current period (as flushed), for ops views.
 TOP_SPENDERS = """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -46,29 +47,60 @@ async def create_user_credits(
 ) -> tuple[UserRow, bool]:
     """Create the user's row with the tier's allocation (and its ledger entry), or return the
     existing row unchanged. Returns (row, created)."""
+    found = await create_users_credits(
+        conn,
+        [(user_id, last_reset, now or datetime.now(UTC))],
+        tier=tier,
+        allocation=allocation,
+        monthly_cap=monthly_cap,
+    )
+    return found[user_id]
+
+
+NewUser = tuple[str, datetime, datetime]  # user id, its last_reset, its now
+
+
+async def create_users_credits(
+    conn: Executor,
+    users: list[NewUser],
+    *,
+    tier: str,
+    allocation: Decimal,
+    monthly_cap: Decimal | None,
+) -> dict[str, tuple[UserRow, bool]]:
+    """create_user_credits for many users in one statement (queries.USERS_CREATE): each user
+    that does not exist is created with the tier's allocation and its ledger entry, the others
+    are returned unchanged. Returns (row, created) by user id."""
+    left = {u: (reset, at) for u, reset, at in users}
+    found: dict[str, tuple[UserRow, bool]] = {}
     for _ in range(3):
+        ids = sorted(left)
         try:
-            rec = await conn.fetchrow(
-                queries.USER_CREATE,
-                user_id,
+            recs = await conn.fetch(
+                queries.USERS_CREATE,
+                ids,
                 allocation,
                 tier,
                 monthly_cap,
-                last_reset,
-                now or datetime.now(UTC),
+                [left[u][0] for u in ids],
+                [left[u][1] for u in ids],
             )
         except asyncpg.StringDataRightTruncationError:
+            longest = max(ids, key=len)
             raise UserCreditsError(
-                f"user_id is {len(user_id)} characters; user_credits.user_id holds at most 255"
+                f"user_id is {len(longest)} characters; user_credits.user_id holds at most 255"
             ) from None
         except asyncpg.NumericValueOutOfRangeError:
             raise UserCreditsError(
                 f"allocation {allocation} or monthly_cap {monthly_cap} does not fit numeric(12,6)"
             ) from None
-        if rec is not None:
-            return _row(rec), bool(rec["created"])
-        # A concurrent insert committed after this statement's snapshot: read it again.
-    raise UserCreditsError(f"user {user_id!r} could not be created or read")
+        for rec in recs:
+            found[rec["user_id"]] = (_row(rec), bool(rec["created"]))
+            left.pop(rec["user_id"], None)
+        if not left:
+            return found
+        # Concurrent inserts committed after this statement's snapshot: read them again.
+    raise UserCreditsError(f"users {sorted(left)[:3]!r} could not be created or read")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,15 +164,28 @@ async def users_with_due_blocks(
 @dataclass(frozen=True, slots=True)
 class UserBooks:
     user_id: str
-    credits_remaining: Decimal
-    redis_version: int
-    ledger: Decimal  # sum of the user's ledger entries
+    balance: int  # micro-credits, as every figure here
+    version: int
+    ledger: int  # sum of the user's ledger entries
     blocks: str | None  # the open credit blocks, 'id:micro' by id, joined by ','
 
 
-async def users_with_ledger(conn: Executor, after_user: str, limit: int) -> list[UserBooks]:
-    rows = await conn.fetch(queries.USERS_WITH_LEDGER, after_user, limit)
-    return [UserBooks(**dict(r)) for r in rows]
+async def all_user_books(pool: asyncpg.Pool, chunk: int) -> AsyncIterator[list[UserBooks]]:
+    """Every user's books (queries.USERS_BOOKS) in chunks of `chunk`, streamed from one
+    statement through a cursor: memory holds a chunk, whatever the number of users."""
+    batch: list[UserBooks] = []
+    async with pool.acquire() as conn, conn.transaction(readonly=True):
+        async for r in conn.cursor(queries.USERS_BOOKS, prefetch=chunk):
+            batch.append(UserBooks(r[0], r[1], r[2], r[3], r[4]))
+            if len(batch) == chunk:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+async def known_users(conn: Executor, user_ids: list[str]) -> set[str]:
+    return {r[0] for r in await conn.fetch(queries.USERS_KNOWN, user_ids)}
 
 
 @dataclass(frozen=True, slots=True)

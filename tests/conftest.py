@@ -99,7 +99,8 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await db.open_pool(database_url, max_size=10)
     await pool.execute(
         "TRUNCATE credit_transactions, user_credits, api_keys, model_pricing, audit_log, "
-        "coupon_redemptions, coupons, webhook_outbox, credit_grants, redis_resyncs, usage_summaries"
+        "coupon_redemptions, coupons, webhook_outbox, credit_grants, redis_resyncs, "
+        "usage_summaries, ledger_totals"
     )
     yield pool
     await pool.close()

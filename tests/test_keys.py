@@ -87,3 +87,14 @@ def test_reservation_ids_are_validated() -> None:
     assert list(itertools.islice((key_slot(k.reservation(rid).encode()),), 1)) == [
         key_slot(k.user("someone").encode())
     ]
+
+
+def test_a_user_key_reads_back_as_its_user() -> None:
+    """reconcile reads the users Redis holds from their keys (Keys.user_id_of)."""
+    keys = Keys("m", 16)
+    for user in AWKWARD:
+        assert keys.user_id_of(keys.user(user)) == user
+        assert keys.user_id_of(keys.request(user, "r:1")) is None
+        assert keys.user_id_of(keys.request(user, "x}:u:y")) is None
+        assert keys.user_id_of(keys.holds(user)) is None
+        assert Keys("other", 16).user_id_of(keys.user(user)) is None

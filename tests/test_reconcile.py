@@ -56,9 +56,11 @@ async def test_reconcile_passes_then_finds_each_kind_of_drift(
     await pool.execute(
         "UPDATE usage_summaries SET credits = credits + 0.000001 WHERE user_id = 'c'"
     )
+    await pool.execute("UPDATE ledger_totals SET entries = entries + 1 WHERE user_id = 'c'")
     bad = run_reconcile(settings)
     assert bad.returncode == 1
-    report = await reconcile(redis, pool, keys)
+    assert not (await reconcile(redis, pool, keys)).ok
+    report = await reconcile(redis, pool, keys, deep=True)
     problems = sorted((d.get("user_id") or d.get("key"), d["problem"]) for d in report.drift)
     assert problems == sorted(
         [
@@ -70,6 +72,7 @@ async def test_reconcile_passes_then_finds_each_kind_of_drift(
             (keys.user("ghost"), "in Redis but not in PostgreSQL"),
             # the ledger's side and the summary's, of the hour and of the day
             *[("c", "usage summary differs from the ledger")] * 4,
+            *[("c", "ledger total differs from the ledger")] * 2,  # both sides
         ]
     )
     # put things back so the fixture's closing books check passes
@@ -79,6 +82,7 @@ async def test_reconcile_passes_then_finds_each_kind_of_drift(
     await pool.execute(
         "UPDATE usage_summaries SET credits = credits - 0.000001 WHERE user_id = 'c'"
     )
+    await pool.execute("UPDATE ledger_totals SET entries = entries - 1 WHERE user_id = 'c'")
 
 
 def run_cli(settings: Settings, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:

@@ -27,7 +27,7 @@ import uuid
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 
 def shard_of(user_id: str, shards: int) -> int:
@@ -59,6 +59,14 @@ class Keys:
     def user(self, user_id: str) -> str:
         head, tail = _user_part(self.prefix, self.shards, user_id)
         return f"{head}u{tail}"
+
+    def user_id_of(self, key: str) -> str | None:
+        """The user whose state key this is (`user` read back), or None for any other key."""
+        head = f"{self.prefix}:{{s"
+        shard, sep, encoded = key[len(head) :].partition("}:u:")
+        if not key.startswith(head) or not sep or not shard.isdigit() or ":" in encoded:
+            return None
+        return unquote(encoded)
 
     def request(self, user_id: str, request_id: str) -> str:
         head, tail = _user_part(self.prefix, self.shards, user_id)

@@ -15,7 +15,6 @@ from redis.commands.core import AsyncScript
 
 from gateway.base.durable import ReplicaAcks
 from gateway.base.errors import IdempotencyConflict, InsufficientCredits, Unavailable, Unprocessable
-from gateway.base.metrics import HYDRATIONS
 from gateway.credits.block_text import blocks_text
 from gateway.credits.clock import (
     Clock,
@@ -27,10 +26,11 @@ from gateway.credits.clock import (
     period_start,
 )
 from gateway.credits.coalesce import Coalescer
+from gateway.credits.cold import ColdPath
 from gateway.credits.ids import new_id
 from gateway.credits.inputs import encode_metadata
 from gateway.credits.keys import Keys
-from gateway.credits.money import MAX_MICRO, fmt, parse_amount, to_decimal, to_micro
+from gateway.credits.money import MAX_MICRO, fmt, parse_amount, to_micro
 from gateway.credits.pricing import PriceBook
 from gateway.credits.schemas import (
     TOKEN_FIELDS,
@@ -48,14 +48,9 @@ from gateway.credits.schemas import (
 )
 from gateway.credits.scripts import MAX_BLOCKS, Scripts
 from gateway.credits.tiers import TierTable, roll_flag
-from persistence.db import DB_ERRORS
-from persistence.ledger import wait_for_flush
 from persistence.users import (
     GrantRow,
-    UserCreditsError,
     UserRow,
-    create_user_credits,
-    open_grants,
 )
 
 log = logging.getLogger("metering.service")
@@ -195,6 +190,7 @@ class CreditService:
         self.period: Period = period
         self.scripts = Scripts(redis, max_backlog)
         self.coalescer = Coalescer(redis, durable=acks)
+        self.cold = ColdPath(self)
         self.idempotency_ttl = idempotency_ttl
         self.pricing = PriceBook(pool, pricing_ttl)
 
@@ -390,39 +386,9 @@ class CreditService:
 
     async def hydrate(self, user_id: str, now_ms: int) -> UserRow:
         """Load the user from PostgreSQL (creating it with the default tier's allocation) and
-        put it in Redis unless another request already did; a newer Redis state always wins.
-        now_ms is the time on the scripts' clock (their 'miss' answer), so a new user's period
-        and first ledger entry sit on the same timeline as everything it does next."""
-        tier = self.tiers.default_tier
-        now = from_ms(now_ms)
-        try:
-            # a flush of the user's shard under way commits first: never load a row that a
-            # batch already read is about to move (gateway/flusher/flush.py flush_shard)
-            async with self.pool.acquire() as conn, conn.transaction():
-                await wait_for_flush(conn, self.keys.user_stream(user_id))
-                row, created = await create_user_credits(
-                    conn,
-                    user_id,
-                    tier=tier.name,
-                    allocation=to_decimal(tier.allocation),
-                    monthly_cap=None if tier.monthly_cap is None else to_decimal(tier.monthly_cap),
-                    last_reset=period_start(now, self.period),
-                    now=now,
-                )
-                grants = (await open_grants(conn, [user_id]))[user_id]
-        except UserCreditsError as exc:
-            raise Unprocessable(str(exc)) from None
-        except DB_ERRORS as exc:
-            log.warning("cannot load user from PostgreSQL: %s", type(exc).__name__)
-            raise Unavailable(
-                "PostgreSQL is unreachable and this user is not cached in Redis; retry later"
-            ) from None
-        HYDRATIONS.inc()
-        if created:
-            log.info("created user_credits row", extra={"user_id": user_id, "tier": tier.name})
-        args = self.hydrate_args(row, now, grants)
-        await self.scripts.hydrate(keys=[self.keys.user(user_id)], args=args)
-        return row
+        put it in Redis unless another request already did; concurrent misses are loaded
+        together (gateway/credits/cold.py)."""
+        return await self.cold.load(user_id, now_ms)
 
     def hydrate_args(self, row: UserRow, now: datetime, grants: list[GrantRow]) -> Args:
         """hydrate.lua's arguments: the row, then its open credit blocks as id/value pairs."""

@@ -201,6 +201,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="bring each drifted user back to its ledger (audited), then compare again",
     )
+    rec.add_argument(
+        "--deep",
+        action="store_true",
+        help="also check the ledger totals and usage summaries against the ledger's rows "
+        "(a pass over the whole ledger)",
+    )
     keys_cmd = sub.add_parser("keys", help="create, list or revoke API keys")
     keys_sub = keys_cmd.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="create a key; it is printed once")
@@ -298,7 +304,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
         return code
     if args.command == "reconcile":
         ok, summary = asyncio.run(
-            reconcile_command(settings, flush=not args.no_flush, fix=args.repair)
+            reconcile_command(settings, flush=not args.no_flush, fix=args.repair, deep=args.deep)
         )
         print(json.dumps(summary, indent=2, default=str))
         return 0 if ok else 1

@@ -2,27 +2,28 @@
 
 Drift is any of: a balance or version that differs between Redis and PostgreSQL once nothing
 is left to flush, a ledger that does not sum to the balance, credit blocks that do not sum to it
-or differ between the two, a negative balance, a user present on one side only, or an hour or day
-usage summary (usage_summaries) that differs from the ledger's usage rows.
+or differ between the two, a negative balance, or a user present on one side only; with
+``--deep``, also a ledger total (ledger_totals) or an hour or day usage summary
+(usage_summaries) that differs from the ledger's rows.
 `metering reconcile` prints each drift and exits 1 when there is any.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import Decimal
 
 import asyncpg
 from redis.asyncio import Redis
 
 from gateway.credits.block_text import parse_blocks
 from gateway.credits.keys import Keys
-from gateway.credits.money import to_micro
+from gateway.credits.money import fmt
 from persistence.history import usage_summary_drift
-from persistence.users import users_with_ledger
+from persistence.ledger import ledger_totals_drift
+from persistence.users import UserBooks, all_user_books, known_users
 
 PAGE = 1000
-SUMMARY_DRIFT_SHOWN = 20  # hourly usage summaries that differ from the ledger, at most
+SHOWN = 20  # summaries that differ from the ledger's rows, at most, of each kind (deep)
 
 
 @dataclass(slots=True)
@@ -36,98 +37,106 @@ class Report:
         return not self.drift
 
 
-async def reconcile(redis: Redis, pool: asyncpg.Pool, keys: Keys) -> Report:
+async def reconcile(redis: Redis, pool: asyncpg.Pool, keys: Keys, deep: bool = False) -> Report:
+    """Streams: PostgreSQL's side comes from one statement through a cursor and Redis's in
+    pipelines of PAGE users, so memory holds a page whatever the number of users. The ledger's
+    sums are the totals kept with its rows; `deep` also checks those totals and the usage
+    summaries against the rows themselves (a pass over the whole ledger: `reconcile --deep`)."""
     report = Report()
     async with redis.pipeline(transaction=False) as pipe:
         for stream in keys.all_streams():
             pipe.xlen(stream)
         report.backlog = sum(int(n) for n in await pipe.execute())
-    seen: set[str] = set()
-    after = ""
-    while rows := await users_with_ledger(pool, after, PAGE):
+    async for rows in all_user_books(pool, PAGE):
         async with redis.pipeline(transaction=False) as pipe:
             for row in rows:
-                pipe.hgetall(keys.user(row.user_id))
-            states: list[dict[str, str]] = await pipe.execute()
-        for row, state in zip(rows, states, strict=True):
-            seen.add(keys.user(row.user_id))
+                pipe.hmget(keys.user(row.user_id), "bal", "ver", "blks")
+            states: list[list[str | None]] = await pipe.execute()
+        for row, (bal, ver, blks) in zip(rows, states, strict=True):
             report.users += 1
-            bal, ver = state.get("bal"), state.get("ver")
-            _check(
-                report, row.user_id, row.credits_remaining, row.redis_version, row.ledger, bal, ver
-            )
-            _check_blocks(report, row.user_id, row.credits_remaining, row.blocks, state)
-        after = rows[-1].user_id
-    async for key in redis.scan_iter(match=f"{keys.prefix}:{{s*}}:u:*", count=1000):
-        if key not in seen:
-            report.drift.append({"key": key, "problem": "in Redis but not in PostgreSQL"})
-    for summary in await usage_summary_drift(pool, SUMMARY_DRIFT_SHOWN):
-        report.drift.append(
-            {
-                "user_id": summary.pop("user_id"),
-                "problem": "usage summary differs from the ledger",
-                **{k: str(v) for k, v in summary.items()},
-            }
-        )
+            _check(report, row, bal, ver)
+            _check_blocks(report, row, bal, blks)
+    await _redis_only(redis, pool, keys, report)
+    if deep:
+        for problem, found in [
+            ("ledger total differs from the ledger", await ledger_totals_drift(pool, SHOWN)),
+            ("usage summary differs from the ledger", await usage_summary_drift(pool, SHOWN)),
+        ]:
+            for figures in found:
+                user = figures.pop("user_id")
+                fields = {k: str(v) for k, v in figures.items()}
+                report.drift.append({"user_id": user, "problem": problem, **fields})
     return report
 
 
-def _check(
-    report: Report,
-    user: str,
-    pg_bal: Decimal,
-    pg_ver: int,
-    ledger: Decimal,
-    bal: str | None,
-    ver: str | None,
-) -> None:
-    def drift(problem: str, **data: object) -> None:
-        report.drift.append({"user_id": user, "problem": problem, **data})
+async def _redis_only(redis: Redis, pool: asyncpg.Pool, keys: Keys, report: Report) -> None:
+    """Users Redis holds that PostgreSQL has no row for, looked up a page of keys at a time."""
+    page: dict[str, str] = {}
 
-    if ledger != pg_bal:
+    async def look() -> None:
+        known = await known_users(pool, list(page))
+        for user, key in page.items():
+            if user not in known:
+                report.drift.append({"key": key, "problem": "in Redis but not in PostgreSQL"})
+        page.clear()
+
+    async for key in redis.scan_iter(match=f"{keys.prefix}:{{s*}}:u:*", count=1000, _type="HASH"):
+        user = keys.user_id_of(key)
+        if user is not None:
+            page[user] = key
+        if len(page) >= PAGE:
+            await look()
+    if page:
+        await look()
+
+
+def _check(report: Report, row: UserBooks, bal: str | None, ver: str | None) -> None:
+    def drift(problem: str, **data: object) -> None:
+        report.drift.append({"user_id": row.user_id, "problem": problem, **data})
+
+    if row.ledger != row.balance:
         drift(
             "ledger does not sum to the PostgreSQL balance",
-            ledger=str(ledger),
-            postgres=str(pg_bal),
+            ledger=fmt(row.ledger),
+            postgres=fmt(row.balance),
         )
-    if pg_bal < 0:
-        drift("negative balance", postgres=str(pg_bal))
+    if row.balance < 0:
+        drift("negative balance", postgres=fmt(row.balance))
     if bal is None:
         return  # not cached in Redis: PostgreSQL alone is the state, nothing to compare
     if int(bal) < 0:
         drift("negative balance in Redis", redis=bal)
-    if report.backlog == 0 and (int(bal) != to_micro(pg_bal) or int(ver or 0) != pg_ver):
+    if report.backlog == 0 and (int(bal) != row.balance or int(ver or 0) != row.version):
         drift(
             "Redis and PostgreSQL differ",
             redis_micro=bal,
             redis_version=ver,
-            postgres=str(pg_bal),
-            postgres_version=pg_ver,
+            postgres=fmt(row.balance),
+            postgres_version=row.version,
         )
 
 
-def _check_blocks(
-    report: Report, user: str, pg_bal: Decimal, pg_blocks: str | None, state: dict[str, str]
-) -> None:
+def _check_blocks(report: Report, row: UserBooks, bal: str | None, blks: str | None) -> None:
     """Credit blocks (docs/credit-blocks.md): they sum to the balance in PostgreSQL and in Redis,
     and once nothing is left to flush both hold the same blocks with the same remainders. A user
     without any in PostgreSQL (a row imported into user_credits) or in Redis (loaded before
     blocks) is not compared until its first change gives it blocks."""
+    user, pg_blocks = row.user_id, row.blocks
     listed = dict(part.split(":") for part in (pg_blocks or "").split(",") if part)
     # a row written without blocks (imported into user_credits) gets them at its first change
-    if pg_blocks is not None and sum(int(v) for v in listed.values()) != to_micro(pg_bal):
+    if pg_blocks is not None and sum(int(v) for v in listed.values()) != row.balance:
         report.drift.append(
             {
                 "user_id": user,
                 "problem": "credit blocks in PostgreSQL do not sum to the balance",
                 "blocks": pg_blocks,
-                "postgres": str(pg_bal),
+                "postgres": fmt(row.balance),
             }
         )
-    if "blks" not in state:
+    if blks is None:
         return  # not in Redis, or loaded before blocks and untouched since: nothing to compare
-    held = {b.id: str(b.remaining) for b in parse_blocks(state["blks"])}
-    if sum(int(v) for v in held.values()) != int(state.get("bal", "0")):
+    held = {b.id: str(b.remaining) for b in parse_blocks(blks)}
+    if sum(int(v) for v in held.values()) != int(bal or "0"):
         report.drift.append(
             {"user_id": user, "problem": "credit blocks in Redis do not sum to the balance"}
         )

@@ -74,7 +74,7 @@ async def repair(redis: Redis, pool: asyncpg.Pool, keys: Keys, report: Report, a
 
 
 async def reconcile_command(
-    settings: Settings, flush: bool, fix: bool
+    settings: Settings, flush: bool, fix: bool, deep: bool = False
 ) -> tuple[bool, dict[str, Any]]:
     redis = connect_redis(settings.redis_url, settings.redis_timeout)
     pool = await db.open_pool(settings.database_url, max_size=2)
@@ -83,7 +83,7 @@ async def reconcile_command(
     try:
         if flush:
             await flusher.flush()
-        report = await reconcile(redis, pool, keys)
+        report = await reconcile(redis, pool, keys, deep)
         summary: dict[str, Any] = {
             "users": report.users,
             "backlog": report.backlog,
@@ -94,7 +94,7 @@ async def reconcile_command(
                 redis, pool, keys, report, f"cli:{getpass.getuser()}"
             )
             await flusher.flush()  # the resync events, so that the second look sees them
-            report = await reconcile(redis, pool, keys)
+            report = await reconcile(redis, pool, keys, deep)
             summary["drift_after_repair"] = report.drift
         return report.ok, summary
     finally:

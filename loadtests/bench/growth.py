@@ -9,8 +9,10 @@ set to what the ledger sums to, so the books balance. The schema is filled as mi
 it, then the newer migrations run timed (0015 builds the hourly usage summaries from the rows).
 
 Measured: `/usage`'s query for the heavy user over a 60-day window with unaligned ends (from
-the summaries, as the gateway runs it, and the raw-row query it replaced, same run), and
-`metering reconcile` (time and peak memory of the process). Nothing asserts a time.
+the summaries, as the gateway runs it, and the raw-row query it replaced, same run),
+`metering reconcile` (time and peak memory of the process), and the renewal cron with as many
+idle users all due (in a database of their own, not in Redis: each is hydrated and renewed),
+then the flush of its events. Nothing asserts a time.
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ from typing import Any
 
 import asyncpg
 
+from gateway.base.settings import Settings
+from gateway.credits.clock import system_clock
+from gateway.credits.renewal import renew_idle
+from gateway.credits.tiers import load_tiers
+from gateway.flusher.background import make_flusher, make_service, redis_client
+from persistence import db
 from persistence.db import ensure_database
 from persistence.history import usage
 from persistence.migrate import migrate
@@ -178,7 +186,62 @@ def reconcile_cost(database_url: str, redis_url: str) -> dict[str, Any]:
         "seconds": round(wall, 1),
         "peak_rss_mb": round(peak_kb / 1024),
         "exit": done.returncode,
-        "tail": done.stdout[-300:] if done.returncode else "",
+        "tail": (done.stdout + done.stderr)[-600:] if done.returncode else "",
+    }
+
+
+async def renewal_cost(database_url: str, redis_url: str, users: int) -> dict[str, Any]:
+    """`users` idle users, all due (their period began last month), not in Redis: one
+    renew_idle as the cron runs it, timed, then the flush that drains its events."""
+    await ensure_database(database_url)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await migrate(conn)
+        await conn.execute(
+            "INSERT INTO user_credits (user_id, credits_remaining, credits_allocated, tier, "
+            "last_reset) SELECT 'idle-' || i, 5, 5, 'free', "
+            "date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' - interval '1 month' "
+            "FROM generate_series(0, $1 - 1) i",
+            users,
+        )
+        await conn.execute(
+            "INSERT INTO credit_transactions (id, user_id, transaction_type, amount, "
+            "balance_after, request_id, created_at) SELECT gen_random_uuid(), user_id, "
+            "'allocation', 5, 5, 'sys:create', last_reset FROM user_credits"
+        )
+        await conn.execute("VACUUM ANALYZE")
+    finally:
+        await conn.close()
+    settings = Settings(
+        redis_url=redis_url,
+        database_url=database_url,
+        key_prefix="renew",
+        redis_durability="primary",
+        max_backlog=users + 1,
+    )
+    redis = redis_client(settings)
+    pool = await db.open_pool(database_url, max_size=4)
+    tiers = load_tiers(settings.tiers_file)
+    service = make_service(settings, redis, pool, tiers, system_clock, None)
+    flusher = make_flusher(settings, redis, pool, tiers, None)
+    try:
+        t = time.perf_counter()
+        renewed = await renew_idle(service)
+        renew_s = time.perf_counter() - t
+        t = time.perf_counter()
+        stats = await flusher.flush()
+        drain_s = time.perf_counter() - t
+    finally:
+        await redis.aclose()
+        await pool.close()
+    return {
+        "users": users,
+        "renewed": renewed,
+        "renew_s": round(renew_s, 2),
+        "users_per_s": round(renewed / renew_s),
+        "drain_s": round(drain_s, 2),
+        "drained_events": stats.events,
+        "drain_events_per_s": round(stats.events / drain_s),
     }
 
 
@@ -192,4 +255,7 @@ def measure(
     report["usage"] = asyncio.run(usage_costs(database_url, calls, max(3, calls // 20)))
     report["reconcile"] = reconcile_cost(database_url, redis_url)
     print(f"  reconcile: {report['reconcile']}", flush=True)
+    renew_url = database_url.rsplit("/", 1)[0] + "/bench_renew"
+    report["renewal"] = asyncio.run(renewal_cost(renew_url, redis_url, users))
+    print(f"  renewal: {report['renewal']}", flush=True)
     return report

@@ -54,6 +54,9 @@ SCENARIOS = [
         path="/batch",
         connections=8,
     ),
+    Scenario(  # the cold path: each request's user is created in PostgreSQL, then hydrated
+        "new users (a first request each)", {"PREFIX": "new", "NEW_USERS": "1"}
+    ),
     Scenario(
         "insufficient-credit storm",
         {"USERS": str(USERS), "PREFIX": "broke"},

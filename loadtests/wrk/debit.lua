@@ -1,6 +1,7 @@
 -- wrk script: POST debits with a unique request_id each (or a small pool when RETRY_POOL > 0).
 -- Environment: USERS (how many user ids, default 1000), PREFIX (user id prefix), AMOUNT,
--- RETRY_POOL (0 = every request new), BATCH (items per request on the batch endpoint, 0 = single),
+-- RETRY_POOL (0 = every request new), NEW_USERS (1: every request names a user never seen, the
+-- cold path's rate), BATCH (items per request on the batch endpoint, 0 = single),
 -- KEY (bearer key, empty for the baselines), RATE and CONNS (when RATE > 0, each of the CONNS
 -- connections waits CONNS/RATE seconds between its requests, in whole milliseconds on average:
 -- a paced load of about RATE requests/s less the time the answers take).
@@ -8,6 +9,7 @@ local users = tonumber(os.getenv("USERS") or "1000")
 local prefix = os.getenv("PREFIX") or "bench"
 local amount = os.getenv("AMOUNT") or "0.000100"
 local pool = tonumber(os.getenv("RETRY_POOL") or "0")
+local new_users = os.getenv("NEW_USERS") == "1"
 local batch = tonumber(os.getenv("BATCH") or "0")
 local key = os.getenv("KEY") or ""
 local rate = tonumber(os.getenv("RATE") or "0")
@@ -36,6 +38,7 @@ local function item()
   local rid = (pool > 0) and ("retry-" .. (counter % pool)) or (run .. "-" .. counter)
   local user = prefix .. "-" .. (counter % users)
   if pool > 0 then user = prefix .. "-0" end
+  if new_users then user = prefix .. "-" .. run .. "-" .. counter end
   return '{"user_id":"' .. user .. '","amount":"' .. amount .. '","request_id":"' .. rid .. '"}'
 end
 

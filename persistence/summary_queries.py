@@ -1,6 +1,6 @@
-"""Usage reports' statements: a user's debits in a window from the flusher's summaries
-(usage_summaries, migration 0015, kept by persistence/batch_queries.py) and the ledger's rows at
-the window's ends; and the check that the summaries equal the ledger. Imported by
+"""The ledger summaries' statements (migration 0015: kept by triggers on the ledger): a user's
+debits in a window from the usage summaries and the ledger's rows at the window's ends; and the
+deep checks that the usage summaries and the ledger totals equal the ledger's rows. Imported by
 persistence/queries.py, so they are part of queries.ALL and prepared by the tests."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ _USAGE = """
 WITH parts AS (
     SELECT {summary_key} AS key, requests, credits, input_tokens, output_tokens
     FROM usage_summaries
-    WHERE user_id = $1 AND (span = 'day' AND starts_at >= $4 AND starts_at < $5
+    WHERE user_id = $1 AND requests <> 0 AND (span = 'day' AND starts_at >= $4 AND starts_at < $5
                             OR span = 'hour' AND (starts_at >= $3 AND starts_at < $4
                                                   OR starts_at >= $5 AND starts_at < $6))
     UNION ALL
@@ -41,7 +41,8 @@ USAGE_BY_DAY = _USAGE.format(
 )
 
 # The summaries that differ from the ledger's 'usage' rows (missing, extra or with other sums),
-# both ways, at most $1 of them: what the flusher kept must be what the ledger holds.
+# both ways, at most $1 of them: what the triggers kept must be what the ledger holds. A row at
+# zero requests (its ledger rows deleted) is no row.
 _LEDGER_SPANS = """
 SELECT user_id, span, date_trunc(span, created_at, 'UTC') AS starts_at, model,
        metadata->>'service' AS service, count(*) AS requests, sum(-amount) AS credits,
@@ -52,11 +53,23 @@ WHERE transaction_type = 'usage' GROUP BY 1, 2, 3, 4, 5
 """
 _SUMMARIES = """
 SELECT user_id, span, starts_at, model, service, requests, credits, input_tokens, output_tokens
-FROM usage_summaries
+FROM usage_summaries WHERE requests <> 0
 """
 USAGE_SUMMARY_DRIFT = f"""
 (SELECT 'ledger' AS side, * FROM ({_LEDGER_SPANS} EXCEPT {_SUMMARIES}) AS l
  UNION ALL
  SELECT 'summary', * FROM ({_SUMMARIES} EXCEPT {_LEDGER_SPANS}) AS s)
 ORDER BY user_id, span, starts_at, side LIMIT $1
+"""
+
+# The ledger totals that differ from the ledger's rows, both ways, at most $1 of them.
+_LEDGER_USERS = """
+SELECT user_id, sum(amount) AS total, count(*) AS entries FROM credit_transactions GROUP BY 1
+"""
+_TOTALS = "SELECT user_id, total, entries FROM ledger_totals WHERE entries <> 0"
+LEDGER_TOTALS_DRIFT = f"""
+(SELECT 'ledger' AS side, * FROM ({_LEDGER_USERS} EXCEPT {_TOTALS}) AS l
+ UNION ALL
+ SELECT 'total', * FROM ({_TOTALS} EXCEPT {_LEDGER_USERS}) AS s)
+ORDER BY user_id, side LIMIT $1
 """
