@@ -10,19 +10,24 @@ or differ between the two, a negative balance, or a user present on one side onl
 
 from __future__ import annotations
 
+import asyncio
+from collections import defaultdict
 from dataclasses import dataclass, field
+from importlib import resources
 
 import asyncpg
 from redis.asyncio import Redis
 
 from gateway.credits.block_text import parse_blocks
-from gateway.credits.keys import Keys
+from gateway.credits.keys import Keys, shard_of
 from gateway.credits.money import fmt
 from persistence.history import usage_summary_drift
 from persistence.ledger import ledger_totals_drift
 from persistence.users import UserBooks, all_user_books, known_users
 
-PAGE = 1000
+PAGE = 2000
+# Redis's side of a page of users, one call a shard (gateway/ops/lua/books.lua)
+BOOKS = resources.files("gateway.ops").joinpath("lua", "books.lua").read_text()
 SHOWN = 20  # summaries that differ from the ledger's rows, at most, of each kind (deep)
 
 
@@ -47,15 +52,21 @@ async def reconcile(redis: Redis, pool: asyncpg.Pool, keys: Keys, deep: bool = F
         for stream in keys.all_streams():
             pipe.xlen(stream)
         report.backlog = sum(int(n) for n in await pipe.execute())
+    books = redis.register_script(BOOKS)
     async for rows in all_user_books(pool, PAGE):
-        async with redis.pipeline(transaction=False) as pipe:
-            for row in rows:
-                pipe.hmget(keys.user(row.user_id), "bal", "ver", "blks")
-            states: list[list[str | None]] = await pipe.execute()
-        for row, (bal, ver, blks) in zip(rows, states, strict=True):
-            report.users += 1
-            _check(report, row, bal, ver)
-            _check_blocks(report, row, bal, blks)
+        by_shard: dict[int, list[UserBooks]] = defaultdict(list)
+        for row in rows:
+            by_shard[shard_of(row.user_id, keys.shards)].append(row)
+        # one call a shard, all at once (a Cluster pipeline refuses scripts)
+        answers: list[list[str | None]] = await asyncio.gather(
+            *(books(keys=[keys.user(r.user_id) for r in group]) for group in by_shard.values())
+        )
+        for group, values in zip(by_shard.values(), answers, strict=True):
+            for n, row in enumerate(group):
+                bal, ver, blks = values[3 * n : 3 * n + 3]
+                report.users += 1
+                _check(report, row, bal, ver)
+                _check_blocks(report, row, bal, blks)
     await _redis_only(redis, pool, keys, report)
     if deep:
         for problem, found in [

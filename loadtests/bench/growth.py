@@ -107,12 +107,23 @@ async def generate(url: str, users: int, rows: int, heavy: int) -> dict[str, flo
         migrated = time.perf_counter() - t
         await conn.execute("VACUUM ANALYZE usage_summaries")
         size = await conn.fetchval("SELECT pg_total_relation_size('credit_transactions')")
+        # what each relation costs a ledger row: the table, each index, the summaries
+        per_row = {
+            r["name"]: round(r["bytes"] / rows, 1)
+            for r in await conn.fetch(
+                "SELECT c.relname AS name, pg_relation_size(c.oid) AS bytes FROM pg_class c "
+                "WHERE c.relname IN ('credit_transactions', 'usage_summaries', 'ledger_totals') "
+                "OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid IN "
+                "('credit_transactions'::regclass, 'usage_summaries'::regclass))"
+            )
+        }
         hours = await conn.fetchval("SELECT count(*) FROM usage_summaries")
         return {
             "generate_s": round(generated, 1),
             "migrate_0015_s": round(migrated, 1),
             "ledger_gb": round(size / 1e9, 2),
             "usage_summaries_rows": hours,
+            "bytes_per_ledger_row": per_row,
         }
     finally:
         await conn.close()

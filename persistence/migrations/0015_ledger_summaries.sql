@@ -8,8 +8,8 @@
 -- the days, the hours left at both ends from the hours, the rest from the rows
 -- (persistence/summary_queries.py). Credits are positive here, as in the report; sums are exact.
 -- NULL model or service: the debits that named none. The service can be long (metadata is up
--- to 8 KB), so the key holds its md5, which keeps the index row small. A row whose ledger rows
--- were all deleted stays, at zero requests.
+-- to 8 KB), so the key holds its md5 (16 bytes), which keeps the index row small. A row whose
+-- ledger rows were all deleted stays, at zero requests.
 CREATE TABLE usage_summaries (
     user_id       varchar(255) NOT NULL,
     span          text NOT NULL CHECK (span IN ('hour', 'day')),
@@ -22,7 +22,7 @@ CREATE TABLE usage_summaries (
     output_tokens bigint NOT NULL
 );
 CREATE UNIQUE INDEX usage_summaries_key
-    ON usage_summaries (user_id, span, starts_at, model, md5(service)) NULLS NOT DISTINCT;
+    ON usage_summaries (user_id, span, starts_at, model, (md5(service)::uuid)) NULLS NOT DISTINCT;
 
 -- ledger_totals: per user, the ledger's sum and number of entries, so `metering reconcile`
 -- compares each balance with its ledger without summing the ledger (`reconcile --deep` checks
@@ -48,7 +48,7 @@ CREATE FUNCTION ledger_summaries_sql(source text) RETURNS text LANGUAGE sql IMMU
             FROM c, (VALUES ('hour'), ('day')) AS s (span)
             WHERE transaction_type = 'usage'
             GROUP BY 1, 2, 3, 4, 5
-            ON CONFLICT (user_id, span, starts_at, model, md5(service)) DO UPDATE
+            ON CONFLICT (user_id, span, starts_at, model, (md5(service)::uuid)) DO UPDATE
             SET requests = h.requests + EXCLUDED.requests,
                 credits = h.credits + EXCLUDED.credits,
                 input_tokens = h.input_tokens + EXCLUDED.input_tokens,
