@@ -34,7 +34,7 @@ from persistence.users import (
 if TYPE_CHECKING:
     from gateway.credits.service import CreditService
 
-log = logging.getLogger("gateway.credits")
+log = logging.getLogger("metering.service")
 
 MAX_LOAD = 500  # users in one statement; more misses in a tick make several loads
 USER_ID_MAX = 255  # user_credits.user_id is varchar(255)

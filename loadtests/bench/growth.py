@@ -10,9 +10,10 @@ it, then the newer migrations run timed (0015 builds the hourly usage summaries 
 
 Measured: `/usage`'s query for the heavy user over a 60-day window with unaligned ends (from
 the summaries, as the gateway runs it, and the raw-row query it replaced, same run),
-`metering reconcile` (time and peak memory of the process), and the renewal cron with as many
-idle users all due (in a database of their own, not in Redis: each is hydrated and renewed),
-then the flush of its events. Nothing asserts a time.
+`metering reconcile` (time and peak memory of the process) with no user in Redis and again
+after loading every user through the cold path (its rate measured), and the renewal cron
+with as many idle users all due (in a database of their own, not in Redis: each is hydrated
+and renewed), then the flush of its events. Nothing asserts a time.
 """
 
 from __future__ import annotations
@@ -256,6 +257,35 @@ async def renewal_cost(database_url: str, redis_url: str, users: int) -> dict[st
     }
 
 
+async def cache_users(database_url: str, redis_url: str, users: int) -> dict[str, Any]:
+    """Load every generated user into Redis through the cold path (gateway/credits/cold.py),
+    2,000 in flight: the rate at which existing users are hydrated."""
+    settings = Settings(redis_url=redis_url, database_url=database_url, redis_durability="primary")
+    redis = redis_client(settings)
+    pool = await db.open_pool(database_url, max_size=4)
+    service = make_service(settings, redis, pool, load_tiers(None), system_clock, None)
+    gate = asyncio.Semaphore(2000)
+    seconds, _ = await redis.time()
+    now_ms = int(seconds) * 1000
+
+    async def one(i: int) -> None:
+        async with gate:
+            await service.hydrate(f"g-{i}", now_ms)
+
+    try:
+        t = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(users)))
+        took = time.perf_counter() - t
+    finally:
+        await redis.aclose()
+        await pool.close()
+    return {
+        "seconds": round(took, 1),
+        "users_per_s": round(users / took),
+        "statements": service.cold.loads,
+    }
+
+
 def measure(
     database_url: str, redis_url: str, users: int, rows: int, heavy: int, calls: int
 ) -> dict[str, Any]:
@@ -265,7 +295,11 @@ def measure(
     print(f"  {report}", flush=True)
     report["usage"] = asyncio.run(usage_costs(database_url, calls, max(3, calls // 20)))
     report["reconcile"] = reconcile_cost(database_url, redis_url)
-    print(f"  reconcile: {report['reconcile']}", flush=True)
+    print(f"  reconcile, no user in Redis: {report['reconcile']}", flush=True)
+    report["cache_users"] = asyncio.run(cache_users(database_url, redis_url, users))
+    print(f"  every user loaded into Redis: {report['cache_users']}", flush=True)
+    report["reconcile_cached"] = reconcile_cost(database_url, redis_url)
+    print(f"  reconcile, every user in Redis: {report['reconcile_cached']}", flush=True)
     renew_url = database_url.rsplit("/", 1)[0] + "/bench_renew"
     report["renewal"] = asyncio.run(renewal_cost(renew_url, redis_url, users))
     print(f"  renewal: {report['renewal']}", flush=True)
