@@ -3,7 +3,6 @@ hydrated from PostgreSQL (created there first if unknown) and the call is retrie
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -52,9 +51,6 @@ from persistence.users import (
     GrantRow,
     UserRow,
 )
-
-log = logging.getLogger("metering.service")
-
 
 Args = list[str | int | bytes]
 
