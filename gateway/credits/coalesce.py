@@ -20,6 +20,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from gateway.base.connect import ClientFailed
 from gateway.base.durable import NotReplicated, ReplicaAcks
+from gateway.credits.ticks import TickBatch
 
 Call = tuple[AsyncScript, list[str], list[Any], "asyncio.Future[Any]"]
 
@@ -35,30 +36,16 @@ class Coalescer:
         self.redis = redis
         self.durable = durable
         self.max_batch = max_batch
-        self._queue: list[Call] = []
-        self._scheduled = False
-        self._sending: set[asyncio.Task[None]] = set()
+        self._ticks: TickBatch[list[Call]] = TickBatch(self._send, list, max_batch)
         self.batches = 0  # pipelines sent (for tests and the benchmark)
         self.calls = 0
 
     async def run(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((script, keys, args, future))
-        if len(self._queue) >= self.max_batch:
-            self._dispatch()
-        elif not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._dispatch)
+        self._ticks.pending.append((script, keys, args, future))
+        self._ticks.added()
         return await future
-
-    def _dispatch(self) -> None:
-        self._scheduled = False
-        batch, self._queue = self._queue, []
-        if batch:
-            task = asyncio.ensure_future(self._send(batch))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: list[Call]) -> None:
         self.batches += 1

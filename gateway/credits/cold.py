@@ -21,6 +21,7 @@ from gateway.base.errors import Unavailable, Unprocessable
 from gateway.base.metrics import HYDRATIONS
 from gateway.credits.clock import from_ms, period_start
 from gateway.credits.money import to_decimal
+from gateway.credits.ticks import TickBatch
 from persistence.db import DB_ERRORS
 from persistence.ledger import wait_for_flush
 from persistence.users import (
@@ -47,9 +48,7 @@ class ColdPath:
     def __init__(self, credits: CreditService, max_load: int = MAX_LOAD) -> None:
         self.credits = credits
         self.max_load = max_load
-        self._waiting: Waiting = {}
-        self._scheduled = False
-        self._loading: set[asyncio.Task[None]] = set()
+        self._ticks: TickBatch[Waiting] = TickBatch(self._load, dict, max_load)
         self.loads = 0  # statements run (for tests and the benchmark)
 
     async def load(self, user_id: str, now_ms: int) -> UserRow:
@@ -62,24 +61,13 @@ class ColdPath:
             )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[UserRow] = loop.create_future()
-        if user_id in self._waiting:
-            self._waiting[user_id][1].append(future)
+        waiting = self._ticks.pending
+        if user_id in waiting:
+            waiting[user_id][1].append(future)
         else:
-            self._waiting[user_id] = (now_ms, [future])
-        if len(self._waiting) >= self.max_load:
-            self._dispatch()
-        elif not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._dispatch)
+            waiting[user_id] = (now_ms, [future])
+        self._ticks.added()
         return await future
-
-    def _dispatch(self) -> None:
-        self._scheduled = False
-        batch, self._waiting = self._waiting, {}
-        if batch:
-            task = asyncio.ensure_future(self._load(batch))
-            self._loading.add(task)
-            task.add_done_callback(self._loading.discard)
 
     async def _load(self, batch: Waiting) -> None:
         try:
