@@ -147,10 +147,10 @@ async def try_flush_lock(conn: Executor, stream: str) -> bool:
     return bool(await conn.fetchval(queries.FLUSH_LOCK, stream))
 
 
-async def wait_for_flush(conn: Executor, stream: str) -> None:
-    """Wait until no flush of the stream is under way, and keep new ones out until the current
+async def wait_for_flush(conn: Executor, streams: list[str]) -> None:
+    """Wait until no flush of the streams is under way, and keep new ones out until the current
     transaction ends (the cold path: gateway/flusher/flush.py flush_shard)."""
-    await conn.execute(queries.FLUSH_WAIT, stream)
+    await conn.execute(queries.FLUSH_WAIT, streams)
 
 
 async def ledger_sum(conn: Executor, user_id: str) -> tuple[Decimal, int]:

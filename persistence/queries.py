@@ -122,9 +122,13 @@ LIMIT $3
 # Serializes flushers per stream (other gateway processes skip the shard while one holds it).
 FLUSH_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext($1))"
 
-# The same lock, shared, waited for: a cold path loading a user waits for a flush of the user's
-# shard under way to commit (several cold paths at once do not wait for each other).
-FLUSH_WAIT = "SELECT pg_advisory_xact_lock_shared(hashtext($1))"
+# The same lock, shared, waited for: a cold path loading users waits for a flush of their shards
+# ($1, the shards' streams) under way to commit (several cold paths at once do not wait for each
+# other). Taken in one order, one statement for all the shards.
+FLUSH_WAIT = """
+SELECT count(pg_advisory_xact_lock_shared(hashtext(s)))
+FROM (SELECT DISTINCT s FROM unnest($1::text[]) AS s ORDER BY s) AS o
+"""
 
 # Audit rows of credit actions, from flushed events; the id is the transaction id.
 AUDIT_INSERT_BATCH = """

@@ -88,3 +88,25 @@ async def test_overlapping_creations_on_two_connections_create_each_user_once(
     assert await pool.fetchval("SELECT count(*) FROM user_credits") == 600
     assert await pool.fetchval("SELECT count(*) FROM credit_transactions") == 600
     assert await pool.fetchval("SELECT count(*) FROM credit_grants") == 600
+
+
+@ON_BOTH
+async def test_a_load_waits_for_a_flush_of_its_users_shards(
+    client: Client, pool: asyncpg.Pool, keys: Keys
+) -> None:
+    """While a flush holds a shard (its advisory lock, as flush_shard takes it), the cold path
+    of that shard's users waits for it to commit: it never loads a row about to move."""
+    credits = client.app.state.services.credits
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    async with pool.acquire() as flush, flush.transaction():
+        await flush.execute(
+            "SELECT pg_advisory_xact_lock(hashtext($1))", keys.user_stream("waiter")
+        )
+        load = asyncio.ensure_future(
+            asyncio.gather(credits.hydrate("waiter", now_ms), credits.hydrate("other-1", now_ms))
+        )
+        await asyncio.sleep(0.3)
+        assert not load.done()
+        assert await pool.fetchval("SELECT count(*) FROM user_credits") == 0
+    rows = await asyncio.wait_for(load, 10)
+    assert sorted(r.user_id for r in rows) == ["other-1", "waiter"]

@@ -113,12 +113,11 @@ class ColdPath:
         for user_id, (now_ms, _) in batch.items():
             now = from_ms(now_ms)
             users.append((user_id, period_start(now, credits.period), now))
-        streams = sorted({credits.keys.user_stream(u) for u in batch})
+        streams = [credits.keys.user_stream(u) for u in batch]
         async with credits.pool.acquire() as conn, conn.transaction():
             # a flush of a user's shard under way commits first: never load a row that a batch
             # already read is about to move (gateway/flusher/flush.py flush_shard)
-            for stream in streams:
-                await wait_for_flush(conn, stream)
+            await wait_for_flush(conn, streams)
             found = await create_users_credits(
                 conn,
                 users,
