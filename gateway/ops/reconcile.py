@@ -43,8 +43,9 @@ class Report:
 
 
 async def reconcile(redis: Redis, pool: asyncpg.Pool, keys: Keys, deep: bool = False) -> Report:
-    """Streams: PostgreSQL's side comes from one statement through a cursor and Redis's in
-    pipelines of PAGE users, so memory holds a page whatever the number of users. The ledger's
+    """Streams: PostgreSQL's side comes from one statement through a cursor, PAGE users at a
+    time, and Redis's side of a page in one books.lua call a shard, so memory holds a page
+    whatever the number of users. The ledger's
     sums are the totals kept with its rows; `deep` also checks those totals and the usage
     summaries against the rows themselves (a pass over the whole ledger: `reconcile --deep`)."""
     report = Report()
