@@ -28,12 +28,13 @@ async def spend(c: Client, user: str, n: int, **kw: object) -> None:
 
 
 async def test_transactions_newest_first_in_pages(client: Client, clock: FakeClock) -> None:
+    # a minute into a period, whatever the start point: 7 steps of a second stay in it
+    clock.next_period(minutes=1)
     await client.get("/api/v1/credits/balance", params={"user_id": "h"})  # created now
     for i in range(7):
-        # apart by more than the few ms between the gateway reading the fake clock and Redis
-        # running the script (a loaded CI machine reordered 5 ms steps), and 7 steps still in
-        # one period whatever the start (the month-end start is 1 s before the boundary)
-        clock.advance(milliseconds=100)
+        # apart by more than the time between the gateway reading the fake clock and Redis
+        # running the script (a loaded CI machine reordered 5 ms steps once, 100 ms steps once)
+        clock.advance(seconds=1)
         r = await client.post(
             "/api/v1/credits/debit",
             json={"user_id": "h", "amount": "0.01", "request_id": f"x{i}", "metadata": {"i": i}},
