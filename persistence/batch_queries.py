@@ -162,18 +162,27 @@ WHERE user_id = ANY($1::varchar[]) AND closed_at IS NULL
 ORDER BY user_id, id
 """
 
-# The event's request id is in the ledger, booked less than the idempotency window ($3 or $2:
-# the parameter after the batch, in ms) before the event: Redis should still have remembered it.
+# The event retries a request the ledger holds: its request id was booked less than the
+# idempotency window (${window}, ms) before the event (Redis should still have remembered it:
+# a failover or a loss took the record), or less than the retry horizon (${horizon}, ms) before
+# it with the same type, amount, model and tokens (Redis's window had ended: the same body
+# again is a retry, a different one a new request under a reused id).
 _FORGOTTEN = """EXISTS (
     SELECT 1 FROM credit_transactions o
     WHERE o.user_id = e.u AND o.request_id = e.rid AND o.id <> e.tx
-      AND o.created_at > timestamptz 'epoch' + (e.ts - ${window}::bigint) * interval '1 millisecond'
+      AND (o.created_at > timestamptz 'epoch' + (e.ts - ${window}::bigint) * interval '1 ms'
+           OR (o.created_at > timestamptz 'epoch' + (e.ts - ${horizon}::bigint) * interval '1 ms'
+               AND o.transaction_type = e.t AND o.amount = e.amt::numeric / 1000000
+               AND o.model IS NOT DISTINCT FROM NULLIF(e.model, '')
+               AND o.input_tokens IS NOT DISTINCT FROM NULLIF(e.tin, '')::bigint
+               AND o.output_tokens IS NOT DISTINCT FROM NULLIF(e.tout, '')::bigint))
 )"""
 
 # After LEDGER_APPLY_BATCH inserted fewer rows than the batch ($1, the same lines): the events
 # whose transaction id the ledger does not hold reused a client's request id after Redis forgot
 # it (idempotency TTL); Redis charged them as new requests, so they go in under a derived request
-# id, unless the first was booked within the idempotency window ($3 ms): see LEDGER_UNBOOKED.
+# id, unless they retry the first ($3 the idempotency window, $4 the retry horizon, in ms:
+# _FORGOTTEN): see LEDGER_UNBOOKED.
 # The others were replays. A system request id (sys:create, sys:reset:..., sys:tier:...) is
 # never booked so: it is unique by construction, and a second one is a fault to look at (see
 # LEDGER_UNBOOKED). Returns what was inserted.
@@ -183,7 +192,7 @@ WITH ins AS (
     FROM {_EVENTS}
     WHERE NOT EXISTS (SELECT 1 FROM credit_transactions c WHERE c.id = e.tx)
       AND rid NOT LIKE 'sys:%'
-      AND NOT {_FORGOTTEN.format(window=3)}
+      AND NOT {_FORGOTTEN.format(window=3, horizon=4)}
     ON CONFLICT DO NOTHING
     RETURNING user_id, id
 )
@@ -192,11 +201,13 @@ SELECT user_id, id FROM ins
 
 # Events of the batch ($1) the ledger still lacks after both inserts: system request ids seen
 # twice, which the flusher refuses (to the dead-letter stream), never books silently; and
-# (forgotten) requests whose id the ledger holds from within the idempotency window ($2 ms),
-# which Redis charged again because it had lost their record (a failover, Redis emptied): the
-# client retried one request, so it is charged once, the user resynced (gateway/flusher/resync.py).
+# (forgotten) retries of requests the ledger holds ($2 the idempotency window, $3 the retry
+# horizon, in ms: _FORGOTTEN), which Redis charged again because it had lost their record (a
+# failover, Redis emptied) or its window had ended: the client retried one request, so it is
+# charged once, the user resynced (gateway/flusher/resync.py).
 LEDGER_UNBOOKED = f"""
-SELECT u AS user_id, rid, rid NOT LIKE 'sys:%' AND {_FORGOTTEN.format(window=2)} AS forgotten
+SELECT u AS user_id, rid,
+       rid NOT LIKE 'sys:%' AND {_FORGOTTEN.format(window=2, horizon=3)} AS forgotten
 FROM {_EVENTS}
 WHERE NOT EXISTS (SELECT 1 FROM credit_transactions c WHERE c.id = e.tx)
 """

@@ -20,7 +20,8 @@ AlertRules = tuple[list[str], list[str], list[Decimal]]
 
 # Ledger request_id of a request whose id was reused after the idempotency window.
 REUSED_PREFIX = "sys:reused:"
-DEFAULT_WINDOW_MS = 7 * 24 * 3600 * 1000  # METERING_IDEMPOTENCY_TTL's default
+DEFAULT_WINDOW_MS = 24 * 3600 * 1000  # METERING_IDEMPOTENCY_TTL's default
+DEFAULT_HORIZON_MS = 30 * 24 * 3600 * 1000  # METERING_RETRY_HORIZON's default
 
 LINES = "\x1e"  # between the event lines of a batch (see queries._EVENTS)
 _USAGE = "usage" + SEP
@@ -38,6 +39,7 @@ async def apply_events(
     events: Sequence[str],
     alerts: AlertRules | None = None,
     window_ms: int = DEFAULT_WINDOW_MS,
+    horizon_ms: int = DEFAULT_HORIZON_MS,
 ) -> BatchResult:
     """Write events (lines, persistence/events.py) to the ledger and move each user's row to
     its newest state; with alert rules, queue the low-balance webhooks whose thresholds the
@@ -46,8 +48,11 @@ async def apply_events(
     Run inside a transaction. Replaying events already applied changes nothing: ledger rows are
     keyed by transaction id, a user's row only moves to a higher Redis version, and an alert is
     queued once per user, period and kind. A request Redis charged again within the idempotency
-    window (window_ms) because it had lost the record of the first is not booked: its user is
-    among the regressed, whom the flusher resyncs, so the client is charged once.
+    window (window_ms) because it had lost the record of the first, or after the window but
+    within the retry horizon (horizon_ms) with the same type, amount, model and tokens, is not
+    booked: its user is among the regressed, whom the flusher resyncs, so the client is charged
+    once. A request id reused past the horizon, or after the window with another body, is a new
+    request (booked under sys:reused:).
     """
     if not events:
         return BatchResult(inserted=0, users=0)
@@ -57,8 +62,8 @@ async def apply_events(
     inserted, users = int(row["inserted"]), row["users"] or []
     regressed = list(row["regressed"] or ())
     if inserted < len(events):
-        inserted += await _insert_reused(conn, events, batch, window_ms)
-        unbooked = await conn.fetch(queries.LEDGER_UNBOOKED, batch, window_ms)
+        inserted += await _insert_reused(conn, events, batch, window_ms, horizon_ms)
+        unbooked = await conn.fetch(queries.LEDGER_UNBOOKED, batch, window_ms, horizon_ms)
         refused = [r for r in unbooked if not r["forgotten"]]
         if refused:  # the flusher sets the event aside with this reason
             first = refused[0]
@@ -68,8 +73,8 @@ async def apply_events(
             )
         for r in unbooked:
             log.warning(
-                "a request Redis had forgotten (a failover, or Redis emptied) was charged again; "
-                "it is booked once and the second charge given back",
+                "a retry Redis had forgotten (a failover, Redis emptied, or past its window) "
+                "was charged again; it is booked once and the second charge given back",
                 extra={"user_id": r["user_id"], "request_id": r["rid"]},
             )
         regressed += [r["user_id"] for r in unbooked]
@@ -85,16 +90,21 @@ async def apply_events(
     )
 
 
-async def _insert_reused(conn: Executor, events: Sequence[str], batch: str, window_ms: int) -> int:
+async def _insert_reused(
+    conn: Executor, events: Sequence[str], batch: str, window_ms: int, horizon_ms: int
+) -> int:
     """Events the ledger refused are replays (their transaction id is there: nothing to do) or,
     rarely, a request id reused after Redis forgot it (idempotency TTL): Redis charged it as a new
     request, so the ledger records it too, under a derived id, and the books still balance."""
-    rows = await conn.fetch(queries.LEDGER_INSERT_REUSED, batch, REUSED_PREFIX, window_ms)
+    rows = await conn.fetch(
+        queries.LEDGER_INSERT_REUSED, batch, REUSED_PREFIX, window_ms, horizon_ms
+    )
     if rows:
         request_ids = {f["tx"]: f["rid"] for f in map(fields, events)}
         for r in rows:
             log.warning(
-                "request_id reused after the idempotency window; recorded as a new transaction",
+                "request_id reused after the idempotency window with another body, or past the "
+                "retry horizon; recorded as a new transaction",
                 extra={
                     "user_id": r["user_id"],
                     "request_id": request_ids[str(r["id"])],

@@ -6,6 +6,7 @@ import asyncpg
 from redis.asyncio import Redis
 
 from gateway.credits.keys import Keys
+from gateway.credits.scripts import Scripts
 from gateway.ops.reconcile import reconcile
 
 
@@ -17,3 +18,11 @@ async def assert_books_balance(pool: asyncpg.Pool, redis: Redis, keys: Keys) -> 
     assert report.backlog == 0, f"{report.backlog} events not flushed"
     assert report.ok, report.drift
     return report.users
+
+
+async def forget_request(redis: Redis, keys: Keys, user: str, request_id: str, ttl: int) -> bool:
+    """Drop a request's idempotency record, as Redis losing it or its window ending would
+    (record.lua); ttl: the gateway's METERING_IDEMPOTENCY_TTL. True when there was one."""
+    bucket, field = keys.record(user, request_id)
+    found = await Scripts(redis).record(keys=[bucket], args=[user, 0, "month", "", field, ttl, "1"])
+    return found is not None

@@ -25,7 +25,7 @@ from gateway.api.app import create_app
 from gateway.base.connect import connect_redis
 from gateway.base.settings import Settings
 from gateway.credits.clock import Clock, period_end
-from gateway.credits.keys import Keys
+from gateway.credits.keys import Keys, keys_of
 from loadtests.topologies import PrivateCluster, private_cluster
 from persistence import db
 from persistence.migrate import prepare
@@ -169,7 +169,7 @@ def settings(database_url: str, prefix: str, redis_url: str) -> Settings:
 
 @pytest.fixture
 def keys(settings: Settings) -> Keys:
-    return Keys(settings.key_prefix, settings.shards)
+    return keys_of(settings)
 
 
 @pytest.fixture
@@ -181,7 +181,7 @@ async def client(
         yield c
         # every test ends with the books straight: after a flush, PostgreSQL = Redis
         await c.app.state.services.flusher.flush()
-        await assert_books_balance(pool, redis, Keys(settings.key_prefix, settings.shards))
+        await assert_books_balance(pool, redis, keys_of(settings))
 
 
 @asynccontextmanager

@@ -18,7 +18,7 @@ from gateway.api.health import check_replication
 from gateway.base.connect import connect_redis
 from gateway.base.errors import REDIS_DOWN
 from gateway.base.settings import Settings, durability, settings_from_env
-from gateway.credits.keys import Keys
+from gateway.credits.keys import Keys, keys_of
 from loadtests.topologies import PrivateCluster, PrivateReplicated
 from tests.books import assert_books_balance
 from tests.conftest import FakeClock, gateway
@@ -103,7 +103,7 @@ async def test_a_change_is_answered_once_the_replica_has_it(
         await flusher.flush()
         balance = await c.get("/api/v1/credits/balance", params={"user_id": "dur"})
         assert Decimal(balance.json()["credits_remaining"]) == Decimal("4.0")
-    assert await books(pool, pair.url, Keys(settings.key_prefix, settings.shards)) == 1
+    assert await books(pool, pair.url, keys_of(settings)) == 1
 
 
 async def test_one_wait_per_pipeline_not_per_request(
@@ -127,7 +127,7 @@ async def test_one_wait_per_pipeline_not_per_request(
         sent = acks.pipelines - pipelines
         assert waits(pair.primary.port) - before == sent < 200
         await c.app.state.services.flusher.flush()
-    assert await books(pool, pair.url, Keys(settings.key_prefix, settings.shards)) == 7
+    assert await books(pool, pair.url, keys_of(settings)) == 7
 
 
 async def test_primary_mode_never_waits(
@@ -147,7 +147,7 @@ async def test_primary_mode_never_waits(
             pair.thaw()
         assert waits(pair.primary.port) == 0
         await c.app.state.services.flusher.flush()
-    assert await books(pool, pair.url, Keys(settings.key_prefix, settings.shards)) == 1
+    assert await books(pool, pair.url, keys_of(settings)) == 1
 
 
 async def test_start_up_names_what_puts_money_at_risk(

@@ -21,7 +21,7 @@ from gateway.flusher.flush import Flusher
 from persistence import db
 from persistence.events import SEP, fields, line_of
 from persistence.ledger import apply_events
-from tests.books import assert_books_balance
+from tests.books import assert_books_balance, forget_request
 from tests.conftest import BACKENDS, Client, FakeClock, gateway
 
 # on one Redis and on a Redis Cluster of 3 masters
@@ -313,26 +313,46 @@ async def _eventually(probe: Callable[[], Awaitable[Any]], tries: int = 200) -> 
 async def test_request_id_reused_after_the_idempotency_window_keeps_the_books(
     settings: Settings, clock: FakeClock, pool: asyncpg.Pool, redis: Redis, keys: Keys
 ) -> None:
-    """Past the window a request id is a new request (tests/test_resync.py: within it, a
-    record Redis lost does not charge a retry twice)."""
-    async with gateway(settings, clock, idempotency_ttl=2) as client:
-        body = {"user_id": "late", "amount": "1", "request_id": "once"}
-        first = (await client.post("/api/v1/credits/debit", json=body)).json()
-        await client.app.state.services.flusher.flush()
-        await redis.delete(keys.request("late", "once"))  # the idempotency record expired
-        clock.advance(seconds=3)  # and the window with it
-        second = (await client.post("/api/v1/credits/debit", json=body)).json()
-        assert second["replayed"] is False and second["credits_remaining"] == "3.000000"
-        stats = await client.app.state.services.flusher.flush()
-    assert stats.inserted == 1 and stats.resynced == 0
+    """Past Redis's window (2 s here) a request id is charged as a new request; the flusher then
+    decides from the ledger: the same body within the retry horizon (10 s) is a retry, its
+    charge given back (charged once); another body, or any body past the horizon, is a new
+    request under a reused id, booked under sys:reused: (tests/test_resync.py: within the
+    window, a record Redis lost)."""
+    async with gateway(settings, clock, idempotency_ttl=2, retry_horizon=10) as client:
+        flusher = client.app.state.services.flusher
+
+        async def pay(rid: str, amount: str) -> Any:
+            body = {"user_id": "late", "amount": amount, "request_id": rid}
+            return (await client.post("/api/v1/credits/debit", json=body)).json()
+
+        first = {rid: await pay(rid, "0.5") for rid in ("once", "other", "old")}
+        await flusher.flush()
+        # the window ends on Redis's own clock (records live 2 to 4 s with a 2 s window); the
+        # flusher compares the events' times, on the scripts' clock
+        await asyncio.sleep(4.2)
+        clock.advance(seconds=3)
+        retry = await pay("once", "0.5")
+        assert retry["replayed"] is False and retry["credits_remaining"] == "3.000000"
+        stats = await flusher.flush()
+        assert stats.inserted == 0 and stats.resynced == 1  # given back
+        reused = await pay("other", "1")  # another body: a new request
+        assert reused["credits_remaining"] == "2.500000"
+        clock.advance(seconds=11)  # past the horizon: the same body is a new request too
+        late = await pay("old", "0.5")
+        assert late["credits_remaining"] == "2.000000"
+        stats = await flusher.flush()
+        assert stats.inserted == 3 and stats.resynced == 0  # and the resync's own entry
     rows = await pool.fetch(
         "SELECT id::text, request_id FROM credit_transactions "
-        "WHERE user_id = 'late' AND transaction_type = 'usage' ORDER BY created_at, request_id"
+        "WHERE user_id = 'late' AND transaction_type = 'usage'"
     )
     assert {(r["id"], r["request_id"]) for r in rows} == {
-        (first["transaction_id"], "once"),
-        (second["transaction_id"], f"sys:reused:{second['transaction_id']}"),
+        *((first[rid]["transaction_id"], rid) for rid in first),
+        (reused["transaction_id"], f"sys:reused:{reused['transaction_id']}"),
+        (late["transaction_id"], f"sys:reused:{late['transaction_id']}"),
     }
+    row = await pool.fetchrow("SELECT credits_remaining FROM user_credits WHERE user_id = 'late'")
+    assert row is not None and row["credits_remaining"] == Decimal("2.000000")
     await assert_books_balance(pool, redis, keys)
 
 
@@ -368,7 +388,7 @@ async def test_a_batch_read_before_redis_lost_its_data_never_strands_the_user(
     monkeypatch.setattr(flusher_module, "apply_events", real)
     await redis.delete(keys.user("z"), keys.holds("z"), keys.user_stream("z"))  # data lost
     for rid in "abcd":
-        await redis.delete(keys.request("z", rid))
+        await forget_request(redis, keys, "z", rid, Settings().idempotency_ttl)
     spending = asyncio.create_task(pay("0.5", "e"))
     await asyncio.sleep(0.3)
     resume.set()

@@ -16,7 +16,7 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.base.settings import Settings
-from gateway.credits.keys import Keys, shard_of
+from gateway.credits.keys import Keys, keys_of, shard_of
 from gateway.credits.money import MAX_MICRO, fmt
 from persistence import coupons as coupon_db
 from persistence.events import FIELDS, SEP
@@ -70,7 +70,7 @@ async def tiered(
     async with gateway(settings, clock, tiers_file=str(path)) as c:
         yield c
         await c.app.state.services.flusher.flush()
-        await assert_books_balance(pool, redis, Keys(settings.key_prefix, settings.shards))
+        await assert_books_balance(pool, redis, keys_of(settings))
 
 
 async def balance(c: Client, user: str) -> dict[str, str]:

@@ -56,8 +56,16 @@ def test_no_two_users_share_a_key() -> None:
     k = Keys("m", 16)
     seen: dict[str, str] = {}
     for user in AWKWARD:
-        for key in all_keys(k, user)[:4]:  # the stream is shared by a shard, on purpose
+        # a shard's users share its stream and its idempotency buckets (by record field)
+        own = [
+            key
+            for key in all_keys(k, user)
+            if key not in (k.user_stream(user), k.request(user, "r:1"))
+        ]
+        for key in own:
             assert seen.setdefault(key, user) == user, (key, user, seen[key])
+        field = k.record(user, "r:1")[1]
+        assert seen.setdefault(field.hex(), user) == user
     internal = {k.marker(), *k.all_streams()}
     assert internal.isdisjoint(seen)
 
@@ -70,12 +78,18 @@ def test_shards_spread_users_over_slots() -> None:
 
 
 def test_request_ids_cannot_reach_other_keys() -> None:
-    k = Keys("m", 16)
-    rids = ["x", "x:u:y", "}", "{s1}", "../../", " "]
-    keys = [k.request("u", r) for r in rids]
-    assert len(set(keys)) == len(rids)
-    assert all(key.startswith(k.request("u", "")) for key in keys)
-    assert not any(key in {k.user("u"), k.holds("u")} for key in keys)
+    """A request's record is named by a digest of its user and request id, in one of its
+    shard's buckets: no request id can name another key, or another user's record."""
+    k = Keys("m", 16, buckets=1000)
+    rids = ["x", "x:u:y", "}", "{s1}", "../../", " ", ""]
+    records = [k.record("u", r) for r in rids]
+    assert len({field for _, field in records}) == len(rids)
+    assert all(key.startswith("m:{s") and ":i:" in key for key, _ in records)
+    assert not any(key in {k.user("u"), k.holds("u")} for key, _ in records)
+    # the user's end and the request id's start cannot trade characters
+    assert k.record("ab", "c")[1] != k.record("a", "bc")[1]
+    buckets = {k.record(f"user-{i}", "r")[0].rsplit(":", 1)[1] for i in range(3000)}
+    assert len(buckets) > 900  # spread over the buckets
 
 
 def test_reservation_ids_are_validated() -> None:

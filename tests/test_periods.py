@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from gateway.base.settings import Settings
 from gateway.credits.clock import period_end
-from gateway.credits.keys import Keys
+from gateway.credits.keys import Keys, keys_of
 from gateway.credits.renewal import renew_idle
 from tests.books import assert_books_balance
 from tests.conftest import BACKENDS, Client, FakeClock, gateway, start_time
@@ -52,7 +52,7 @@ async def gw(
     async with gateway(settings, clock, tiers_file=str(path)) as c:
         yield c
         await c.app.state.services.flusher.flush()
-        await assert_books_balance(pool, redis, Keys(settings.key_prefix, settings.shards))
+        await assert_books_balance(pool, redis, keys_of(settings))
 
 
 async def debit(c: Client, user: str, amount: str, rid: str) -> httpx.Response:

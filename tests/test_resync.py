@@ -13,11 +13,12 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
+from gateway.base.settings import Settings
 from gateway.credits.keys import Keys
 from gateway.flusher import flush as flush_module
 from gateway.ops.reconcile import reconcile
 from gateway.ops.repair import repair
-from tests.books import assert_books_balance
+from tests.books import assert_books_balance, forget_request
 from tests.conftest import BACKENDS, Client
 
 pytestmark = pytest.mark.parametrize("redis_backend", BACKENDS, indirect=True)
@@ -29,6 +30,9 @@ async def debit(client: Client, user: str, amount: str, request_id: str) -> None
         json={"user_id": user, "amount": amount, "request_id": request_id},
     )
     assert r.status_code == 200, r.text
+
+
+DAY = Settings().idempotency_ttl  # the tests' gateways keep the default window
 
 
 async def balance(client: Client, user: str) -> Decimal:
@@ -44,7 +48,7 @@ async def lose_since(
     await redis.delete(keys.user(user))
     await redis.hset(keys.user(user), mapping=state)
     for rid in rids:
-        await redis.delete(keys.request(user, rid))
+        await forget_request(redis, keys, user, rid, DAY)
 
 
 async def test_booked_changes_redis_lost_are_given_back_to_it_once(

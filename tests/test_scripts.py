@@ -17,6 +17,8 @@ import redis as redis_sync
 from gateway.credits.clock import Period, epoch_ms, period_end, period_start
 from gateway.credits.keys import Keys
 from gateway.credits.money import MAX_MICRO
+from gateway.credits.records import record_arg
+from gateway.credits.schemas import fingerprint
 from gateway.credits.scripts import source
 from persistence.events import FIELDS, fields, line_of
 from tests.conftest import REDIS_URL
@@ -44,6 +46,24 @@ def hydrate(r: Any, k: Keys, user: str, bal: int, ver: int = 0, cap: str = "") -
     )
 
 
+def rec(k: Keys, user: str, rid: str, fp: str, txn: str) -> bytes:
+    """The idempotency record argument of a request (records.record_arg), body fp."""
+    return record_arg(k.record(user, rid)[1], fingerprint(fp), txn)
+
+
+def record(r: Any, k: Keys, user: str, rid: str) -> str | None:
+    """The fingerprint Redis remembers for a request (record.lua), None when it has none."""
+    bucket, field = k.record(user, rid)
+    found = r.register_script(source("record"))(
+        keys=[bucket], args=[user, 0, "month", "", field, 60, "0"]
+    )
+    return None if found is None else str(found)
+
+
+def record_count(r: Any, k: Keys) -> int:
+    return sum(int(r.hlen(key)) for key in r.keys(f"{k.prefix}:*:i:*"))
+
+
 def apply(
     r: Any, k: Keys, user: str, delta: int, rid: str, fp: str = "fp", offset: int = 0
 ) -> list[str]:
@@ -52,7 +72,16 @@ def apply(
     return list(
         script(
             keys=[k.user(user), k.request(user, rid), k.user_stream(user)],
-            args=[*header, delta, fp, f"tx-{rid}", 60, rid, "usage", ""],
+            args=[
+                *header,
+                delta,
+                rec(k, user, rid, fp, f"tx-{rid}"),
+                f"tx-{rid}",
+                60,
+                rid,
+                "usage",
+                "",
+            ],
         )
     )
 
@@ -168,16 +197,20 @@ def test_apply_many_answers_and_writes_exactly_what_apply_does_one_by_one(r: Any
         list(
             single(
                 keys=[one.user(u), one.request(u, rid), one.user_stream(u), one.holds(u)],
-                args=[u, *header, f"renew-{rid}", d, fp, f"tx-{rid}", 60, rid, "usage", "", *extra],
+                args=[
+                    *(u, *header, f"renew-{rid}", d, rec(one, u, rid, fp, f"tx-{rid}")),
+                    *(f"tx-{rid}", 60, rid, "usage", "", *extra),
+                ],
             )
         )
         for u, d, rid, fp, extra in items
     ]
-    keys, batch = [many.stream(0)], []
+    keys, batch, recs = [many.stream(0)], [], b""
     for u, d, rid, fp, extra in items:
         keys += [many.user(u), many.request(u, rid), many.holds(u)]
-        batch.append([u, f"renew-{rid}", str(d), fp, f"tx-{rid}", rid, extra])
-    args = ["", 0, "month", "", 60, "usage", json.dumps(batch)]
+        batch.append([u, f"renew-{rid}", str(d), f"tx-{rid}", rid, extra])
+        recs += rec(many, u, rid, fp, f"tx-{rid}")
+    args = ["", 0, "month", "", 60, "usage", json.dumps(batch), recs]
     answers_many = [list(a) for a in r.register_script(source("apply_many"))(keys=keys, args=args)]
 
     for answers in (answers_one, answers_many):  # a miss carries the time: alike, not equal
@@ -190,7 +223,8 @@ def test_apply_many_answers_and_writes_exactly_what_apply_does_one_by_one(r: Any
     for u in ("u1", "ü 2", "old", "nobody"):
         assert untimed(r.hgetall(many.user(u))) == untimed(r.hgetall(one.user(u)))
     for u, _, rid, _, _ in items:
-        assert r.get(many.request(u, rid)) == r.get(one.request(u, rid))
+        assert record(r, many, u, rid) == record(r, one, u, rid)
+    assert record_count(r, many) == record_count(r, one) == 6  # the ok ones
     events = [[fields(line_of(f)) for _, f in r.xrange(k.stream(0))] for k in (one, many)]
     for e in (*events[0], *events[1]):
         assert abs(int(e.pop("ts")) - time.time() * 1000) < 60_000  # Redis's time, now

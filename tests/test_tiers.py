@@ -9,7 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.base.settings import Settings
-from gateway.credits.keys import Keys
+from gateway.credits.keys import keys_of
 from gateway.credits.tiers import TierConfigError, load_tiers, parse_tiers
 from tests.books import assert_books_balance
 from tests.conftest import FakeClock, gateway
@@ -122,4 +122,4 @@ async def test_a_tiers_price_multiplier_applies_to_priced_calls_only(
         await c.put("/api/v1/credits/t-pro/tier", json={"tier": "basic"})
         assert await debit("t-pro", "b4", **million) == "1.000000"  # the tier of the moment
         await c.app.state.services.flusher.flush()
-        await assert_books_balance(pool, redis, Keys(settings.key_prefix, settings.shards))
+        await assert_books_balance(pool, redis, keys_of(settings))

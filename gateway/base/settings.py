@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
@@ -30,7 +31,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     tiers_file: str | None = None
     key_prefix: str = "m"
     shards: int = 16
-    idempotency_ttl: int = 7 * 24 * 3600  # seconds a request_id is remembered in Redis
+    idempotency_ttl: int = 24 * 3600  # seconds a request_id is remembered in Redis, at least
+    # the requests a second the idempotency records are laid out for (record_buckets)
+    idempotency_rate: int = 1000
+    # seconds a retry of a booked request is charged once although Redis forgot its id: the
+    # flusher gives back a second charge with the same body (persistence/batch_queries.py)
+    retry_horizon: int = 30 * 24 * 3600
     redis_timeout: float = 2.0  # seconds, socket and connect timeout
     # 'replica': answer a change only once WAIT confirms it on redis_wait_replicas replicas
     # (gateway/base/durable.py); unset: 'replica' on Sentinel and Cluster URLs, else 'primary'
@@ -73,6 +79,8 @@ _ENV = {
     "key_prefix": "METERING_KEY_PREFIX",
     "shards": "METERING_SHARDS",
     "idempotency_ttl": "METERING_IDEMPOTENCY_TTL",
+    "idempotency_rate": "METERING_IDEMPOTENCY_RATE",
+    "retry_horizon": "METERING_RETRY_HORIZON",
     "redis_timeout": "METERING_REDIS_TIMEOUT",
     "redis_durability": "METERING_REDIS_DURABILITY",
     "redis_wait_replicas": "METERING_REDIS_WAIT_REPLICAS",
@@ -112,6 +120,16 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: object)
         check_redis_url(settings.redis_url)
     except ValueError as exc:
         raise SystemExit(f"invalid configuration: {exc}") from None
+    if settings.idempotency_ttl < 1 or settings.idempotency_rate < 1:
+        raise SystemExit(
+            "invalid configuration: METERING_IDEMPOTENCY_TTL and METERING_IDEMPOTENCY_RATE "
+            "must be >= 1"
+        )
+    if settings.retry_horizon < settings.idempotency_ttl:
+        raise SystemExit(
+            "invalid configuration: METERING_RETRY_HORIZON must be at least "
+            "METERING_IDEMPOTENCY_TTL"
+        )
     if settings.redis_wait_replicas < 1:
         raise SystemExit("invalid configuration: METERING_REDIS_WAIT_REPLICAS must be >= 1")
     if not 0 < settings.redis_wait_ms < settings.redis_timeout * 1000:
@@ -140,6 +158,15 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: object)
             "(webhooks are signed with it)"
         )
     return settings
+
+
+def record_buckets(settings: Settings) -> int:
+    """Idempotency buckets per shard and time slice (gateway/credits/keys.py): at the planned
+    rate a slice's records, a window's worth, spread ~64 a bucket, under Redis's default
+    hash-max-listpack-entries (128). Above that rate buckets grow past it and Redis stores them
+    as hash tables (~100 B a record instead of ~50): correct, only larger."""
+    per_shard = settings.idempotency_rate * settings.idempotency_ttl / settings.shards
+    return max(1, math.ceil(per_shard / 64))
 
 
 def durability(settings: Settings) -> Durability:

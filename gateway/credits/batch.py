@@ -76,26 +76,27 @@ class BatchService:
         """Answers of the apply script for each call, in order: one apply_many call per shard."""
         credits = self.credits
         head: Args = [*credits.header("")[:3], "", credits.idempotency_ttl, "usage"]
-        groups: dict[str, tuple[list[int], list[str], list[list[Any]]]] = {}
+        groups: dict[str, tuple[list[int], list[str], list[list[Any]], list[bytes]]] = {}
         for n, call in enumerate(calls):
             user_key, idem_key, stream, holds = call.keys
-            delta, fp, txn, _, rid, _, _, *extra = call.args  # every item is a usage event
+            delta, rec, txn, _, rid, _, _, *extra = call.args  # every item is a usage event
             group = groups.get(stream)
             if group is None:
-                group = groups[stream] = ([], [stream], [])
+                group = groups[stream] = ([], [stream], [], [])
             group[0].append(n)
             group[1].extend((user_key, idem_key, holds))
             extra = [x.decode() if isinstance(x, bytes) else str(x) for x in extra]
-            group[2].append([call.user_id, new_id(), str(delta), fp, txn, rid, extra])
+            group[2].append([call.user_id, new_id(), str(delta), txn, rid, extra])
+            group[3].append(rec)  # type: ignore[arg-type]  # bytes: records.record_arg
         script = credits.scripts.apply_many
         results = await asyncio.gather(
             *(
-                credits.coalescer.run(script, keys, [*head, _encode(items)])
-                for _, keys, items in groups.values()
+                credits.coalescer.run(script, keys, [*head, _encode(items), b"".join(recs)])
+                for _, keys, items, recs in groups.values()
             )
         )
         answers: list[Any] = [None] * len(calls)
-        for (order, _, _), result in zip(groups.values(), results, strict=True):
+        for (order, _, _, _), result in zip(groups.values(), results, strict=True):
             for n, answer in zip(order, result, strict=True):
                 answers[n] = answer
         return answers

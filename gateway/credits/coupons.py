@@ -103,10 +103,10 @@ class CouponService:
         transaction id) before the grant; the grant is made under the redemption's row lock and
         marked made, so a retry at any later time is answered from PostgreSQL, never granted
         again, however long ago Redis forgot the request id."""
-        user, keys = req.user_id, self.credits.keys
+        user = req.user_id
         fp = fingerprint("coupon", code)
-        seen = await self.credits.redis.get(keys.request(user, req.request_id))
-        if seen is not None and str(seen).split("|", 1)[0] != fp:
+        seen = await self.credits.request_record(user, req.request_id)
+        if seen is not None and seen != fp[:8]:
             raise IdempotencyConflict(
                 f"request_id {req.request_id!r} was already used for this user "
                 "with a different body"
@@ -188,7 +188,7 @@ class CouponService:
         it (False here: let it); after that, only the ledger knows, once the user's shard is
         flushed."""
         user = settling.user_id
-        if await self.credits.redis.exists(self.credits.keys.request(user, req.request_id)):
+        if await self.credits.request_record(user, req.request_id) is not None:
             return False
         shard = shard_of(user, self.credits.keys.shards)
         if not await self.flusher.settle(shard):

@@ -3,7 +3,9 @@
 Layout (prefix ``m`` by default, ``S`` the user's shard, ``U`` the percent-encoded user id):
 
 - ``m:{sS}:u:U``        hash, the user's state: bal, alloc, tier, cap, reset, ver (micro-credits)
-- ``m:{sS}:r:U:RID``    string, an idempotency record for request RID of user U (expires)
+- ``m:{sS}:i:B:T``      hash, idempotency records of the shard's requests made in time slice T
+                        (Redis's clock, slices as long as the idempotency window), bucket B:
+                        field the request's digest, value what a replay answers (expires)
 - ``m:{sS}:h:U``        sorted set, the user's open holds: member ``RESID|micro``, score expiry (ms)
 - ``m:{sS}:rv:RESID``   hash, one reservation (user, amount, expiry, state, settlement)
 - ``m:{sS}:rf:U:TXN``   string, micro-credits refunded so far of debit TXN (expires)
@@ -17,17 +19,27 @@ The hash tag ``{sS}`` puts a user's state, its idempotency records and its shard
 stream in one Redis Cluster slot, so each Lua script touches a single slot, while users
 spread over ``shards`` slots. User ids are percent-encoded (``{``, ``}``, ``:``, ``%``,
 spaces and non-ASCII become ``%XX``), so no user id can alter the hash tag or collide with
-another user's keys; request ids are the last segment and need no encoding.
+another user's keys. Request ids appear only through their digest (`record`).
+
+Idempotency records are fields of small hashes rather than keys of their own: a key costs
+Redis ~150 B before its value, a field of a hash Redis keeps as a listpack (at most
+``hash-max-listpack-entries``, 128 by default) about 10 B. ``buckets`` spreads a shard's
+records of a time slice over that many hashes; it is sized from the request rate the
+deployment plans for (gateway/base/settings.py ``record_buckets``), so a bucket holds ~64.
+The scripts append the time slice to the bucket's key (lib.lua, idempotency records).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import quote, unquote
+
+from gateway.base.settings import Settings, record_buckets
 
 
 def shard_of(user_id: str, shards: int) -> int:
@@ -48,10 +60,18 @@ def _user_part(prefix: str, shards: int, user_id: str) -> tuple[str, str]:
     return f"{prefix}:{{s{shard_of(user_id, shards)}}}:", f":{encode_user(user_id)}"
 
 
+# Bytes of a request's digest (of its user and request id) that name its record in a bucket;
+# the bucket comes from the next four. 56 bits within one of shards x buckets hashes: two of
+# 100M live requests share a field with odds ~1e-7 (and then their bodies' fingerprints
+# still differ, a 409, with odds 1 - 2**-32).
+RECORD_FIELD = 7
+
+
 @dataclass(frozen=True, slots=True)
 class Keys:
     prefix: str
     shards: int
+    buckets: int = 1  # idempotency buckets a shard has per time slice (see above)
 
     def _base(self, user_id: str) -> str:
         return f"{self.prefix}:{{s{shard_of(user_id, self.shards)}}}"
@@ -68,9 +88,20 @@ class Keys:
             return None
         return unquote(encoded)
 
+    def record(self, user_id: str, request_id: str) -> tuple[str, bytes]:
+        """The bucket holding the idempotency record of user_id's request_id (the scripts add
+        the time slice) and the record's field in it."""
+        user = user_id.encode()
+        digest = hashlib.blake2b(
+            b"%d:%b%b" % (len(user), user, request_id.encode()), digest_size=RECORD_FIELD + 4
+        ).digest()
+        bucket = int.from_bytes(digest[RECORD_FIELD:]) % self.buckets
+        head = _user_part(self.prefix, self.shards, user_id)[0]
+        return f"{head}i:{bucket}", digest[:RECORD_FIELD]
+
     def request(self, user_id: str, request_id: str) -> str:
-        head, tail = _user_part(self.prefix, self.shards, user_id)
-        return f"{head}r{tail}:{request_id}"
+        """The bucket of user_id's request_id's record (`record`)."""
+        return self.record(user_id, request_id)[0]
 
     def refunded(self, user_id: str, transaction_id: str) -> str:
         """How much of a debit has been refunded (kept while refunds are unflushed)."""
@@ -127,3 +158,8 @@ class Keys:
     def pattern(self) -> str:
         """Glob matching every sharded key (users, requests, holds, streams) under this prefix."""
         return f"{self.prefix}:{{s*"
+
+
+def keys_of(settings: Settings) -> Keys:
+    """The key layout a deployment's settings give (every process must agree on it)."""
+    return Keys(settings.key_prefix, settings.shards, record_buckets(settings))

@@ -16,6 +16,7 @@ from gateway.credits.clock import epoch_ms
 from gateway.credits.ids import new_id
 from gateway.credits.keys import shard_of
 from gateway.credits.money import MAX_MICRO, fmt, parse_amount, to_micro
+from gateway.credits.records import record_arg
 from gateway.credits.schemas import RefundRequest, RefundResult, fingerprint
 from gateway.credits.service import Args, CreditService
 from gateway.credits.settling import Settles
@@ -38,9 +39,10 @@ class RefundService:
             )
         user, keys = req.user_id, self.credits.keys
         txn = new_id()
+        bucket, field = keys.record(user, req.request_id)
         script_keys = [
             keys.user(user),
-            keys.request(user, req.request_id),
+            bucket,
             keys.user_stream(user),
             keys.holds(user),
             keys.refunded(user, debit_id),
@@ -48,7 +50,7 @@ class RefundService:
         while True:
             args: Args = [
                 micro,
-                fingerprint("refund", debit_id, micro),
+                record_arg(field, fingerprint("refund", debit_id, micro), txn),
                 txn,
                 self.credits.idempotency_ttl,
                 req.request_id,

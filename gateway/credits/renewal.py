@@ -66,7 +66,7 @@ async def _touch(service: CreditService, now: datetime, rows: list[UserRow]) -> 
                 service.scripts.reset,
                 [
                     user,
-                    keys.request(row.user_id, "sys:renew"),
+                    keys.request(row.user_id, "sys:renew"),  # unused: not forced
                     keys.user_stream(row.user_id),
                     keys.holds(row.user_id),
                 ],

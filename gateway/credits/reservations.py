@@ -9,6 +9,7 @@ from gateway.base.metrics import RESERVATIONS
 from gateway.credits.clock import from_ms
 from gateway.credits.ids import new_id
 from gateway.credits.money import fmt, parse_amount
+from gateway.credits.records import record_arg
 from gateway.credits.schemas import (
     CommitRequest,
     CommitResult,
@@ -50,9 +51,10 @@ class ReservationService:
         micro = parse_amount(req.amount)
         rid = self.keys.new_reservation_id(req.user_id)
         user = req.user_id
+        bucket, field = self.keys.record(user, req.request_id)
         keys = [
             self.keys.user(user),
-            self.keys.request(user, req.request_id),
+            bucket,
             self.keys.holds(user),
             self.keys.reservation(rid) or "",
             self.keys.user_stream(user),
@@ -60,7 +62,7 @@ class ReservationService:
         fp = fingerprint("reserve", micro, req.ttl_seconds)
         args: Args = [
             micro,
-            fp,
+            record_arg(field, fp, rid),
             rid,
             self.credits.idempotency_ttl,
             req.ttl_seconds * 1000,

@@ -46,6 +46,7 @@ NAMES = (
     "blocks",
     "extend",
     "resync",
+    "record",
 )
 
 
@@ -63,6 +64,7 @@ class Scripts:
     blocks: AsyncScript
     extend: AsyncScript
     resync: AsyncScript
+    record: AsyncScript
 
     def __init__(self, redis: Any, max_backlog: int = 500_000) -> None:
         for name in NAMES:

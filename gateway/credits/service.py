@@ -31,6 +31,7 @@ from gateway.credits.inputs import encode_metadata
 from gateway.credits.keys import Keys
 from gateway.credits.money import MAX_MICRO, fmt, parse_amount, to_micro
 from gateway.credits.pricing import PriceBook
+from gateway.credits.records import record_arg
 from gateway.credits.schemas import (
     TOKEN_FIELDS,
     Balance,
@@ -250,15 +251,13 @@ class CreditService:
         """spec: a grant's block, 'priority:expires_ms' (lib.lua apply_change); expires_ms may be
         '+ms', from now on the scripts' clock. charge: the amounts by tier (charge_of) that
         the script picks from instead of delta."""
-        keys = [
-            self.keys.user(user_id),
-            self.keys.request(user_id, request_id),
-            self.keys.user_stream(user_id),
-            self.keys.holds(user_id),
-        ]
+        bucket, field = self.keys.record(user_id, request_id)
+        keys = [self.keys.user(user_id), bucket, self.keys.user_stream(user_id)]
+        keys.append(self.keys.holds(user_id))
         txn = txn or new_id()
         amount = delta if charge is None else charge
-        args: Args = [amount, fp, txn, self.idempotency_ttl, request_id, event, spec, *extra]
+        rec = record_arg(field, fp, txn)
+        args: Args = [amount, rec, txn, self.idempotency_ttl, request_id, event, spec, *extra]
         return ApplyCall(user_id, request_id, delta, keys, args)
 
     async def _state(self, user_id: str) -> list[Any]:
@@ -337,15 +336,12 @@ class CreditService:
 
     async def reset(self, user_id: str, request_id: str, actor: str) -> ResetResult:
         """Renew the user's period now (admin), idempotent by request_id."""
-        keys = [
-            self.keys.user(user_id),
-            self.keys.request(user_id, request_id),
-            self.keys.user_stream(user_id),
-            self.keys.holds(user_id),
-        ]
+        bucket, field = self.keys.record(user_id, request_id)
+        keys = [self.keys.user(user_id), bucket, self.keys.user_stream(user_id)]
+        keys.append(self.keys.holds(user_id))
         txn = new_id()
-        fp = fingerprint("reset")
-        args: Args = ["1", request_id, fp, self.idempotency_ttl, txn, actor]
+        rec = record_arg(field, fingerprint("reset"), txn)
+        args: Args = ["1", request_id, rec, self.idempotency_ttl, txn, actor]
         res = await self.call(self.scripts.reset, user_id, keys, args)
         if res[0] == "conflict":
             raise IdempotencyConflict(
@@ -366,6 +362,16 @@ class CreditService:
         offset = offset_ms(self.clock)  # before asking: a script's offset is, too
         seconds, micros = await self.redis.time()
         return from_ms(int(seconds) * 1000 + int(micros) // 1000 + offset)
+
+    async def request_record(
+        self, user_id: str, request_id: str, forget: bool = False
+    ) -> str | None:
+        """The start of the body fingerprint Redis remembers for user_id's request_id (8 hex
+        digits), or None; forget: drop the record (tests and drills: Redis losing it)."""
+        bucket, field = self.keys.record(user_id, request_id)
+        args = [*self.header(user_id), field, self.idempotency_ttl, "1" if forget else "0"]
+        seen = await self.coalescer.run(self.scripts.record, [bucket], args)
+        return None if seen is None else str(seen)
 
     async def call(self, script: AsyncScript, user_id: str, keys: list[str], args: Args) -> Any:
         """Run a script with the common header; hydrate the user and retry once on 'miss'."""

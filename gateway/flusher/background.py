@@ -27,7 +27,7 @@ from gateway.base.connect import connect_redis
 from gateway.base.durable import ReplicaAcks
 from gateway.base.settings import Settings, durability, expiring_min_micro
 from gateway.credits.clock import Clock, configured, system_clock
-from gateway.credits.keys import Keys
+from gateway.credits.keys import keys_of
 from gateway.credits.renewal import renew_idle
 from gateway.credits.service import CreditService
 from gateway.credits.tiers import TierTable, load_tiers
@@ -46,7 +46,7 @@ def replica_acks(settings: Settings, redis: Redis) -> ReplicaAcks | None:
     """What makes changes wait for the replicas in replica mode (None in primary mode)."""
     if durability(settings) == "primary":
         return None
-    keys = Keys(settings.key_prefix, settings.shards)
+    keys = keys_of(settings)
     return ReplicaAcks(redis, keys.beacon_of, settings.redis_wait_replicas, settings.redis_wait_ms)
 
 
@@ -61,7 +61,7 @@ def make_service(
     return CreditService(
         redis,
         pool,
-        Keys(settings.key_prefix, settings.shards),
+        keys_of(settings),
         tiers,
         configured(clock, settings.clock_offset),
         settings.idempotency_ttl,
@@ -90,11 +90,12 @@ def make_flusher(
     return Flusher(
         redis,
         pool,
-        Keys(settings.key_prefix, settings.shards),
+        keys_of(settings),
         settings.flush_batch,
         alerts=tiers.alert_rules() if settings.webhook_url else None,
         acks=acks if acks is not None else replica_acks(settings, redis),
         window_ms=settings.idempotency_ttl * 1000,
+        horizon_ms=settings.retry_horizon * 1000,
     )
 
 

@@ -43,6 +43,7 @@ from gateway.credits.scripts import Scripts
 from gateway.flusher.resync import resync_users
 from persistence.events import FIELD, line_of
 from persistence.ledger import (
+    DEFAULT_HORIZON_MS,
     DEFAULT_WINDOW_MS,
     AlertRules,
     BatchResult,
@@ -81,10 +82,12 @@ class Flusher:
         alerts: AlertRules | None = None,  # low-balance webhooks to queue (None: none)
         acks: ReplicaAcks | None = None,  # replica mode: flush only what the replicas have
         window_ms: int = DEFAULT_WINDOW_MS,  # the idempotency window (METERING_IDEMPOTENCY_TTL)
+        horizon_ms: int = DEFAULT_HORIZON_MS,  # retries charged once (METERING_RETRY_HORIZON)
     ) -> None:
         self.alerts = alerts
         self.acks = acks
         self.window_ms = window_ms
+        self.horizon_ms = horizon_ms
         self.scripts = Scripts(redis)
         self.redis = redis
         self.pool = pool
@@ -140,7 +143,9 @@ class Flusher:
                 events = [line_of(f) for _, f in entries]
                 try:
                     async with conn.transaction():  # a savepoint: a refused batch leaves nothing
-                        result = await apply_events(conn, events, self.alerts, self.window_ms)
+                        result = await apply_events(
+                            conn, events, self.alerts, self.window_ms, self.horizon_ms
+                        )
                 except REFUSED as exc:
                     log.error(
                         "PostgreSQL refused a batch of %d events of shard %d (%s); applying "
@@ -201,7 +206,9 @@ class Flusher:
         for (entry_id, _), line in zip(entries, events, strict=True):
             try:
                 async with conn.transaction():
-                    result = await apply_events(conn, [line], self.alerts, self.window_ms)
+                    result = await apply_events(
+                        conn, [line], self.alerts, self.window_ms, self.horizon_ms
+                    )
             except REFUSED as exc:
                 reason = f"{type(exc).__name__}: {exc}"[:1000]
                 await self.redis.xadd(dead, {FIELD: line, "id": entry_id, "error": reason})

@@ -24,7 +24,7 @@ from gateway.base.logs import serve_log_config
 from gateway.base.settings import Settings, settings_from_env
 from gateway.credits.block_text import parse_blocks
 from gateway.credits.clock import from_ms
-from gateway.credits.keys import Keys
+from gateway.credits.keys import keys_of
 from gateway.credits.money import fmt, to_micro
 from gateway.credits.tiers import load_tiers
 from gateway.flusher.background import has_work, make_flusher, run_forever
@@ -95,7 +95,7 @@ def _blocks_side_by_side(text: str | None, rows: list[users.GrantRow]) -> list[d
 
 
 async def _inspect(settings: Settings, user_id: str, raw: bool) -> dict[str, Any]:
-    keys = Keys(settings.key_prefix, settings.shards)
+    keys = keys_of(settings)
     redis = connect_redis(settings.redis_url, settings.redis_timeout)
     conn = await asyncpg.connect(settings.database_url)
     try:
@@ -114,16 +114,13 @@ async def _inspect(settings: Settings, user_id: str, raw: bool) -> dict[str, Any
             ),
         }
         if raw:  # every key of this user, as it is in Redis (the layout: gateway/credits/keys.py)
-            requests = [
-                k async for k in redis.scan_iter(match=keys.request(user_id, "*"), count=1000)
-            ]
             out["raw"] = {
                 keys.user(user_id): state,
                 keys.holds(user_id): await redis.zrange(
                     keys.holds(user_id), 0, -1, withscores=True
                 ),
-                "idempotency_records": {k: await redis.get(k) for k in sorted(requests)[:100]},
-                "idempotency_record_count": len(requests),
+                # records are fields named by a digest in shard-wide buckets: not listable
+                "idempotency_records": "by request id only (a digest in the shard's buckets)",
                 keys.user_stream(user_id): await redis.xlen(keys.user_stream(user_id)),
             }
         return out
@@ -406,7 +403,7 @@ async def _schema_in_redis(settings: Settings, applied: str | None = None) -> st
     """Read (or, with applied, record) the newest migration applied; None when Redis cannot
     say."""
     redis = connect_redis(settings.redis_url, settings.redis_timeout)
-    key = Keys(settings.key_prefix, settings.shards).schema()
+    key = keys_of(settings).schema()
     try:
         if applied is not None:
             await redis.set(key, applied)

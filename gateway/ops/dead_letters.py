@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from gateway.base.connect import connect_redis
 from gateway.base.settings import Settings
-from gateway.credits.keys import Keys
+from gateway.credits.keys import Keys, keys_of
 from gateway.ops.errors import CommandError
 from persistence import queries
 from persistence.events import fields
@@ -118,7 +118,7 @@ async def act(
 async def command(settings: Settings, args: argparse.Namespace) -> str:
     """`metering dead-letters ...`: what it prints."""
     redis = connect_redis(settings.redis_url, settings.redis_timeout)
-    keys = Keys(settings.key_prefix, settings.shards)
+    keys = keys_of(settings)
     try:
         if args.dead_command == "list":
             found = await dead_letters(redis, keys, args.shard)

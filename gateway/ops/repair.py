@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from gateway.base.connect import connect_redis
 from gateway.base.settings import Settings
 from gateway.credits.ids import new_id
-from gateway.credits.keys import Keys
+from gateway.credits.keys import Keys, keys_of
 from gateway.credits.money import to_decimal
 from gateway.credits.scripts import Scripts
 from gateway.credits.tiers import load_tiers
@@ -78,7 +78,7 @@ async def reconcile_command(
 ) -> tuple[bool, dict[str, Any]]:
     redis = connect_redis(settings.redis_url, settings.redis_timeout)
     pool = await db.open_pool(settings.database_url, max_size=2)
-    keys = Keys(settings.key_prefix, settings.shards)
+    keys = keys_of(settings)
     flusher = make_flusher(settings, redis, pool, load_tiers(settings.tiers_file))
     try:
         if flush:

@@ -12,6 +12,7 @@ from gateway.credits.clock import epoch_ms, from_ms, period_start
 from gateway.credits.ids import new_id
 from gateway.credits.keys import Keys
 from gateway.credits.money import MICRO
+from gateway.credits.records import record_arg
 from gateway.credits.scripts import Scripts
 from gateway.flusher.flush import Flusher
 from loadtests.bench.scenarios import BIG, BLOCK_COUNTS, USERS
@@ -94,12 +95,13 @@ async def flusher_drain(redis_url: str, database_url: str, events: int) -> dict[
         while sent < events:
             async with r.pipeline(transaction=False) as pipe:
                 for i in range(sent, min(sent + 5000, events)):
-                    user = f"bench-{i % USERS}"
+                    user, txn = f"bench-{i % USERS}", new_id()
+                    bucket, field = keys.record(user, f"d{i}")
                     pipe.evalsha(
                         scripts.apply.sha,
                         4,
                         keys.user(user),
-                        keys.request(user, f"d{i}"),
+                        bucket,
                         keys.user_stream(user),
                         keys.holds(user),
                         user,  # the header (gateway/credits/lua/lib.lua): no clock offset
@@ -107,8 +109,8 @@ async def flusher_drain(redis_url: str, database_url: str, events: int) -> dict[
                         "month",
                         new_id(),
                         -100,
-                        "fp",
-                        new_id(),
+                        record_arg(field, "00000000", txn),
+                        txn,
                         3600,
                         f"d{i}",
                         "usage",

@@ -18,7 +18,7 @@ import pytest
 
 from gateway.base.connect import connect_redis, sentinel_target
 from gateway.base.settings import Settings, settings_from_env
-from gateway.credits.keys import Keys
+from gateway.credits.keys import keys_of
 from loadtests.topologies import PrivateSentinels
 from tests.books import assert_books_balance
 from tests.conftest import FakeClock, gateway
@@ -100,7 +100,7 @@ async def test_a_failover_is_followed_and_no_debit_is_lost_or_doubled(
     print(f"failover: {took:.1f} s without service, {statuses.count(503)} answers of 503")
     redis = connect_redis(sentinels.url, 5)
     try:
-        keys = Keys(settings.key_prefix, settings.shards)
+        keys = keys_of(settings)
         assert await assert_books_balance(pool, redis, keys) == len(USERS)
     finally:
         await redis.aclose()

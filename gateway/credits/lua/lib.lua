@@ -30,10 +30,12 @@ local function civil(z)
   return y, m, d
 end
 
--- Now in epoch milliseconds: Redis's TIME plus the offset.
+-- Now in epoch milliseconds: Redis's TIME plus the offset; and Redis's own seconds, for what
+-- Redis expires (idempotency buckets), which never follows the offset.
 local function clock_ms(offset)
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(offset)
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(offset),
+         tonumber(t[1])
 end
 
 -- A time (epoch ms) as ISO 8601 in UTC, as Python's datetime.isoformat() writes it.
@@ -61,7 +63,8 @@ local function period_of(ms, kind)
   return day * 86400
 end
 
-local H = {uid = ARGV[1], rtxn = ARGV[4], now = clock_ms(ARGV[2])}
+local H = {uid = ARGV[1], rtxn = ARGV[4]}
+H.now, H.real = clock_ms(ARGV[2])
 H.pstart = period_of(H.now, ARGV[3])
 
 local function int(n) return string.format('%d', n) end
@@ -408,18 +411,88 @@ local function catch_up(key, stream)
   return renewed, expire_due(key, stream)
 end
 
--- Idempotency records: 'fingerprint|txn|delta|balance'. A retry with the same body replays the
--- stored result; a different body under the same request id is a conflict.
-local function idem_check(key, fp)
-  local seen = redis.call('GET', key)
+-- Idempotency records (gateway/credits/keys.py): a request's record is a field of its shard's
+-- bucket for the time slice the record was made in. Slices are as long as the window (ttl, in
+-- seconds) and counted on Redis's own clock, without the tests' offset, since the buckets
+-- expire in real time; a request looks in its slice and the one before, so a record answers
+-- retries for at least ttl seconds and at most 2 ttl. The caller passes rec: the record's
+-- field (7 bytes), the body's fingerprint (its first 4 bytes), the id's kind ('u' a
+-- transaction id, 'r' a reservation id, 't' other) and, for 'u' and 'r', the id's 16 bytes
+-- (gateway/credits/records.py). A record is 32 bytes, fingerprint, id, change and balance (6
+-- bytes each), or, for a 't' id or a balance that is not a number, 'fp|id|change|balance' in
+-- text, never 32 bytes long. A retry with the same body replays the stored result; a different
+-- body under the same request id is a conflict.
+local SIGN6 = 2 ^ 47
+local function pack6(n)
+  n = n + SIGN6
+  local b = {}
+  for i = 6, 1, -1 do
+    b[i] = n % 256
+    n = (n - b[i]) / 256
+  end
+  return string.char(b[1], b[2], b[3], b[4], b[5], b[6])
+end
+
+local function unpack6(s, at)
+  local n = 0
+  for i = at, at + 5 do n = n * 256 + string.byte(s, i) end
+  return n - SIGN6
+end
+
+local function hex(s)
+  return (string.gsub(s, '.', function(c) return string.format('%02x', string.byte(c)) end))
+end
+
+-- The id a record's 16 bytes stand for: a transaction id (UUID text) or a reservation id
+-- ('rv' shard '_' hex, the shard being the bucket's).
+local function id_text(kind, bin, bucket)
+  local h = hex(bin)
+  if kind == 'u' then
+    return h:sub(1, 8) .. '-' .. h:sub(9, 12) .. '-' .. h:sub(13, 16) .. '-' .. h:sub(17, 20) ..
+           '-' .. h:sub(21, 32)
+  end
+  return 'rv' .. string.match(bucket, '{s(%d+)}') .. '_' .. h
+end
+
+local function slice_key(bucket, ttl, back)
+  return bucket .. ':' .. int(math.floor(H.real / ttl) - back)
+end
+
+-- The record of rec in bucket, and the key holding it (nil when none).
+local function idem_find(bucket, rec, ttl)
+  local field = string.sub(rec, 1, 7)
+  for back = 0, 1 do
+    local key = slice_key(bucket, ttl, back)
+    local seen = redis.call('HGET', key, field)
+    if seen then return seen, key end
+  end
+  return nil
+end
+
+local function idem_check(bucket, rec, ttl)
+  local seen = idem_find(bucket, rec, ttl)
   if not seen then return nil end
-  local sfp, txn, delta, bal = string.match(seen, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
-  if sfp ~= fp then return {'conflict'} end
+  if string.sub(seen, 1, 4) ~= string.sub(rec, 8, 11) then return {'conflict'} end
+  if #seen == 32 then
+    return {'replay', id_text(string.sub(rec, 12, 12), string.sub(seen, 5, 20), bucket),
+            int(unpack6(seen, 21)), int(unpack6(seen, 27))}
+  end
+  local txn, delta, bal = string.match(seen, '^....|([^|]*)|([^|]*)|([^|]*)|?$')
   return {'replay', txn, delta, bal}
 end
 
-local function idem_save(key, fp, txn, delta, bal, ttl)
-  redis.call('SET', key, fp .. '|' .. txn .. '|' .. int(delta) .. '|' .. bal, 'EX', ttl)
+local function idem_save(bucket, rec, txn, delta, bal, ttl)
+  local key, kind, number = slice_key(bucket, ttl, 0), string.sub(rec, 12, 12), tonumber(bal)
+  local value
+  if kind ~= 't' and number then
+    value = string.sub(rec, 8, 11) .. string.sub(rec, 13, 28) .. pack6(delta) .. pack6(number)
+  else
+    value = string.sub(rec, 8, 11) .. '|' .. txn .. '|' .. int(delta) .. '|' .. bal
+    if #value == 32 then value = value .. '|' end
+  end
+  redis.call('HSET', key, string.sub(rec, 1, 7), value)
+  -- the slice ends at (slice + 1) * ttl; its last record must live ttl after that
+  redis.call('EXPIRE', key, (math.floor(H.real / ttl) + 2) * ttl - H.real + 1, 'NX')
 end
 
 -- Return expired holds (score <= now) to the user: they stop counting against the balance.
@@ -445,8 +518,8 @@ end
 -- ver, blks, nexp} after any renewal and expiry. One HMGET reads all of it: the renewal, the
 -- expiry and the holds are looked at again only when they have something to do.
 local USER_STATE = {'pstart', 'held', 'bal', 'spent', 'cap', 'ver', 'blks', 'nexp'}
-local function open_user(user, idem, fp, stream, holds)
-  local seen = idem_check(idem, fp)
+local function open_user(user, idem, rec, ttl, stream, holds)
+  local seen = idem_check(idem, rec, ttl)
   if seen then return seen end
   local st = redis.call('HMGET', user, unpack(USER_STATE))
   if not st[3] then return miss() end
@@ -495,9 +568,9 @@ local function any_amount(amount, charged)
   return false
 end
 
-local function apply_change(user, idem, stream, holds, delta, fp, txn, ttl, rid, event, extra,
+local function apply_change(user, idem, stream, holds, delta, rec, txn, ttl, rid, event, extra,
                             spec)
-  local stop, held, st = open_user(user, idem, fp, stream, holds)
+  local stop, held, st = open_user(user, idem, rec, ttl, stream, holds)
   if stop then return stop end
   delta = for_tier(user, delta)
   local bal, spent = tonumber(st[3]), tonumber(st[4])
@@ -535,6 +608,6 @@ local function apply_change(user, idem, stream, holds, delta, fp, txn, ttl, rid,
     extra[#extra + 1] = table.concat(draws, ',')
   end
   emit(stream, event, txn, rid, delta, after, ver, spent, extra)
-  idem_save(idem, fp, txn, delta, avail(after, held), ttl)
+  idem_save(idem, rec, txn, delta, avail(after, held), ttl)
   return {'ok', txn, int(delta), avail(after, held)}
 end

@@ -6,10 +6,10 @@
 -- expires, or Redis lost it), only PostgreSQL's sum read after the user's shard was flushed is
 -- trusted (ARGV[14] = '1'), since refunds not yet flushed are missing from any earlier read:
 -- otherwise the answer is {'recount'} and nothing changes.
--- KEYS[1] user state hash  KEYS[2] idempotency record  KEYS[3] shard event stream
+-- KEYS[1] user state hash  KEYS[2] idempotency bucket  KEYS[3] shard event stream
 -- KEYS[4] the user's holds  KEYS[5] the debit's refund tracker (micro refunded so far)
 -- ARGV[1..4] the common header (lib.lua)  ARGV[5] amount (micro; 0 = all that is left)
--- ARGV[6] body fingerprint  ARGV[7] transaction id  ARGV[8] idempotency ttl (s)
+-- ARGV[6] idempotency record (lib.lua)  ARGV[7] transaction id  ARGV[8] idempotency ttl (s)
 -- ARGV[9] request id  ARGV[10] micro charged by the debit  ARGV[11] micro of its refunds
 -- in PostgreSQL  ARGV[12] debit transaction id  ARGV[13] the debit's time (epoch ms): its refund
 -- lowers the period's spending only when it was spent after the last renewal (rst), so a refund
@@ -21,7 +21,8 @@
 --         'available;expired again'},
 --         {'conflict'}, {'exhausted'},
 --         {'exceeds', refundable}, {'overflow', available}, {'recount'} or {'miss', now}.
-local stop, held, st = open_user(KEYS[1], KEYS[2], ARGV[6], KEYS[3], KEYS[4])
+local stop, held, st = open_user(KEYS[1], KEYS[2], ARGV[6], tonumber(ARGV[8]), KEYS[3],
+                                 KEYS[4])
 if stop then return stop end
 local tracked = redis.call('GET', KEYS[5])
 if not tracked and ARGV[14] ~= '1' then return {'recount'} end

@@ -2,15 +2,16 @@
 -- or release). Held credits cannot be spent elsewhere; a hold neither committed nor released
 -- stops counting at its expiry (purge_holds), so it can never leak. The expiry is judged on the
 -- one clock (lib.lua); the reservation record is kept for a relative time after it.
--- KEYS[1] user state hash  KEYS[2] idempotency record  KEYS[3] the user's holds
+-- KEYS[1] user state hash  KEYS[2] idempotency bucket  KEYS[3] the user's holds
 -- KEYS[4] the reservation hash  KEYS[5] shard event stream
--- ARGV[1..4] the common header (lib.lua)  ARGV[5] amount (micro)  ARGV[6] body fingerprint
+-- ARGV[1..4] the common header (lib.lua)  ARGV[5] amount (micro)  ARGV[6] idempotency record (lib.lua)
 -- ARGV[7] reservation id  ARGV[8] idempotency ttl (s)  ARGV[9] the hold's time to live (ms)
 -- ARGV[10] request id  ARGV[11] how long the reservation record is kept after its expiry (s)
 -- {'backlog'} when the shard's unflushed events reached BACKLOG_MAX (nothing changed).
 -- Returns {'ok'|'replay', reservation id, amount, available, expiry (epoch ms)}, {'conflict'},
 --         {'nsf', available}, {'cap', available, spent, cap} or {'miss', now}.
-local stop, held, st = open_user(KEYS[1], KEYS[2], ARGV[6], KEYS[5], KEYS[3])
+local stop, held, st = open_user(KEYS[1], KEYS[2], ARGV[6], tonumber(ARGV[8]), KEYS[5],
+                                 KEYS[3])
 if stop then return stop end
 local bal, spent = tonumber(st[3]), tonumber(st[4])
 local amount = tonumber(ARGV[5])

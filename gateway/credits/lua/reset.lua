@@ -1,9 +1,9 @@
 -- Renew a user's period: when a new one has begun (idle users, from the scheduled job), or at
 -- once when forced by an admin (idempotent by request id); expire its blocks whose time has come.
--- KEYS[1] user state hash  KEYS[2] idempotency record  KEYS[3] shard event stream
+-- KEYS[1] user state hash  KEYS[2] idempotency bucket  KEYS[3] shard event stream
 -- KEYS[4] the user's holds (balances returned are available credits, less holds)
 -- ARGV[1..4] the common header (lib.lua)  ARGV[5] force ('1' or '0')  ARGV[6] request id
--- ARGV[7] body fingerprint  ARGV[8] idempotency ttl (s)  ARGV[9] transaction id (forced)
+-- ARGV[7] idempotency record (lib.lua)  ARGV[8] idempotency ttl (s)  ARGV[9] transaction id (forced)
 -- ARGV[10] the acting key's name (for the audit log)
 -- A forced renewal is dated by the one clock (lib.lua) and never moves the period back.
 -- {'backlog'} when the shard's unflushed events reached BACKLOG_MAX (nothing changed).
@@ -11,7 +11,7 @@
 --         {'miss', now}; unforced, a fifth value: the credits expired (micro).
 local force = ARGV[5] == '1'
 if force then
-  local seen = idem_check(KEYS[2], ARGV[7])
+  local seen = idem_check(KEYS[2], ARGV[7], tonumber(ARGV[8]))
   if seen then return seen end
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return miss() end
