@@ -15,7 +15,7 @@ export METERING_PROXY_BIN ?= $(abspath $(PROXY_VENV))/bin/litellm
 # tests/conftest.py START_POINTS (a year back, a year ahead, a month's and a year's last second,
 # the last second of 29 Feb 2028), on one Redis: the suite passes on any date.
 DATED_TESTS := tests/test_reservations.py tests/test_periods.py tests/test_refunds.py \
-	tests/test_block_expiry.py \
+	tests/test_block_expiry.py tests/test_renewal.py \
 	tests/test_coupons.py tests/test_webhooks.py tests/test_history.py tests/test_scripts.py \
 	tests/test_clock.py
 START_POINTS := year-ago year-ahead month-end new-year leap-day

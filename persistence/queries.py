@@ -1,6 +1,7 @@
 """Every SQL statement the code runs (the flush batch's in persistence/batch_queries.py, the
 resyncs' in persistence/resync_queries.py, the summaries' in persistence/summary_queries.py,
-imported here). Nothing else in the code base holds SQL.
+the renewal cron's in persistence/renewal_queries.py, imported here). Nothing else in the code
+base holds SQL.
 
 The test suite prepares each statement in ``ALL`` on a database migrated from scratch, so a
 column that does not exist, a wrong type or a column/value count mismatch fails CI.
@@ -14,6 +15,10 @@ from persistence.batch_queries import (  # the flush batch's statements, part of
     LEDGER_APPLY_BATCH as LEDGER_APPLY_BATCH,
     LEDGER_INSERT_REUSED as LEDGER_INSERT_REUSED,
     LEDGER_UNBOOKED as LEDGER_UNBOOKED,
+)
+from persistence.renewal_queries import (  # the renewal cron's pages
+    RENEW_PAGE_DUE as RENEW_PAGE_DUE,
+    RENEW_PAGE_EXPIRING as RENEW_PAGE_EXPIRING,
 )
 from persistence.resync_queries import (
     FLUSH_LOCK_WAIT as FLUSH_LOCK_WAIT,
@@ -89,24 +94,6 @@ SELECT d.user_id, d.transaction_type, d.amount, d.created_at, d.draws,
            AS blocks
 FROM credit_transactions d
 WHERE d.id = $1
-"""
-
-# Users whose period began before $1 (idle since), in user_id order after $2, $3 at a time.
-USERS_TO_RENEW = f"""
-SELECT {USER_COLUMNS} FROM user_credits
-WHERE last_reset < $1 AND user_id > $2
-ORDER BY user_id
-LIMIT $3
-"""
-
-# Users holding a block past its expiry in PostgreSQL (idle users: an active one expires its
-# blocks in its next Lua call), in user_id order; credit_grants_expiring finds them.
-USERS_WITH_DUE_BLOCKS = f"""
-SELECT {USER_COLUMNS} FROM user_credits
-WHERE user_id IN (SELECT user_id FROM credit_grants
-                  WHERE closed_at IS NULL AND expires_at <= $1 AND user_id > $2)
-ORDER BY user_id
-LIMIT $3
 """
 
 # A user's blocks that are closed in PostgreSQL or absent from $2 (the ids Redis holds open:

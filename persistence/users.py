@@ -145,20 +145,14 @@ async def get_user(conn: Executor, user_id: str) -> UserRow | None:
     return None if rec is None else _row(rec)
 
 
-async def users_to_renew(
-    conn: Executor, period_began: datetime, after_user: str, limit: int
-) -> list[UserRow]:
-    """Users whose last renewal is older than the current period, in user_id order."""
-    rows = await conn.fetch(queries.USERS_TO_RENEW, period_began, after_user, limit)
-    return [_row(r) for r in rows]
-
-
-async def users_with_due_blocks(
-    conn: Executor, now: datetime, after_user: str, limit: int
-) -> list[UserRow]:
-    """Users with an open block whose expiry is at or before now, in user_id order."""
-    rows = await conn.fetch(queries.USERS_WITH_DUE_BLOCKS, now, after_user, limit)
-    return [_row(r) for r in rows]
+async def renewal_page(
+    conn: Executor, expiring: bool, since: datetime, after_user: str, limit: int, began: datetime
+) -> list[tuple[str, str]]:
+    """The renewal cron's next page, (user id, its row as renew_many.lua loads it), in user_id
+    order after after_user: users whose last renewal is older than since (the current period's
+    start, began), or, expiring, users holding an open block expired at since (now)."""
+    sql = queries.RENEW_PAGE_EXPIRING if expiring else queries.RENEW_PAGE_DUE
+    return [(r[0], r[1]) for r in await conn.fetch(sql, since, after_user, limit, began)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -111,6 +111,13 @@ class Keys:
         head, tail = _user_part(self.prefix, self.shards, user_id)
         return f"{head}h{tail}"
 
+    def state_and_holds(self, user_id: str) -> tuple[int, str, str]:
+        """The user's shard, state key and holds key (`user`, `holds`) without the cache: the
+        renewal cron's million users a run would only churn it."""
+        shard = shard_of(user_id, self.shards)
+        head, tail = f"{self.prefix}:{{s{shard}}}:", f":{encode_user(user_id)}"
+        return shard, f"{head}u{tail}", f"{head}h{tail}"
+
     def new_reservation_id(self, user_id: str) -> str:
         """Reservation ids carry the user's shard, so commit and release find the slot."""
         return f"rv{shard_of(user_id, self.shards)}_{uuid.uuid4().hex}"

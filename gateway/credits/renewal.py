@@ -2,75 +2,129 @@
 allocation and the expired credits even for users who make no request (active users do both in
 their first Lua call after the moment). Safe to run anywhere and at any time: each renewal is
 keyed by period in Redis and an expired block is removed by the call that expires it, so repeats
-change nothing."""
+change nothing.
+
+Cost: PostgreSQL writes each user's row as the script loads it (persistence/renewal_queries.py),
+a page of `batch` users a statement, the next page read while Redis works on this one; Python
+names each user's keys and groups the page by shard; Redis runs renew_many.lua once per shard
+and `per_call` users. At most `in_flight` calls are out at once, so the hot path's calls wait
+behind at most that many (a call of 100 users holds Redis about a millisecond).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
-
-import asyncpg
 
 from gateway.credits.clock import period_start
-from gateway.credits.service import CreditService
-from persistence.users import UserRow, open_grants, users_to_renew, users_with_due_blocks
+from gateway.credits.ids import new_id
+from gateway.credits.service import CreditService, backlog_full
+from gateway.credits.tiers import roll_flag
+from persistence.users import renewal_page
 
 log = logging.getLogger("metering.renewal")
 
-Pager = Callable[[asyncpg.Pool, datetime, str, int], Awaitable[list[UserRow]]]
+BACKLOG_WAIT = 1.0  # seconds between tries while the shard's backlog is full
+BACKLOG_TRIES = 120  # then the run stops (the next one picks up where users are still due)
 
 
-async def renew_idle(service: CreditService, batch: int = 250) -> int:
+@dataclass
+class Tally:
+    renewed: int = 0
+    expired: int = 0  # users whose due blocks expired
+    loaded: int = 0  # users Redis did not hold, loaded from their rows
+
+
+async def renew_idle(
+    service: CreditService, batch: int = 2000, per_call: int = 100, in_flight: int = 2
+) -> int:
     """Renew every user whose period ended, then expire the due blocks of every user holding
     one in PostgreSQL. Returns how many users were renewed."""
     now = await service.now()  # the scripts' clock: the same boundary for every instance
     began = period_start(now, service.period)
-    renewed, _ = await _touch_all(service, now, users_to_renew, began, batch)
-    if renewed:
-        log.info("renewed %d idle users for the period beginning %s", renewed, began.isoformat())
-    _, expired = await _touch_all(service, now, users_with_due_blocks, now, batch)
-    if expired:
-        log.info("expired the due credit blocks of %d idle users", expired)
-    return renewed
-
-
-async def _touch_all(
-    service: CreditService, now: datetime, pages: Pager, since: datetime, batch: int
-) -> tuple[int, int]:
-    """Run reset.lua (unforced: renew if due, expire what is due) for every user the pager
-    finds, a page at a time; returns (users renewed, users whose blocks expired)."""
-    after, renewed, expired = "", 0, 0
-    while rows := await pages(service.pool, since, after, batch):
-        results = await _touch(service, now, rows)
-        renewed += sum(1 for r in results if r[0] == "ok")
-        expired += sum(1 for r in results if len(r) > 4 and int(r[4]) > 0)
-        after = rows[-1].user_id
-    return renewed, expired
-
-
-async def _touch(service: CreditService, now: datetime, rows: list[UserRow]) -> list[Any]:
-    """One Redis round trip for a page (two calls a user, within the coalescer's 512 a
-    pipeline, so a user's hydrate and reset go together, in order)."""
-    keys = service.keys
-    grants = await open_grants(service.pool, [row.user_id for row in rows])
-    calls = []  # queued in order in one tick: the coalescer sends them as one pipeline
-    for row in rows:
-        user = keys.user(row.user_id)
-        args = service.hydrate_args(row, now, grants[row.user_id])
-        calls.append(service.coalescer.run(service.scripts.hydrate, [user], args))
-        calls.append(
-            service.coalescer.run(
-                service.scripts.reset,
-                [
-                    user,
-                    keys.request(row.user_id, "sys:renew"),  # unused: not forced
-                    keys.user_stream(row.user_id),
-                    keys.holds(row.user_id),
-                ],
-                [*service.header(row.user_id), "0", "", "", 0, "", ""],
-            )
+    sweep = _Sweep(service, began, per_call, in_flight)
+    due = await sweep.run(False, began, batch)
+    if due.renewed:
+        log.info(
+            "renewed %d idle users for the period beginning %s (%d loaded from PostgreSQL)",
+            due.renewed,
+            began.isoformat(),
+            due.loaded,
         )
-    return list(await asyncio.gather(*calls))[1::2]
+    expiring = await sweep.run(True, now, batch)
+    if expiring.expired:
+        log.info("expired the due credit blocks of %d idle users", expiring.expired)
+    return due.renewed
+
+
+class _Sweep:
+    def __init__(
+        self, service: CreditService, began: datetime, per_call: int, in_flight: int
+    ) -> None:
+        self.service, self.began, self.per_call = service, began, per_call
+        self.gate = asyncio.Semaphore(in_flight)
+        self.rolls = json.dumps({t.name: roll_flag(t) for t in service.tiers.tiers.values()})
+
+    async def run(self, expiring: bool, since: datetime, batch: int) -> Tally:
+        """Every page of users the query finds, each read while the one before is renewed."""
+        tally = Tally()
+        pool = self.service.pool
+        page = await renewal_page(pool, expiring, since, "", batch, self.began)
+        while page:
+            ahead = None
+            if len(page) == batch:
+                ahead = asyncio.ensure_future(
+                    renewal_page(pool, expiring, since, page[-1][0], batch, self.began)
+                )
+            try:
+                await self._renew(page, tally)
+            except BaseException:
+                if ahead is not None:
+                    ahead.cancel()
+                raise
+            page = await ahead if ahead is not None else []
+        return tally
+
+    async def _renew(self, page: list[tuple[str, str]], tally: Tally) -> None:
+        keys = self.service.keys
+        shards: dict[int, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
+        for user_id, row in page:
+            shard, state, holds = keys.state_and_holds(user_id)
+            names, rows = shards[shard]
+            names += (state, holds)
+            rows.append(row)
+        try:
+            async with asyncio.TaskGroup() as calls:  # one failing stops the others
+                for shard, (names, rows) in shards.items():
+                    stream = keys.stream(shard)
+                    for at in range(0, len(rows), self.per_call):
+                        part = names[2 * at : 2 * (at + self.per_call)]
+                        calls.create_task(
+                            self._call([stream, *part], rows[at : at + self.per_call], tally)
+                        )
+        except ExceptionGroup as group:  # the first failure is the run's (a 503 stays a 503)
+            raise group.exceptions[0] from None
+
+    async def _call(self, names: list[str], rows: list[str], tally: Tally) -> None:
+        """renew_many.lua on these users until it has done them all: a call stops where the
+        shard's backlog is full, and the rest wait for the flusher (BACKLOG_TRIES calls in a
+        row that do nothing end the run with a 503)."""
+        service, stream, idle = self.service, names[0], 0
+        async with self.gate:
+            while rows:
+                args = ["", *service.header("")[1:3], new_id(), self.rolls, *rows]
+                res = await service.coalescer.run(service.scripts.renew_many, names, args)
+                tally.renewed += int(res[0])
+                tally.expired += int(res[1])
+                tally.loaded += int(res[2])
+                done = int(res[3])
+                rows, names = rows[done:], [stream, *names[1 + 2 * done :]]
+                if rows:
+                    idle = 0 if done else idle + 1
+                    if idle >= BACKLOG_TRIES:
+                        raise backlog_full()
+                    await asyncio.sleep(BACKLOG_WAIT)  # the flusher drains meanwhile

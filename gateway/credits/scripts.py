@@ -47,6 +47,7 @@ NAMES = (
     "extend",
     "resync",
     "record",
+    "renew_many",
 )
 
 
@@ -65,6 +66,7 @@ class Scripts:
     extend: AsyncScript
     resync: AsyncScript
     record: AsyncScript
+    renew_many: AsyncScript
 
     def __init__(self, redis: Any, max_backlog: int = 500_000) -> None:
         for name in NAMES:
