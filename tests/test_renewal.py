@@ -26,20 +26,7 @@ from gateway.credits.service import CreditService
 from persistence.users import get_user, open_grants
 from tests.books import assert_books_balance
 from tests.conftest import BACKENDS, Client, FakeClock, gateway
-
-TIERS = """
-default_tier = "capped"
-[tiers.capped]
-allocation = "5"
-monthly_cap = "1"
-[tiers.saver]
-allocation = "2"
-rollover = true
-[tiers.bounded]
-allocation = "2"
-rollover = true
-max_rollover = "3"
-"""
+from tests.test_periods import TIERS  # a capped tier, rollover tiers with and without a bound
 
 
 @pytest.fixture
