@@ -146,11 +146,12 @@ LIMIT $5
 # open credit blocks ('id:micro' by id, one aggregate over the table), in micro-credits.
 USERS_BOOKS = """
 SELECT u.user_id, (u.credits_remaining * 1000000)::bigint AS balance, u.redis_version AS version,
-       (COALESCE(l.total, 0) * 1000000)::bigint AS ledger, g.blocks
+       (COALESCE(l.total, 0) * 1000000)::bigint AS ledger, g.blocks, g.blocks_sum
 FROM user_credits AS u
 LEFT JOIN ledger_totals AS l USING (user_id)
 LEFT JOIN (SELECT user_id, string_agg(id || ':' || (remaining * 1000000)::bigint, ','
-                                      ORDER BY id) AS blocks
+                                      ORDER BY id) AS blocks,
+                  (sum(remaining) * 1000000)::bigint AS blocks_sum
            FROM credit_grants WHERE closed_at IS NULL GROUP BY user_id) AS g
     USING (user_id)
 """

@@ -162,20 +162,16 @@ class UserBooks:
     version: int
     ledger: int  # sum of the user's ledger entries
     blocks: str | None  # the open credit blocks, 'id:micro' by id, joined by ','
+    blocks_sum: int | None  # what they hold together (None: no block)
 
 
 async def all_user_books(pool: asyncpg.Pool, chunk: int) -> AsyncIterator[list[UserBooks]]:
     """Every user's books (queries.USERS_BOOKS) in chunks of `chunk`, streamed from one
     statement through a cursor: memory holds a chunk, whatever the number of users."""
-    batch: list[UserBooks] = []
     async with pool.acquire() as conn, conn.transaction(readonly=True):
-        async for r in conn.cursor(queries.USERS_BOOKS, prefetch=chunk):
-            batch.append(UserBooks(r[0], r[1], r[2], r[3], r[4]))
-            if len(batch) == chunk:
-                yield batch
-                batch = []
-    if batch:
-        yield batch
+        cursor = await conn.cursor(queries.USERS_BOOKS)
+        while rows := await cursor.fetch(chunk):  # a chunk a round trip, not a row a step
+            yield [UserBooks(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
 
 async def known_users(conn: Executor, user_ids: list[str]) -> set[str]:

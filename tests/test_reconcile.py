@@ -42,13 +42,13 @@ def run_reconcile(settings: Settings) -> subprocess.CompletedProcess[str]:
 async def test_reconcile_passes_then_finds_each_kind_of_drift(
     client: Client, settings: Settings, pool: asyncpg.Pool, redis: Redis, keys: Keys
 ) -> None:
-    for user in ("a", "b", "c"):
+    for user in ("a", "b", "c", "d", "e", "f"):
         await client.post(
             "/api/v1/credits/debit", json={"user_id": user, "amount": "1", "request_id": "r"}
         )
     ok = run_reconcile(settings)  # flushes first, then compares
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert '"users": 3' in ok.stdout
+    assert '"users": 6' in ok.stdout
 
     await redis.hset(keys.user("a"), "bal", "1")  # Redis drifted
     await pool.execute("UPDATE user_credits SET credits_remaining = 9 WHERE user_id = 'b'")
@@ -57,6 +57,12 @@ async def test_reconcile_passes_then_finds_each_kind_of_drift(
         "UPDATE usage_summaries SET credits = credits + 0.000001 WHERE user_id = 'c'"
     )
     await pool.execute("UPDATE ledger_totals SET entries = entries + 1 WHERE user_id = 'c'")
+    # the same sums, another block's id; a version alone
+    await pool.execute("UPDATE credit_grants SET id = id || '-x' WHERE user_id = 'd'")
+    await redis.hincrby(keys.user("e"), "ver", 1)
+    blks = await redis.hget(keys.user("f"), "blks")  # one more micro-credit in its block
+    rem, rest = blks.split(":", 1)
+    await redis.hset(keys.user("f"), "blks", f"{int(rem) + 1}:{rest}")
     bad = run_reconcile(settings)
     assert bad.returncode == 1
     assert not (await reconcile(redis, pool, keys)).ok
@@ -70,11 +76,28 @@ async def test_reconcile_passes_then_finds_each_kind_of_drift(
             ("b", "Redis and PostgreSQL differ"),
             ("b", "credit blocks in PostgreSQL do not sum to the balance"),
             (keys.user("ghost"), "in Redis but not in PostgreSQL"),
+            ("d", "credit blocks differ between Redis and PostgreSQL"),
+            ("e", "Redis and PostgreSQL differ"),
+            ("f", "credit blocks in Redis do not sum to the balance"),
+            ("f", "credit blocks differ between Redis and PostgreSQL"),
             # the ledger's side and the summary's, of the hour and of the day
             *[("c", "usage summary differs from the ledger")] * 4,
             *[("c", "ledger total differs from the ledger")] * 2,  # both sides
         ]
     )
+    # with events left to flush, versions and blocks may differ: what must hold still does
+    await client.post(
+        "/api/v1/credits/debit", json={"user_id": "g", "amount": "1", "request_id": "r"}
+    )
+    report = await reconcile(redis, pool, keys)
+    assert report.backlog == 1
+    assert sorted((d.get("user_id") or d.get("key"), d["problem"]) for d in report.drift) == [
+        ("a", "credit blocks in Redis do not sum to the balance"),
+        ("b", "credit blocks in PostgreSQL do not sum to the balance"),
+        ("b", "ledger does not sum to the PostgreSQL balance"),
+        ("f", "credit blocks in Redis do not sum to the balance"),
+        (keys.user("ghost"), "in Redis but not in PostgreSQL"),
+    ]
     # put things back so the fixture's closing books check passes
     await redis.delete(keys.user("ghost"))
     await redis.hset(keys.user("a"), "bal", "4000000")
@@ -83,6 +106,9 @@ async def test_reconcile_passes_then_finds_each_kind_of_drift(
         "UPDATE usage_summaries SET credits = credits - 0.000001 WHERE user_id = 'c'"
     )
     await pool.execute("UPDATE ledger_totals SET entries = entries - 1 WHERE user_id = 'c'")
+    await pool.execute("UPDATE credit_grants SET id = left(id, -2) WHERE user_id = 'd'")
+    await redis.hincrby(keys.user("e"), "ver", -1)
+    await redis.hset(keys.user("f"), "blks", blks)
 
 
 def run_cli(settings: Settings, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:

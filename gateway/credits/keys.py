@@ -49,8 +49,11 @@ def shard_of(user_id: str, shards: int) -> int:
 _RESERVATION_ID = re.compile(r"^rv([0-9]{1,5})_[0-9a-f]{32}\Z")
 
 
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*\Z")  # what quote(safe="") leaves as it is
+
+
 def encode_user(user_id: str) -> str:
-    return quote(user_id, safe="")
+    return user_id if _UNRESERVED.match(user_id) else quote(user_id, safe="")
 
 
 @lru_cache(maxsize=65_536)
@@ -86,7 +89,7 @@ class Keys:
         shard, sep, encoded = key[len(head) :].partition("}:u:")
         if not key.startswith(head) or not sep or not shard.isdigit() or ":" in encoded:
             return None
-        return unquote(encoded)
+        return unquote(encoded) if "%" in encoded else encoded
 
     def record(self, user_id: str, request_id: str) -> tuple[str, bytes]:
         """The bucket holding the idempotency record of user_id's request_id (the scripts add
@@ -110,6 +113,11 @@ class Keys:
     def holds(self, user_id: str) -> str:
         head, tail = _user_part(self.prefix, self.shards, user_id)
         return f"{head}h{tail}"
+
+    def user_in(self, shard: int, user_id: str) -> str:
+        """`user` for a user whose shard the caller has already computed, without the cache:
+        reconcile's million users a run would only churn it."""
+        return f"{self.prefix}:{{s{shard}}}:u:{encode_user(user_id)}"
 
     def state_and_holds(self, user_id: str) -> tuple[int, str, str]:
         """The user's shard, state key and holds key (`user`, `holds`) without the cache: the

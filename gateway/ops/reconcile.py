@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
@@ -44,30 +46,48 @@ class Report:
 
 async def reconcile(redis: Redis, pool: asyncpg.Pool, keys: Keys, deep: bool = False) -> Report:
     """Streams: PostgreSQL's side comes from one statement through a cursor, PAGE users at a
-    time, and Redis's side of a page in one books.lua call a shard, so memory holds a page
-    whatever the number of users. The ledger's
-    sums are the totals kept with its rows; `deep` also checks those totals and the usage
-    summaries against the rows themselves (a pass over the whole ledger: `reconcile --deep`)."""
+    time, and Redis's side of a page in one books.lua call a shard, which compares there and
+    answers only the users that may differ, so memory holds a page whatever the number of
+    users and Python's work per agreeing user is its key and its figures. The ledger's sums are
+    the totals kept with its rows; `deep` also checks those totals and the usage summaries
+    against the rows themselves (a pass over the whole ledger: `reconcile --deep`)."""
     report = Report()
     async with redis.pipeline(transaction=False) as pipe:
         for stream in keys.all_streams():
             pipe.xlen(stream)
         report.backlog = sum(int(n) for n in await pipe.execute())
     books = redis.register_script(BOOKS)
-    async for rows in all_user_books(pool, PAGE):
-        by_shard: dict[int, list[UserBooks]] = defaultdict(list)
-        for row in rows:
-            by_shard[shard_of(row.user_id, keys.shards)].append(row)
-        # one call a shard, all at once (a Cluster pipeline refuses scripts)
-        answers: list[list[str | None]] = await asyncio.gather(
-            *(books(keys=[keys.user(r.user_id) for r in group]) for group in by_shard.values())
-        )
-        for group, values in zip(by_shard.values(), answers, strict=True):
-            for n, row in enumerate(group):
-                bal, ver, blks = values[3 * n : 3 * n + 3]
-                report.users += 1
-                _check(report, row, bal, ver)
-                _check_blocks(report, row, bal, blks)
+    settled = "1" if report.backlog == 0 else "0"
+    comparing: asyncio.Future[None] | None = None
+    try:
+        async for rows in all_user_books(pool, PAGE):
+            by_shard: dict[int, list[UserBooks]] = defaultdict(list)
+            names: dict[int, list[str]] = defaultdict(list)
+            for row in rows:
+                _check_postgres(report, row)
+                shard = shard_of(row.user_id, keys.shards)
+                by_shard[shard].append(row)
+                names[shard].append(keys.user_in(shard, row.user_id))
+            report.users += len(rows)
+            calls = [
+                books(
+                    keys=names[shard],
+                    args=[
+                        settled,
+                        "\n".join(f"{r.balance}|{r.version}|{r.blocks or '~'}" for r in group),
+                    ],
+                )
+                for shard, group in by_shard.items()
+            ]
+            if comparing is not None:
+                await comparing
+            # Redis compares this page while PostgreSQL sends the next
+            comparing = asyncio.ensure_future(_compare(report, list(by_shard.values()), calls))
+        if comparing is not None:
+            await comparing
+    finally:
+        if comparing is not None and not comparing.done():
+            comparing.cancel()
     await _redis_only(redis, pool, keys, report)
     if deep:
         for problem, found in [
@@ -102,62 +122,88 @@ async def _redis_only(redis: Redis, pool: asyncpg.Pool, keys: Keys, report: Repo
         await look()
 
 
-def _check(report: Report, row: UserBooks, bal: str | None, ver: str | None) -> None:
-    def drift(problem: str, **data: object) -> None:
-        report.drift.append({"user_id": row.user_id, "problem": problem, **data})
+async def _compare(
+    report: Report, groups: list[list[UserBooks]], calls: Sequence[Awaitable[list[Any]]]
+) -> None:
+    """A page's books.lua calls, one a shard, all at once (a Cluster pipeline refuses scripts);
+    each answers only the users whose figures may differ, which are then checked here."""
+    answers = await asyncio.gather(*calls)
+    for group, found in zip(groups, answers, strict=True):
+        for at in range(0, len(found), 4):
+            row = group[int(found[at]) - 1]
+            bal, ver, blks = (v or None for v in found[at + 1 : at + 4])
+            _check(report, row, bal, ver)
+            _check_blocks(report, row, bal, blks)
 
+
+def _check_postgres(report: Report, row: UserBooks) -> None:
+    """PostgreSQL's side alone: the ledger sums to the balance, which is not negative, and the
+    open blocks (if any: a row imported into user_credits gets them at its first change) sum
+    to it."""
     if row.ledger != row.balance:
-        drift(
-            "ledger does not sum to the PostgreSQL balance",
-            ledger=fmt(row.ledger),
-            postgres=fmt(row.balance),
+        report.drift.append(
+            {
+                "user_id": row.user_id,
+                "problem": "ledger does not sum to the PostgreSQL balance",
+                "ledger": fmt(row.ledger),
+                "postgres": fmt(row.balance),
+            }
         )
     if row.balance < 0:
-        drift("negative balance", postgres=fmt(row.balance))
+        report.drift.append(
+            {"user_id": row.user_id, "problem": "negative balance", "postgres": fmt(row.balance)}
+        )
+    if row.blocks is not None and row.blocks_sum != row.balance:
+        report.drift.append(
+            {
+                "user_id": row.user_id,
+                "problem": "credit blocks in PostgreSQL do not sum to the balance",
+                "blocks": row.blocks,
+                "postgres": fmt(row.balance),
+            }
+        )
+
+
+def _check(report: Report, row: UserBooks, bal: str | None, ver: str | None) -> None:
+    """Redis's balance and version against PostgreSQL's, for a user books.lua found suspect."""
     if bal is None:
         return  # not cached in Redis: PostgreSQL alone is the state, nothing to compare
     if int(bal) < 0:
-        drift("negative balance in Redis", redis=bal)
+        report.drift.append(
+            {"user_id": row.user_id, "problem": "negative balance in Redis", "redis": bal}
+        )
     if report.backlog == 0 and (int(bal) != row.balance or int(ver or 0) != row.version):
-        drift(
-            "Redis and PostgreSQL differ",
-            redis_micro=bal,
-            redis_version=ver,
-            postgres=fmt(row.balance),
-            postgres_version=row.version,
+        report.drift.append(
+            {
+                "user_id": row.user_id,
+                "problem": "Redis and PostgreSQL differ",
+                "redis_micro": bal,
+                "redis_version": ver,
+                "postgres": fmt(row.balance),
+                "postgres_version": row.version,
+            }
         )
 
 
 def _check_blocks(report: Report, row: UserBooks, bal: str | None, blks: str | None) -> None:
-    """Credit blocks (docs/credit-blocks.md): they sum to the balance in PostgreSQL and in Redis,
-    and once nothing is left to flush both hold the same blocks with the same remainders. A user
-    without any in PostgreSQL (a row imported into user_credits) or in Redis (loaded before
-    blocks) is not compared until its first change gives it blocks."""
-    user, pg_blocks = row.user_id, row.blocks
-    listed = dict(part.split(":") for part in (pg_blocks or "").split(",") if part)
-    # a row written without blocks (imported into user_credits) gets them at its first change
-    if pg_blocks is not None and sum(int(v) for v in listed.values()) != row.balance:
-        report.drift.append(
-            {
-                "user_id": user,
-                "problem": "credit blocks in PostgreSQL do not sum to the balance",
-                "blocks": pg_blocks,
-                "postgres": fmt(row.balance),
-            }
-        )
+    """Credit blocks (docs/credit-blocks.md) in Redis, for a user books.lua found suspect: they
+    sum to the balance, and once nothing is left to flush they are PostgreSQL's blocks with the
+    same remainders. A user loaded before blocks (no 'blks') or whose row has none is not
+    compared until its first change gives it blocks."""
     if blks is None:
         return  # not in Redis, or loaded before blocks and untouched since: nothing to compare
     held = {b.id: str(b.remaining) for b in parse_blocks(blks)}
     if sum(int(v) for v in held.values()) != int(bal or "0"):
         report.drift.append(
-            {"user_id": user, "problem": "credit blocks in Redis do not sum to the balance"}
+            {"user_id": row.user_id, "problem": "credit blocks in Redis do not sum to the balance"}
         )
-    if report.backlog == 0 and pg_blocks is not None and held != listed:
+    listed = dict(part.rsplit(":", 1) for part in (row.blocks or "").split(",") if part)
+    if report.backlog == 0 and row.blocks is not None and held != listed:
         report.drift.append(
             {
-                "user_id": user,
+                "user_id": row.user_id,
                 "problem": "credit blocks differ between Redis and PostgreSQL",
                 "redis": ",".join(f"{k}:{v}" for k, v in sorted(held.items())),
-                "postgres": pg_blocks,
+                "postgres": row.blocks,
             }
         )
