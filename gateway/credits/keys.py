@@ -56,11 +56,16 @@ def encode_user(user_id: str) -> str:
     return user_id if _UNRESERVED.match(user_id) else quote(user_id, safe="")
 
 
+def _parts(prefix: str, shard: int, user_id: str) -> tuple[str, str]:
+    """What comes before and after the type letter in a user's keys: ``m:{s3}:`` and ``:bob``."""
+    return f"{prefix}:{{s{shard}}}:", f":{encode_user(user_id)}"
+
+
 @lru_cache(maxsize=65_536)
 def _user_part(prefix: str, shards: int, user_id: str) -> tuple[str, str]:
-    """What comes before and after the type letter in a user's keys: ``m:{s3}:`` and ``:bob``.
-    Cached: every request builds three or four keys of its user, and the same users come back."""
-    return f"{prefix}:{{s{shard_of(user_id, shards)}}}:", f":{encode_user(user_id)}"
+    """_parts, cached: every request builds three or four keys of its user, and the same users
+    come back."""
+    return _parts(prefix, shard_of(user_id, shards), user_id)
 
 
 # Bytes of a request's digest (of its user and request id) that name its record in a bucket;
@@ -117,13 +122,14 @@ class Keys:
     def user_in(self, shard: int, user_id: str) -> str:
         """`user` for a user whose shard the caller has already computed, without the cache:
         reconcile's million users a run would only churn it."""
-        return f"{self.prefix}:{{s{shard}}}:u:{encode_user(user_id)}"
+        head, tail = _parts(self.prefix, shard, user_id)
+        return f"{head}u{tail}"
 
     def state_and_holds(self, user_id: str) -> tuple[int, str, str]:
         """The user's shard, state key and holds key (`user`, `holds`) without the cache: the
         renewal cron's million users a run would only churn it."""
         shard = shard_of(user_id, self.shards)
-        head, tail = f"{self.prefix}:{{s{shard}}}:", f":{encode_user(user_id)}"
+        head, tail = _parts(self.prefix, shard, user_id)
         return shard, f"{head}u{tail}", f"{head}h{tail}"
 
     def new_reservation_id(self, user_id: str) -> str:

@@ -17,6 +17,8 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -25,8 +27,10 @@ import redis as redis_sync
 from gateway.base.settings import Settings
 from gateway.credits.clock import system_clock
 from gateway.credits.renewal import renew_idle
+from gateway.credits.service import CreditService
 from gateway.credits.tiers import load_tiers
 from gateway.flusher.background import make_flusher, make_service, redis_client
+from gateway.flusher.flush import Flusher
 from loadtests.bench.drain import prepare_database
 from loadtests.bench.runners import paced_rate, wrk
 from loadtests.bench.scenarios import ADMIN, USERS
@@ -34,11 +38,12 @@ from loadtests.servers import PrivatePostgres, PrivateRedis, ServerProcess
 from persistence import db
 from persistence.migrate import prepare
 
-PREFIX = "renew"
+PREFIX = "renew"  # the renewal's keys, apart from anything else in the private Redis
+# idle users PostgreSQL shows renewed for the period holding $1 (the default, a month)
 RENEWED = (
     "SELECT count(*) FROM user_credits WHERE user_id LIKE 'idle-%' "
     "AND last_reset >= date_trunc('month', $1::timestamptz AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
-)  # the renewal's keys, apart from anything else in the private Redis
+)
 
 
 async def idle_users(database_url: str, users: int) -> None:
@@ -74,25 +79,35 @@ def _settings(database_url: str, redis_url: str, users: int) -> Settings:
     )
 
 
-async def renewal_cost(database_url: str, redis_url: str, users: int) -> dict[str, Any]:
-    """One renew_idle as the cron runs it, timed, then the flush that drains its events."""
-    await idle_users(database_url, users)
+@asynccontextmanager
+async def _cron(
+    database_url: str, redis_url: str, users: int
+) -> AsyncIterator[tuple[CreditService, Flusher]]:
+    """The service renew_idle runs on and a flusher, as the background process makes them."""
     settings = _settings(database_url, redis_url, users)
     redis = redis_client(settings)
     pool = await db.open_pool(database_url, max_size=4)
     tiers = load_tiers(settings.tiers_file)
-    service = make_service(settings, redis, pool, tiers, system_clock, None)
-    flusher = make_flusher(settings, redis, pool, tiers, None)
     try:
+        yield (
+            make_service(settings, redis, pool, tiers, system_clock, None),
+            make_flusher(settings, redis, pool, tiers, None),
+        )
+    finally:
+        await redis.aclose()
+        await pool.close()
+
+
+async def renewal_cost(database_url: str, redis_url: str, users: int) -> dict[str, Any]:
+    """One renew_idle as the cron runs it, timed, then the flush that drains its events."""
+    await idle_users(database_url, users)
+    async with _cron(database_url, redis_url, users) as (service, flusher):
         t = time.perf_counter()
         renewed = await renew_idle(service)
         renew_s = time.perf_counter() - t
         t = time.perf_counter()
         stats = await flusher.flush()
         drain_s = time.perf_counter() - t
-    finally:
-        await redis.aclose()
-        await pool.close()
     return {
         "users": users,
         "renewed": renewed,
@@ -108,27 +123,18 @@ async def _renew_and_drain(
     database_url: str, redis_url: str, users: int, **sweep: int
 ) -> dict[str, float]:
     """renew_idle, timed, then how long the gateway's own flusher takes to drain the rest."""
-    settings = _settings(database_url, redis_url, users)
-    redis = redis_client(settings)
-    pool = await db.open_pool(database_url, max_size=4)
-    service = make_service(
-        settings, redis, pool, load_tiers(settings.tiers_file), system_clock, None
-    )
-    try:
+    async with _cron(database_url, redis_url, users) as (service, _):
         t = time.perf_counter()
         renewed = await renew_idle(service, **sweep)
         renew_s = time.perf_counter() - t
         # the hot path keeps adding events: drained when PostgreSQL shows every renewal
-        while await pool.fetchval(RENEWED, await service.now()) < renewed:
+        while await service.pool.fetchval(RENEWED, await service.now()) < renewed:
             await asyncio.sleep(0.2)
         return {
             "renewed": renewed,
             "renew_s": round(renew_s, 2),
             "drained_after_s": round(time.perf_counter() - t - renew_s, 1),
         }
-    finally:
-        await redis.aclose()
-        await pool.close()
 
 
 def renewal_under_load(
