@@ -16,7 +16,9 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
+import asyncpg
 import httpx
+from redis.asyncio import Redis
 
 from gateway.base.connect import connect_redis
 from gateway.credits.keys import Keys
@@ -123,12 +125,13 @@ class Books:
     first_5xx_p99_ms: float | None
     server_errors: int  # answers of 500 (or any 5xx but 503), retries included
     longest_gap_s: float  # the longest time without a debit answered 200
+    detail: dict[str, object] = field(default_factory=dict)  # drifted users, both sides
 
     def assert_straight(self) -> None:
         assert self.unresolved == 0, self
         assert self.lost == 0, self
         assert self.doubled == 0, self
-        assert not self.drift, self.drift
+        assert not self.drift, (self.drift, self.detail)
         assert self.server_errors == 0, self
 
 
@@ -147,6 +150,8 @@ def check_books(debits: list[Debit], database_url: str, redis_url: str, keys: Ke
                 "WHERE transaction_type = 'usage'"
             )
             report = await reconcile(redis, pool, keys)
+            drifted = sorted({str(d["user_id"]) for d in report.drift if "user_id" in d})
+            detail = await _explain(redis, pool, keys, drifted[:3])
         finally:
             await redis.aclose()
             await pool.close()
@@ -176,9 +181,43 @@ def check_books(debits: list[Debit], database_url: str, redis_url: str, keys: Ke
             else None,
             server_errors=sum(d.server_errors for d in debits),
             longest_gap_s=longest_gap(sorted(d.answered_at for d in ok)),
+            detail=detail,
         )
 
     return asyncio.run(run())
+
+
+async def _explain(
+    redis: Redis, pool: asyncpg.Pool, keys: Keys, users: list[str]
+) -> dict[str, object]:
+    """For a failure message: what each drifted user looks like on both sides (its Redis
+    hash, its row, its resyncs and its newest ledger entries), so that a drift seen once in CI
+    can be explained from the log alone."""
+    out: dict[str, object] = {}
+    for user in users:
+        state = await redis.hgetall(keys.user(user))
+        row = await pool.fetchrow(
+            "SELECT credits_remaining::text, redis_version FROM user_credits WHERE user_id = $1",
+            user,
+        )
+        resyncs = await pool.fetch(
+            "SELECT fence, delta::text, after_entry, settled_at IS NOT NULL AS settled "
+            "FROM redis_resyncs WHERE user_id = $1 ORDER BY fence",
+            user,
+        )
+        ledger = await pool.fetch(
+            "SELECT redis_version, transaction_type, amount::text, balance_after::text "
+            "FROM credit_transactions WHERE user_id = $1 ORDER BY redis_version DESC, "
+            "created_at DESC LIMIT 30",
+            user,
+        )
+        out[user] = {
+            "redis": {k: state[k] for k in ("bal", "ver", "rsx", "blks") if k in state},
+            "row": dict(row) if row else None,
+            "resyncs": [dict(r) for r in resyncs],
+            "ledger": [tuple(r.values()) for r in ledger],
+        }
+    return out
 
 
 def longest_gap(times: list[float]) -> float:

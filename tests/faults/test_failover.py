@@ -208,6 +208,7 @@ def test_primary_killed_under_load_then_back_from_its_aof(
     assert acknowledged > 100
     assert books.server_errors == 0, books  # every failover error is a 503
     assert books.unresolved == 0, books  # every debit answered in the end, no operator
-    assert not books.drift, books.drift  # resyncs: whatever was lost, the books agree
+    # resyncs: whatever was lost, the books agree
+    assert not books.drift, (books.drift, books.detail)
     if mode == "replica":
         books.assert_straight()
