@@ -31,7 +31,10 @@ from redis.exceptions import (
     TryAgainError,
 )
 
+from gateway.base import packing
 from gateway.base.durable import NotReplicated
+
+packing.install()  # commands packed in C on every connection (gateway/base/packing.py)
 
 
 class ClientFailed(ConnectionError):
