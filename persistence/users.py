@@ -161,17 +161,31 @@ class UserBooks:
     balance: int  # micro-credits, as every figure here
     version: int
     ledger: int  # sum of the user's ledger entries
-    blocks: str | None  # the open credit blocks, 'id:micro' by id, joined by ','
+    blocks: str | None  # the open credit blocks, 'id:micro' joined by ',' (in no order)
     blocks_sum: int | None  # what they hold together (None: no block)
 
 
-async def all_user_books(pool: asyncpg.Pool, chunk: int) -> AsyncIterator[list[UserBooks]]:
-    """Every user's books (queries.USERS_BOOKS) in chunks of `chunk`, streamed from one
-    statement through a cursor: memory holds a chunk, whatever the number of users."""
+# A row of queries.USERS_BOOKS: UserBooks's fields, then LINE (books.lua's figures) and ODD
+# (PostgreSQL's side alone is wrong). Kept as asyncpg returns it: reconcile looks at a million
+# of them and makes a UserBooks (user_books) only of those that may be wrong.
+BooksRow = asyncpg.Record
+LINE, ODD = 6, 7
+
+
+def user_books(row: BooksRow) -> UserBooks:
+    return UserBooks(row[0], row[1], row[2], row[3], row[4], row[5])
+
+
+async def all_user_books(
+    pool: asyncpg.Pool, chunk: int, part: int = 0, parts: int = 1
+) -> AsyncIterator[list[BooksRow]]:
+    """Every user's books (queries.USERS_BOOKS), or those of part `part` of `parts`, in chunks
+    of `chunk`, streamed from one statement through a cursor: memory holds a chunk, whatever
+    the number of users."""
     async with pool.acquire() as conn, conn.transaction(readonly=True):
-        cursor = await conn.cursor(queries.USERS_BOOKS)
+        cursor = await conn.cursor(queries.USERS_BOOKS, parts, part)
         while rows := await cursor.fetch(chunk):  # a chunk a round trip, not a row a step
-            yield [UserBooks(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+            yield rows
 
 
 async def known_users(conn: Executor, user_ids: list[str]) -> set[str]:

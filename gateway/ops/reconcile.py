@@ -19,15 +19,27 @@ from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 from gateway.credits.block_text import parse_blocks
-from gateway.credits.keys import Keys, shard_of
+from gateway.credits.keys import Keys, shards_of
 from gateway.credits.money import fmt
 from persistence.history import usage_summary_drift
 from persistence.ledger import ledger_totals_drift
-from persistence.users import UserBooks, all_user_books, known_users
+from persistence.users import (
+    LINE,
+    ODD,
+    BooksRow,
+    UserBooks,
+    all_user_books,
+    known_users,
+    user_books,
+)
 
 PAGE = 2000
+# users read side by side, each part on a connection of its own (one is left for the rest):
+# PostgreSQL's aggregate of the blocks is most of reconcile's time, and one backend is one core
+PARTS = 2
 # Redis's side of a page of users, one call a shard (gateway/ops/lua/books.lua)
 BOOKS = resources.files("gateway.ops").joinpath("lua", "books.lua").read_text()
 SHOWN = 20  # summaries that differ from the ledger's rows, at most, of each kind (deep)
@@ -45,12 +57,14 @@ class Report:
 
 
 async def reconcile(redis: Redis, pool: asyncpg.Pool, keys: Keys, deep: bool = False) -> Report:
-    """Streams: PostgreSQL's side comes from one statement through a cursor, PAGE users at a
-    time, and Redis's side of a page in one books.lua call a shard, which compares there and
-    answers only the users that may differ, so memory holds a page whatever the number of
-    users and Python's work per agreeing user is its key and its figures. The ledger's sums are
-    the totals kept with its rows; `deep` also checks those totals and the usage summaries
-    against the rows themselves (a pass over the whole ledger: `reconcile --deep`)."""
+    """Streams: PostgreSQL's side comes from PARTS statements side by side, each through a
+    cursor, PAGE users at a time, and Redis's side of a page in one books.lua call a shard,
+    which compares there and answers only the users that may differ, so memory holds a page a
+    part whatever the number of users. PostgreSQL checks its own side (the row's ODD) and
+    writes each user's figures as the line books.lua takes, so Python's work per agreeing user
+    is its shard and its key. The ledger's sums are the totals kept with its rows; `deep` also
+    checks those totals and the usage summaries against the rows themselves (a pass over the
+    whole ledger: `reconcile --deep`)."""
     report = Report()
     async with redis.pipeline(transaction=False) as pipe:
         for stream in keys.all_streams():
@@ -58,36 +72,10 @@ async def reconcile(redis: Redis, pool: asyncpg.Pool, keys: Keys, deep: bool = F
         report.backlog = sum(int(n) for n in await pipe.execute())
     books = redis.register_script(BOOKS)
     settled = "1" if report.backlog == 0 else "0"
-    comparing: asyncio.Future[None] | None = None
-    try:
-        async for rows in all_user_books(pool, PAGE):
-            by_shard: dict[int, list[UserBooks]] = defaultdict(list)
-            names: dict[int, list[str]] = defaultdict(list)
-            for row in rows:
-                _check_postgres(report, row)
-                shard = shard_of(row.user_id, keys.shards)
-                by_shard[shard].append(row)
-                names[shard].append(keys.user_in(shard, row.user_id))
-            report.users += len(rows)
-            calls = [
-                books(
-                    keys=names[shard],
-                    args=[
-                        settled,
-                        "\n".join(f"{r.balance}|{r.version}|{r.blocks or '~'}" for r in group),
-                    ],
-                )
-                for shard, group in by_shard.items()
-            ]
-            if comparing is not None:
-                await comparing
-            # Redis compares this page while PostgreSQL sends the next
-            comparing = asyncio.ensure_future(_compare(report, list(by_shard.values()), calls))
-        if comparing is not None:
-            await comparing
-    finally:
-        if comparing is not None and not comparing.done():
-            comparing.cancel()
+    parts = max(1, min(PARTS, pool.get_max_size() - 1))
+    await asyncio.gather(
+        *(_compare_part(report, pool, keys, books, settled, p, parts) for p in range(parts))
+    )
     await _redis_only(redis, pool, keys, report)
     if deep:
         for problem, found in [
@@ -99,6 +87,43 @@ async def reconcile(redis: Redis, pool: asyncpg.Pool, keys: Keys, deep: bool = F
                 fields = {k: str(v) for k, v in figures.items()}
                 report.drift.append({"user_id": user, "problem": problem, **fields})
     return report
+
+
+async def _compare_part(
+    report: Report,
+    pool: asyncpg.Pool,
+    keys: Keys,
+    books: AsyncScript,
+    settled: str,
+    part: int,
+    parts: int,
+) -> None:
+    """Part `part` of `parts` of the users, page by page: Redis compares a page while
+    PostgreSQL sends the next."""
+    comparing: asyncio.Future[None] | None = None
+    try:
+        async for rows in all_user_books(pool, PAGE, part, parts):
+            by_shard: dict[int, list[BooksRow]] = defaultdict(list)
+            for row, shard in zip(rows, shards_of([r[0] for r in rows], keys.shards), strict=True):
+                if row[ODD]:
+                    _check_postgres(report, user_books(row))
+                by_shard[shard].append(row)
+            report.users += len(rows)
+            calls = [
+                books(
+                    keys=keys.users_in(shard, [r[0] for r in group]),
+                    args=[settled, "\n".join([r[LINE] for r in group])],
+                )
+                for shard, group in by_shard.items()
+            ]
+            if comparing is not None:
+                await comparing
+            comparing = asyncio.ensure_future(_compare(report, list(by_shard.values()), calls))
+        if comparing is not None:
+            await comparing
+    finally:
+        if comparing is not None and not comparing.done():
+            comparing.cancel()
 
 
 async def _redis_only(redis: Redis, pool: asyncpg.Pool, keys: Keys, report: Report) -> None:
@@ -123,23 +148,23 @@ async def _redis_only(redis: Redis, pool: asyncpg.Pool, keys: Keys, report: Repo
 
 
 async def _compare(
-    report: Report, groups: list[list[UserBooks]], calls: Sequence[Awaitable[list[Any]]]
+    report: Report, groups: list[list[BooksRow]], calls: Sequence[Awaitable[list[Any]]]
 ) -> None:
     """A page's books.lua calls, one a shard, all at once (a Cluster pipeline refuses scripts);
     each answers only the users whose figures may differ, which are then checked here."""
     answers = await asyncio.gather(*calls)
     for group, found in zip(groups, answers, strict=True):
         for at in range(0, len(found), 4):
-            row = group[int(found[at]) - 1]
+            row = user_books(group[int(found[at]) - 1])
             bal, ver, blks = (v or None for v in found[at + 1 : at + 4])
             _check(report, row, bal, ver)
             _check_blocks(report, row, bal, blks)
 
 
 def _check_postgres(report: Report, row: UserBooks) -> None:
-    """PostgreSQL's side alone: the ledger sums to the balance, which is not negative, and the
-    open blocks (if any: a row imported into user_credits gets them at its first change) sum
-    to it."""
+    """PostgreSQL's side alone, for a user USERS_BOOKS marks odd: the ledger sums to the
+    balance, which is not negative, and the open blocks (if any: a row imported into
+    user_credits gets them at its first change) sum to it."""
     if row.ledger != row.balance:
         report.drift.append(
             {
@@ -204,6 +229,6 @@ def _check_blocks(report: Report, row: UserBooks, bal: str | None, blks: str | N
                 "user_id": row.user_id,
                 "problem": "credit blocks differ between Redis and PostgreSQL",
                 "redis": ",".join(f"{k}:{v}" for k, v in sorted(held.items())),
-                "postgres": row.blocks,
+                "postgres": ",".join(f"{k}:{v}" for k, v in sorted(listed.items())),
             }
         )

@@ -24,7 +24,7 @@ from gateway.credits.scripts import Scripts
 from gateway.credits.tiers import load_tiers
 from gateway.flusher.background import make_flusher
 from gateway.flusher.resync import resync_user
-from gateway.ops.reconcile import Report, reconcile
+from gateway.ops.reconcile import PARTS, Report, reconcile
 from persistence import db, queries
 from persistence.ledger import ledger_sum
 
@@ -77,7 +77,7 @@ async def reconcile_command(
     settings: Settings, flush: bool, fix: bool, deep: bool = False
 ) -> tuple[bool, dict[str, Any]]:
     redis = connect_redis(settings.redis_url, settings.redis_timeout)
-    pool = await db.open_pool(settings.database_url, max_size=2)
+    pool = await db.open_pool(settings.database_url, max_size=PARTS + 1)
     keys = keys_of(settings)
     flusher = make_flusher(settings, redis, pool, load_tiers(settings.tiers_file))
     try:
