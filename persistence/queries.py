@@ -169,8 +169,12 @@ FROM (SELECT u.user_id, (u.credits_remaining * 1000000)::bigint AS balance,
       WHERE (hashtext(u.user_id) & 2147483647) % $1 = $2) AS b
 """
 
-# Of these user ids ($1), those PostgreSQL has a row for.
-USERS_KNOWN = "SELECT user_id FROM user_credits WHERE user_id = ANY($1::varchar[])"
+# Of these user ids ($1), those PostgreSQL has no row for (reconcile's users only Redis holds:
+# almost always none, so almost nothing comes back).
+USERS_UNKNOWN = """
+SELECT u FROM unnest($1::varchar[]) AS u
+WHERE NOT EXISTS (SELECT 1 FROM user_credits WHERE user_id = u)
+"""
 
 # The users who spent most in their current period (as flushed), for ops views.
 TOP_SPENDERS = """

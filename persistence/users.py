@@ -188,8 +188,9 @@ async def all_user_books(
             yield rows
 
 
-async def known_users(conn: Executor, user_ids: list[str]) -> set[str]:
-    return {r[0] for r in await conn.fetch(queries.USERS_KNOWN, user_ids)}
+async def unknown_users(conn: Executor, user_ids: list[str]) -> list[str]:
+    """Of user_ids, those without a user_credits row."""
+    return [r[0] for r in await conn.fetch(queries.USERS_UNKNOWN, user_ids)]
 
 
 @dataclass(frozen=True, slots=True)
