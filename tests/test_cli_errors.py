@@ -80,11 +80,16 @@ def test_commands_against_no_postgres_say_so_without_the_password(command: list[
     assert "s3cret" not in out.stderr + out.stdout and "app:" not in line
 
 
-def test_commands_against_no_redis_say_so_without_the_password(database_url: str) -> None:
+@pytest.mark.parametrize("command", [["flush"], ["reconcile", "--no-flush"]])
+def test_commands_against_no_redis_say_so_without_the_password(
+    command: list[str], database_url: str
+) -> None:
     # a migrated database, so that Redis is the one thing missing (on a fresh machine the
     # default database does not exist yet, and that would be named first)
     out = metering(
-        "flush", METERING_REDIS_URL=f"redis://:s3cret@{DEAD}/0", METERING_DATABASE_URL=database_url
+        *command,
+        METERING_REDIS_URL=f"redis://:s3cret@{DEAD}/0",
+        METERING_DATABASE_URL=database_url,
     )
     one_line(out, "Redis", "127.0.0.1:9")
     assert "s3cret" not in out.stderr + out.stdout

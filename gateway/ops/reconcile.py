@@ -74,10 +74,17 @@ async def reconcile(redis: Redis, pool: asyncpg.Pool, keys: Keys, deep: bool = F
     books = redis.register_script(BOOKS)
     settled = "1" if report.backlog == 0 else "0"
     parts = max(1, min(PARTS, pool.get_max_size() - 1))  # one connection for _redis_only
-    await asyncio.gather(
-        *(_compare_part(report, pool, keys, books, settled, p, parts) for p in range(parts)),
-        _redis_only(redis, pool, keys, report),
-    )
+    tasks = [
+        asyncio.ensure_future(_compare_part(report, pool, keys, books, settled, p, parts))
+        for p in range(parts)
+    ]
+    tasks.append(asyncio.ensure_future(_redis_only(redis, pool, keys, report)))
+    try:
+        await asyncio.gather(*tasks)
+    finally:  # one failed (PostgreSQL or Redis gone): the others stop too, before its error
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     if deep:
         for problem, found in [
             ("ledger total differs from the ledger", await ledger_totals_drift(pool, SHOWN)),
