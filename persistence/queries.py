@@ -1,7 +1,7 @@
 """Every SQL statement the code runs (the flush batch's in persistence/batch_queries.py, the
 resyncs' in persistence/resync_queries.py, the summaries' in persistence/summary_queries.py,
-the renewal cron's in persistence/renewal_queries.py, imported here). Nothing else in the code
-base holds SQL.
+the renewal cron's in persistence/renewal_queries.py, reconcile's in
+persistence/books_queries.py, imported here). Nothing else in the code base holds SQL.
 
 The test suite prepares each statement in ``ALL`` on a database migrated from scratch, so a
 column that does not exist, a wrong type or a column/value count mismatch fails CI.
@@ -15,6 +15,10 @@ from persistence.batch_queries import (  # the flush batch's statements, part of
     LEDGER_APPLY_BATCH as LEDGER_APPLY_BATCH,
     LEDGER_INSERT_REUSED as LEDGER_INSERT_REUSED,
     LEDGER_UNBOOKED as LEDGER_UNBOOKED,
+)
+from persistence.books_queries import (  # reconcile's pass over every user
+    USERS_BOOKS as USERS_BOOKS,
+    USERS_UNKNOWN as USERS_UNKNOWN,
 )
 from persistence.renewal_queries import (  # the renewal cron's pages
     RENEW_PAGE_DUE as RENEW_PAGE_DUE,
@@ -139,41 +143,6 @@ WHERE ($1::varchar IS NULL OR user_id = $1) AND ($2::varchar IS NULL OR action =
   AND (at, id) < ($3, $4)
 ORDER BY at DESC, id DESC
 LIMIT $5
-"""
-
-# Every user's books in one pass, streamed by `metering reconcile`: the row's balance and
-# version, the ledger's sum (the total PostgreSQL keeps with the rows, migration 0015) and the
-# open credit blocks ('id:micro' in no order: whoever compares them looks them up by id; an
-# ORDER BY sorted each user's blocks, 30 % of the aggregate), in micro-credits; then
-# the figures books.lua compares, as the one line it takes ('balance|version|blocks', '~' for
-# none), and whether PostgreSQL's side alone is wrong (the ledger or the blocks do not sum to
-# the balance, or it is negative), so Python looks no further at a user whose books agree.
-# Of the users, part $2 of $1 (by a hash of the id): reconcile reads the parts side by side, on
-# as many connections, so that PostgreSQL's aggregate uses more than one core.
-USERS_BOOKS = """
-SELECT b.*, b.balance || '|' || b.version || '|' || COALESCE(b.blocks, '~') AS line,
-       (b.ledger <> b.balance OR b.balance < 0
-        OR (b.blocks IS NOT NULL AND b.blocks_sum IS DISTINCT FROM b.balance)) AS odd
-FROM (SELECT u.user_id, (u.credits_remaining * 1000000)::bigint AS balance,
-             u.redis_version AS version, (COALESCE(l.total, 0) * 1000000)::bigint AS ledger,
-             g.blocks, g.blocks_sum
-      FROM user_credits AS u
-      LEFT JOIN ledger_totals AS l USING (user_id)
-      LEFT JOIN (SELECT user_id, string_agg(id || ':' || (remaining * 1000000)::bigint, ',')
-                            AS blocks,
-                        (sum(remaining) * 1000000)::bigint AS blocks_sum
-                 FROM credit_grants
-                 WHERE closed_at IS NULL AND (hashtext(user_id) & 2147483647) % $1 = $2
-                 GROUP BY user_id) AS g
-          USING (user_id)
-      WHERE (hashtext(u.user_id) & 2147483647) % $1 = $2) AS b
-"""
-
-# Of these user ids ($1), those PostgreSQL has no row for (reconcile's users only Redis holds:
-# almost always none, so almost nothing comes back).
-USERS_UNKNOWN = """
-SELECT u FROM unnest($1::varchar[]) AS u
-WHERE NOT EXISTS (SELECT 1 FROM user_credits WHERE user_id = u)
 """
 
 # The users who spent most in their current period (as flushed), for ops views.
