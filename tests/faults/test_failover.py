@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import httpx
 import pytest
+import redis
 
 from gateway.credits.keys import Keys
 from loadtests.servers import GatewayProcess, PrivatePostgres, PrivateRedis, wait_until
@@ -95,6 +96,30 @@ class FailoverStack:
         primary = cluster.masters()[0]
         replicas = cluster.replicas_of(primary)
         return primary, replicas, lambda: any(r in cluster.masters() for r in replicas)
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Each Redis server's role, replication id and offset, and which one the sentinels
+        name: for a failure's message."""
+        servers = (
+            [self.sentinels.primary, *self.sentinels.pair.replicas]
+            if self.sentinels is not None
+            else list(self.cluster.nodes if self.cluster is not None else [])
+        )
+        named = self.sentinels.primary_port() if self.sentinels is not None else None
+        out: list[dict[str, Any]] = []
+        for server in servers:
+            try:
+                client = redis.Redis(port=server.port, socket_timeout=2, decode_responses=True)
+                info = client.info("replication")
+                client.close()
+            except redis.RedisError as exc:
+                info = {"error": str(exc)}
+            keep = ("role", "master_port", "master_replid", "master_repl_offset", "error")
+            out.append(
+                {"port": server.port, "named": server.port == named}
+                | {k: info[k] for k in keep if k in info}
+            )
+        return out
 
     def debit_key(self) -> str:
         return debit_key(self.gateway.url, ADMIN)
@@ -179,6 +204,8 @@ def test_primary_killed_under_load_then_back_from_its_aof(
         wait_until(lambda: stack.ready()["flusher"]["backlog"] == 0, "the gateway's flush", 30)
         failovers = stack.metric("metering_redis_failovers_total")
         books = stack.books(debits)
+        if books.drift:  # the whole story, in the captured output (an assertion is truncated)
+            print(json.dumps({"detail": books.detail, "nodes": stack.nodes()}, default=str))
     finally:
         stack.close()
     shape = "primary + 2 replicas, 3 sentinels" if topology == "sentinel" else f"3+{3 * replicas}"
