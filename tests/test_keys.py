@@ -8,7 +8,7 @@ import itertools
 import pytest
 from redis.crc import key_slot
 
-from gateway.credits.keys import Keys
+from gateway.credits.keys import Keys, shard_of
 
 AWKWARD = [
     "a",
@@ -112,3 +112,13 @@ def test_a_user_key_reads_back_as_its_user() -> None:
         assert keys.user_id_of(keys.request(user, "x}:u:y")) is None
         assert keys.user_id_of(keys.holds(user)) is None
         assert Keys("other", 16).user_id_of(keys.user(user)) is None
+
+
+def test_the_uncached_key_builders_build_the_cached_keys() -> None:
+    """reconcile (users_in) and the renewal cron (state_and_holds) name keys without the cache:
+    the same keys as `user` and `holds`."""
+    keys = Keys("m", 16)
+    for user in AWKWARD:
+        shard = shard_of(user, 16)
+        assert keys.users_in(shard, [user, user]) == [keys.user(user)] * 2
+        assert keys.state_and_holds(user) == (shard, keys.user(user), keys.holds(user))

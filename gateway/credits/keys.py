@@ -46,12 +46,6 @@ def shard_of(user_id: str, shards: int) -> int:
     return zlib.crc32(user_id.encode()) % shards
 
 
-def shards_of(user_ids: list[str], shards: int) -> list[int]:
-    """shard_of for many users, in their order (reconcile's million, without a call each)."""
-    crc32 = zlib.crc32
-    return [crc32(u.encode()) % shards for u in user_ids]
-
-
 _RESERVATION_ID = re.compile(r"^rv([0-9]{1,5})_[0-9a-f]{32}\Z")
 
 
@@ -129,8 +123,7 @@ class Keys:
         """`user` for many users of one shard the caller has already computed, in their order,
         without the cache: reconcile's million users a run would only churn it."""
         head = f"{self.prefix}:{{s{shard}}}:u:"
-        match = _UNRESERVED.match
-        return [head + (u if match(u) else quote(u, safe="")) for u in user_ids]
+        return [head + encode_user(u) for u in user_ids]
 
     def state_and_holds(self, user_id: str) -> tuple[int, str, str]:
         """The user's shard, state key and holds key (`user`, `holds`) without the cache: the

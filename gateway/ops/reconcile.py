@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from gateway.credits.block_text import parse_blocks
-from gateway.credits.keys import Keys, shards_of
+from gateway.credits.keys import Keys, shard_of
 from gateway.credits.money import fmt
 from persistence.history import usage_summary_drift
 from persistence.ledger import ledger_totals_drift
@@ -112,10 +112,10 @@ async def _compare_part(
     try:
         async for rows in all_user_books(pool, PAGE, part, parts):
             by_shard: dict[int, list[BooksRow]] = defaultdict(list)
-            for row, shard in zip(rows, shards_of([r[0] for r in rows], keys.shards), strict=True):
+            for row in rows:
                 if row[ODD]:
                     _check_postgres(report, user_books(row))
-                by_shard[shard].append(row)
+                by_shard[shard_of(row[0], keys.shards)].append(row)
             report.users += len(rows)
             calls = [
                 books(
