@@ -108,12 +108,13 @@ class FailoverStack:
         named = self.sentinels.primary_port() if self.sentinels is not None else None
         out: list[dict[str, Any]] = []
         for server in servers:
+            client = redis.Redis(port=server.port, socket_timeout=2, decode_responses=True)
             try:
-                client = redis.Redis(port=server.port, socket_timeout=2, decode_responses=True)
                 info = client.info("replication")
-                client.close()
             except redis.RedisError as exc:
                 info = {"error": str(exc)}
+            finally:
+                client.close()
             keep = ("role", "master_port", "master_replid", "master_repl_offset", "error")
             out.append(
                 {"port": server.port, "named": server.port == named}
