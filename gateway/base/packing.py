@@ -4,12 +4,12 @@ redis-py packs a command into the Redis protocol in C (hiredis.pack_command) on 
 connections only; its asyncio connections, which the gateway uses, pack every argument in Python
 (redis/redis-py#4176, fix proposed in #4191). A debit's apply call has about 25 arguments:
 26 µs to pack in Python against 3.5 µs in hiredis on this machine (docs/performance.md,
-"Commands packed in C"). Until
-redis-py does it, install() gives every asyncio connection class (single server, Cluster,
-Sentinel, TLS, unix socket: they all inherit AbstractConnection.pack_command) the C packer, with
-redis-py's own splitting of a first argument holding spaces ('CONFIG GET'). Whatever hiredis
-refuses (None, a bool, a memoryview, a list) goes to redis-py's packer, which packs it or raises
-its usual DataError: the bytes and the errors are redis-py's (tests/test_packing.py).
+"Commands packed in C"). Until redis-py does it, install() gives every asyncio connection class
+(single server, Cluster, Sentinel, TLS, unix socket: they all inherit
+AbstractConnection.pack_command) the C packer, with redis-py's own splitting of a first
+argument holding spaces ('CONFIG GET'). Whatever hiredis refuses (None, a bool, a memoryview, a
+list) goes to redis-py's packer, which packs it or raises its usual DataError: the bytes and
+the errors are redis-py's (tests/test_packing.py).
 """
 
 from __future__ import annotations
