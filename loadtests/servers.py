@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import glob
 import os
+import random
 import shutil
 import signal
 import socket
@@ -21,25 +22,54 @@ import httpx
 import redis
 
 
-def free_port() -> int:
+def _ephemeral_low() -> int:
+    """Where the kernel's ephemeral ports (those outgoing connections get) begin."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+# Private servers listen below the ephemeral range: a port taken from it (bind to port 0) can
+# go to some outgoing connection between the check and the server's own bind, and the server
+# then fails to start (seen in CI: a cluster node's bus port, 10000 above its port). Below it,
+# only another listener can hold a port, and each is checked. A cluster node's bus port must
+# fit below it too.
+_LOW = 12000
+_given: set[int] = set()
+_random = random.Random(os.getpid() ^ time.monotonic_ns())
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _spare(gap: int) -> int:
+    """A port nobody listens on (nor on port + gap, when gap), not handed out before by this
+    process, below the ephemeral range."""
+    high = _ephemeral_low() - gap
+    for _ in range(1000 if high > _LOW else 0):
+        port = _random.randrange(_LOW, high)
+        if port in _given or not _bindable(port) or (gap and not _bindable(port + gap)):
+            continue
+        _given.add(port)
+        return port
+    raise RuntimeError("no spare port below the ephemeral range")
+
+
+def free_port() -> int:
+    """A spare port for a private server."""
+    return _spare(0)
 
 
 def free_cluster_port() -> int:
     """A spare port whose cluster bus port (10000 above it) is spare too."""
-    for _ in range(100):
-        port = free_port()
-        if port + 10000 > 65535:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no spare port pair for a cluster node")
+    return _spare(10000)
 
 
 def wait_until(check: object, what: str, seconds: float = 30) -> None:
