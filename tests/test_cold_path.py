@@ -8,6 +8,7 @@ import asyncio
 from collections import Counter
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 import pytest
@@ -16,6 +17,7 @@ from redis.asyncio import Redis
 from gateway.base.errors import Unprocessable
 from gateway.credits.keys import Keys
 from persistence.users import create_users_credits
+from tests.books import assert_books_balance
 from tests.conftest import BACKENDS, Client
 
 ON_BOTH = pytest.mark.parametrize("redis_backend", BACKENDS, indirect=True)
@@ -110,3 +112,71 @@ async def test_a_load_waits_for_a_flush_of_its_users_shards(
         assert await pool.fetchval("SELECT count(*) FROM user_credits") == 0
     rows = await asyncio.wait_for(load, 10)
     assert sorted(r.user_id for r in rows) == ["other-1", "waiter"]
+
+
+@ON_BOTH
+async def test_a_new_users_hydrate_and_its_call_go_in_one_pipeline(
+    client: Client, pool: asyncpg.Pool, redis: Redis, keys: Keys
+) -> None:
+    """A new user's first debit: the call that missed, then its hydrate and the call again in
+    one pipeline, in that order: two round trips to Redis, three script calls."""
+    credits = client.app.state.services.credits
+    coalescer = credits.coalescer
+    assert await _debit(client, "warm", "w") == 200  # the scripts loaded, the key cached
+    batches, calls = coalescer.batches, coalescer.calls
+    assert await _debit(client, "first", "f") == 200
+    assert (coalescer.batches - batches, coalescer.calls - calls) == (2, 3)
+    assert await _debit(client, "first", "f") == 200  # the retry: its record answers
+    await client.app.state.services.flusher.flush()
+    balances = await pool.fetch("SELECT user_id, credits_remaining FROM user_credits")
+    assert {b["user_id"]: b["credits_remaining"] for b in balances} == {
+        "warm": Decimal("4.500000"),
+        "first": Decimal("4.500000"),
+    }
+    assert await assert_books_balance(pool, redis, keys) == 2
+
+
+async def test_a_hydrate_that_did_not_land_first_is_sent_again_on_its_own(
+    client: Client, pool: asyncpg.Pool, redis: Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The call sent after its hydrate still misses (here: a hydrate that writes nothing, as a
+    user deleted between the two would look): the user is loaded and hydrated alone, then the
+    call goes once more, and is charged once."""
+    credits = client.app.state.services.credits
+    real, pair = credits.scripts.hydrate, credits.coalescer.run_in_order
+    credits.scripts.hydrate = redis.register_script("return 0")
+
+    async def once(calls: list[Any]) -> list[Any]:
+        answers = await pair(calls)
+        credits.scripts.hydrate = real
+        return answers
+
+    monkeypatch.setattr(credits.coalescer, "run_in_order", once)
+    assert await _debit(client, "late", "l") == 200
+    await client.app.state.services.flusher.flush()
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM credit_transactions WHERE user_id = 'late' AND request_id = 'l'"
+        )
+        == 1
+    )
+    assert await assert_books_balance(pool, redis, keys) == 1
+
+
+async def test_a_user_that_never_stays_in_redis_is_a_503_and_nothing_changes(
+    client: Client, pool: asyncpg.Pool, redis: Redis, keys: Keys
+) -> None:
+    """Every hydrate lost (a Redis being emptied as fast as it is filled): a 503 saying so, no
+    charge; the same request goes through once Redis keeps the user."""
+    credits = client.app.state.services.credits
+    real = credits.scripts.hydrate
+    credits.scripts.hydrate = redis.register_script("return 0")
+    body = {"user_id": "gone", "amount": "0.5", "request_id": "g"}
+    r = await client.post("/api/v1/credits/debit", json=body)
+    assert r.status_code == 503 and "left Redis" in r.json()["detail"]
+    assert "retry-after" in r.headers
+    credits.scripts.hydrate = real
+    assert await _debit(client, "gone", "g") == 200
+    await client.app.state.services.flusher.flush()
+    assert await pool.fetchval("SELECT credits_remaining FROM user_credits") == Decimal("4.5")
+    assert await assert_books_balance(pool, redis, keys) == 1

@@ -23,6 +23,7 @@ from gateway.base.durable import NotReplicated, ReplicaAcks
 from gateway.credits.ticks import TickBatch
 
 Call = tuple[AsyncScript, list[str], list[Any], "asyncio.Future[Any]"]
+ScriptCall = tuple[AsyncScript, list[str], list[Any]]  # a script, its keys, its arguments
 
 # What redis-py raises, besides its own errors, when a connection is closed under a call (seen
 # during cluster failovers: a transport gone to None, a closed transport, a reset socket).
@@ -46,6 +47,25 @@ class Coalescer:
         self._ticks.pending.append((script, keys, args, future))
         self._ticks.added()
         return await future
+
+    async def run_in_order(self, calls: list[ScriptCall]) -> list[Any]:
+        """Calls of one user that must run in this order (the cold path's hydrate, then the
+        call it lets through): queued together, so they go in one pipeline, one after the other
+        (a pipeline split by node keeps each node's order). Each answer, or the exception it
+        raised, in order."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Any]] = []
+        for script, keys, args in calls:
+            futures.append(loop.create_future())
+            self._ticks.pending.append((script, keys, args, futures[-1]))
+        self._ticks.added()
+        answers: list[Any] = []
+        for future in futures:  # all answered by the same pipeline: no gather needed
+            try:
+                answers.append(await future)
+            except Exception as exc:
+                answers.append(exc)
+        return answers
 
     async def _send(self, batch: list[Call]) -> None:
         self.batches += 1

@@ -5,8 +5,10 @@ The first requests of many new users arrive together (a launch, a batch of new i
 emptied by a restart). Those that miss in the same event-loop tick are loaded together: one
 transaction takes the shards' flush locks (shared, in order), one statement creates or reads
 every row (persistence/users.py create_users_credits), one reads their open credit blocks, and
-the hydrate calls go to Redis in one pipeline (gateway/credits/coalesce.py). A lone miss costs
-what it did before; concurrent misses of one user share one load.
+each caller gets the row with hydrate.lua's arguments. A call that missed sends the hydrate and
+itself again in one pipeline, in that order (CreditService.call): one round trip after the
+load, not two. A lone miss costs what it did before; concurrent misses of one user share one
+load.
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gateway.base.errors import Unavailable, Unprocessable
 from gateway.base.metrics import HYDRATIONS
@@ -33,7 +34,7 @@ from persistence.users import (
 )
 
 if TYPE_CHECKING:
-    from gateway.credits.service import CreditService
+    from gateway.credits.service import Args, CreditService
 
 log = logging.getLogger("metering.service")
 
@@ -41,7 +42,8 @@ MAX_LOAD = 500  # users in one statement; more misses in a tick make several loa
 USER_ID_MAX = 255  # user_credits.user_id is varchar(255)
 POSTGRES_DOWN = "PostgreSQL is unreachable and this user is not cached in Redis; retry later"
 
-Waiting = dict[str, tuple[int, list["asyncio.Future[UserRow]"]]]
+Loaded = tuple[UserRow, "Args"]  # the row, and hydrate.lua's arguments for it
+Waiting = dict[str, tuple[int, list["asyncio.Future[Loaded]"]]]
 
 
 class ColdPath:
@@ -55,12 +57,20 @@ class ColdPath:
         """Load the user into Redis (creating it in PostgreSQL when new); a newer Redis state
         always wins. now_ms is the time on the scripts' clock (their 'miss' answer), so a new
         user's period and first ledger entry sit on the same timeline as what it does next."""
+        row, args = await self.fetch(user_id, now_ms)
+        credits = self.credits
+        await credits.coalescer.run(credits.scripts.hydrate, [credits.keys.user(user_id)], args)
+        return row
+
+    async def fetch(self, user_id: str, now_ms: int) -> Loaded:
+        """The user's row from PostgreSQL (created there when new) and the arguments that
+        hydrate.lua puts it in Redis with; Redis is not touched."""
         if len(user_id) > USER_ID_MAX:
             raise Unprocessable(
                 f"user_id is {len(user_id)} characters; user_credits.user_id holds at most 255"
             )
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[UserRow] = loop.create_future()
+        future: asyncio.Future[Loaded] = loop.create_future()
         waiting = self._ticks.pending
         if user_id in waiting:
             waiting[user_id][1].append(future)
@@ -89,18 +99,13 @@ class ColdPath:
                         future.set_exception(exc)
             return
         HYDRATIONS.inc(len(rows))
-        answers = await asyncio.gather(
-            *(self._hydrate(row, from_ms(batch[u][0]), grants.get(u, [])) for u, row in rows),
-            return_exceptions=True,
-        )
-        for (user, row), answer in zip(rows, answers, strict=True):
-            for future in batch[user][1]:
-                if future.done():
-                    continue
-                if isinstance(answer, BaseException):
-                    future.set_exception(answer)
-                else:
-                    future.set_result(row)
+        credits = self.credits
+        for user, row in rows:
+            now_ms, futures = batch[user]
+            loaded = (row, credits.hydrate_args(row, from_ms(now_ms), grants.get(user, [])))
+            for future in futures:
+                if not future.done():
+                    future.set_result(loaded)
 
     async def _from_postgres(
         self, batch: Waiting
@@ -130,13 +135,6 @@ class ColdPath:
             if created:
                 log.info("created user_credits row", extra={"user_id": user_id, "tier": tier.name})
         return [(u, row) for u, (row, _) in found.items()], grants
-
-    async def _hydrate(self, row: UserRow, now: datetime, grants: list[GrantRow]) -> Any:
-        credits = self.credits
-        args = credits.hydrate_args(row, now, grants)
-        return await credits.coalescer.run(
-            credits.scripts.hydrate, [credits.keys.user(row.user_id)], args
-        )
 
 
 def _settle(batch: Waiting, error: Callable[[str], BaseException], message: str) -> None:

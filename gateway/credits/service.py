@@ -73,6 +73,9 @@ class Applied:
     balance: int
 
 
+USER_GONE = "this user left Redis as it was loaded (Redis emptied?); nothing was changed, retry"
+
+
 def backlog_full() -> Unavailable:
     return Unavailable(
         "the flusher is behind: too many changes are waiting to reach PostgreSQL; "
@@ -374,12 +377,23 @@ class CreditService:
         return None if seen is None else str(seen)
 
     async def call(self, script: AsyncScript, user_id: str, keys: list[str], args: Args) -> Any:
-        """Run a script with the common header; hydrate the user and retry once on 'miss'."""
+        """Run a script with the common header; on 'miss', load the user and send its hydrate
+        and the call again together, in that order (one round trip)."""
         full = [*self.header(user_id), *args]
         res = await self.coalescer.run(script, keys, full)
         if res[0] == "miss":
-            await self.hydrate(user_id, int(res[1]))
-            res = await self.coalescer.run(script, keys, full)
+            now_ms = int(res[1])
+            _, hydrate = await self.cold.fetch(user_id, now_ms)
+            loaded, res = await self.coalescer.run_in_order(
+                [(self.scripts.hydrate, [self.keys.user(user_id)], hydrate), (script, keys, full)]
+            )
+            if isinstance(res, BaseException):
+                raise loaded if isinstance(loaded, BaseException) else res
+            if res[0] == "miss":  # the hydrate did not land first (its script reloaded): in turn
+                await self.hydrate(user_id, now_ms)
+                res = await self.coalescer.run(script, keys, full)
+                if res[0] == "miss":  # gone again at once: Redis is being emptied or replaced
+                    raise Unavailable(USER_GONE)
         if res[0] == "backlog":
             raise backlog_full()
         return res
