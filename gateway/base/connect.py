@@ -20,7 +20,7 @@ from urllib.parse import unquote
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.sentinel import Sentinel, SentinelManagedSSLConnection
+from redis.asyncio.sentinel import SentinelManagedSSLConnection
 from redis.exceptions import (
     AskError,
     ClusterError,
@@ -33,6 +33,7 @@ from redis.exceptions import (
 
 from gateway.base import packing
 from gateway.base.durable import NotReplicated
+from gateway.base.sentinels import NewestConfigSentinel
 
 packing.install()  # commands packed in C on every connection (gateway/base/packing.py)
 
@@ -116,10 +117,11 @@ def sentinel_target(url: str) -> SentinelTarget:
 
 
 def _sentinel(url: str, timeout: float, common: dict[str, Any]) -> Redis:
-    """SERVICE's primary as the sentinels name it; on a connection error, or a READONLY answer
-    from a primary that was demoted, the pool asks them again (SentinelConnectionPool)."""
+    """SERVICE's primary as the newest of the sentinels' configurations names it; on a
+    connection error, or a READONLY answer from a primary that was demoted, the pool asks them
+    again (SentinelConnectionPool), and every second besides (gateway/base/sentinels.py)."""
     target = sentinel_target(url)
-    watch = Sentinel(  # type: ignore[no-untyped-call]
+    watch = NewestConfigSentinel(  # type: ignore[no-untyped-call]
         target.sentinels,
         sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
     )

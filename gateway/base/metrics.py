@@ -38,6 +38,11 @@ REDIS_DATA_LOSSES = Counter("metering_redis_data_losses", "Times Redis was found
 REDIS_FAILOVERS = Counter(
     "metering_redis_failovers", "Times the flusher saw a Redis primary with a new replication id"
 )
+REDIS_PRIMARY_MOVES = Counter(
+    "metering_redis_primary_moves",
+    "Times a gateway process dropped its connections to a Redis primary the sentinels no longer "
+    "name",
+)
 REPLICA_WAITS_SHORT = Counter(
     "metering_replica_waits_short",
     "Pipelines whose changes the replicas did not confirm in time (replica mode: answered 503)",

@@ -21,10 +21,12 @@ import asyncpg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from redis.asyncio import Redis
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import RedisError
 
 from gateway.base.connect import connect_redis
 from gateway.base.durable import ReplicaAcks
+from gateway.base.sentinels import PRIMARY_CHECK_S, follow_primary
 from gateway.base.settings import Settings, durability, expiring_min_micro
 from gateway.credits.clock import Clock, configured, system_clock
 from gateway.credits.keys import keys_of
@@ -100,8 +102,9 @@ def make_flusher(
 
 
 class Background:
-    """The flush loop, the renewal cron and the webhook sender; nothing runs for a zero flush
-    interval, cron "off" or no webhook URL."""
+    """The flush loop, the renewal cron, the webhook sender and, on a Sentinel group, the check
+    that this process's connections lead to the primary the sentinels name; nothing runs for a
+    zero flush interval, cron "off" or no webhook URL."""
 
     def __init__(self, settings: Settings, flusher: Flusher, service: CreditService) -> None:
         self.settings = settings
@@ -144,6 +147,16 @@ class Background:
                 max_instances=1,
                 coalesce=True,
                 id="webhooks",
+            )
+        if isinstance(self.service.redis.connection_pool, SentinelConnectionPool):
+            self.scheduler.add_job(
+                _follow_job,
+                "interval",
+                seconds=PRIMARY_CHECK_S,
+                args=[self.service.redis],
+                max_instances=1,
+                coalesce=True,
+                id="follow-primary",
             )
         self.scheduler.start()
 
@@ -188,6 +201,13 @@ async def _send_job(sender: WebhookSender) -> None:
             pass
     except Exception:  # PostgreSQL down, say: the outbox keeps them
         log.exception("sending webhooks failed; tried again in a second")
+
+
+async def _follow_job(redis: Redis) -> None:
+    try:
+        await follow_primary(redis)
+    except (RedisError, OSError) as exc:  # no sentinel answers: the connections stay as they are
+        log.warning("cannot ask the sentinels for the Redis primary: %s", type(exc).__name__)
 
 
 async def _renew_job(service: CreditService, webhooks: Settings | None) -> None:

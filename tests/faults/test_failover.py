@@ -204,6 +204,8 @@ def test_primary_killed_under_load_then_back_from_its_aof(
         # the gateway's own flusher went on through the failover and drains by itself
         wait_until(lambda: stack.ready()["flusher"]["backlog"] == 0, "the gateway's flush", 30)
         failovers = stack.metric("metering_redis_failovers_total")
+        # connections found leading to a server the sentinels no longer named, and moved
+        moves = stack.metric("metering_redis_primary_moves_total")
         books = stack.books(debits)
         if books.drift:  # the whole story, in the captured output (an assertion is truncated)
             print(json.dumps({"detail": books.detail, "nodes": stack.nodes()}, default=str))
@@ -228,6 +230,7 @@ def test_primary_killed_under_load_then_back_from_its_aof(
             "recovered_after_s": round(recovered, 1),  # half the rate before the kill again
             "longest_gap_s": books.longest_gap_s,
             "failovers_seen": failovers,
+            "primary_moves": moves,
             "first_answers": books.first_answers,
         }
     )

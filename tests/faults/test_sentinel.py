@@ -8,17 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
+import redis
+from redis.asyncio import Redis
+from redis.asyncio.sentinel import Sentinel
 
 from gateway.base.connect import connect_redis, sentinel_target
+from gateway.base.sentinels import NewestConfigSentinel, follow_primary
 from gateway.base.settings import Settings, settings_from_env
 from gateway.credits.keys import keys_of
+from loadtests.servers import PrivateRedis, free_port, wait_until
 from loadtests.topologies import PrivateSentinels
 from tests.books import assert_books_balance
 from tests.conftest import FakeClock, gateway
@@ -104,3 +111,65 @@ async def test_a_failover_is_followed_and_no_debit_is_lost_or_doubled(
         assert await assert_books_balance(pool, redis, keys) == len(USERS)
     finally:
         await redis.aclose()
+
+
+async def test_the_newest_configuration_names_the_primary_and_stale_connections_move(
+    sentinels: PrivateSentinels,
+) -> None:
+    """A sentinel that names an old primary (here one of its own world, at config epoch 0,
+    watching a server nobody else does) listed first: redis-py's own Sentinel takes its answer
+    and connects there; NewestConfigSentinel takes the group's, newer after a failover, and
+    follow_primary moves a client whose connections lead elsewhere to the primary it names."""
+    group = sentinels
+    zombie = PrivateRedis()
+    zombie.start()
+    stale_port = free_port()
+    conf = Path(group.dir) / "stale.conf"
+    conf.write_text(
+        f"port {stale_port}\nbind 127.0.0.1\ndir {group.dir}\n"
+        f"sentinel monitor {group.SERVICE} 127.0.0.1 {zombie.port} 1\n"
+    )
+    stale = subprocess.Popen(["redis-server", str(conf), "--sentinel"], stdout=subprocess.DEVNULL)
+    clients: list[Redis] = []
+    try:
+        ask = redis.Redis(port=group.sentinels[0], decode_responses=True)
+        ask.execute_command("SENTINEL", "FAILOVER", group.SERVICE)
+        ask.close()
+
+        def names(port: int, server: int) -> bool:
+            c = redis.Redis(port=port, decode_responses=True)
+            try:
+                answer = c.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", group.SERVICE)
+                return int(answer[1]) == server
+            finally:
+                c.close()
+
+        promoted = group.replica.port
+        wait_until(lambda: all(names(p, promoted) for p in group.sentinels), "the failover")
+        wait_until(lambda: names(stale_port, zombie.port), "the stale sentinel")
+        listed = [("127.0.0.1", stale_port), *(("127.0.0.1", p) for p in group.sentinels)]
+        plain = Sentinel(listed)  # type: ignore[no-untyped-call]
+        newest = NewestConfigSentinel(listed)  # type: ignore[no-untyped-call]
+        assert await plain.discover_master(group.SERVICE) == ("127.0.0.1", zombie.port)
+        assert await newest.discover_master(group.SERVICE) == ("127.0.0.1", promoted)
+
+        client: Redis = plain.master_for(group.SERVICE, redis_class=Redis, decode_responses=True)
+        clients.append(client)
+        await client.set("k", "stale")  # on the server the first sentinel named
+        client.connection_pool.sentinel_manager = newest  # type: ignore[attr-defined]
+        assert await follow_primary(client)
+        await client.set("k", "named")
+        assert not await follow_primary(client)  # where the sentinels say: nothing to do
+        for port, value in ((zombie.port, "stale"), (promoted, "named")):
+            direct = redis.Redis(port=port, decode_responses=True)
+            assert direct.get("k") == value
+            direct.close()
+        single = connect_redis(zombie.url, 5)
+        clients.append(single)
+        assert not await follow_primary(single)  # not a Sentinel group: nothing to follow
+    finally:
+        for c in clients:
+            await c.aclose()
+        stale.kill()
+        stale.wait(timeout=20)
+        zombie.close()
