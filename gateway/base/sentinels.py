@@ -63,7 +63,7 @@ async def follow_primary(client: Redis) -> bool:
     """Ask the sentinels again; when they name another primary than the one the client's
     connections lead to, drop those connections (new ones go to the named primary). True when
     it moved; False for a client not following a Sentinel group."""
-    pool = client.connection_pool
+    pool = getattr(client, "connection_pool", None)  # a RedisCluster client has none
     if not isinstance(pool, SentinelConnectionPool):
         return False
     named = await pool.sentinel_manager.discover_master(pool.service_name)

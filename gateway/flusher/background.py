@@ -148,7 +148,8 @@ class Background:
                 coalesce=True,
                 id="webhooks",
             )
-        if isinstance(self.service.redis.connection_pool, SentinelConnectionPool):
+        # a Redis Cluster client has no pool of its own: it follows the slot map instead
+        if isinstance(getattr(self.service.redis, "connection_pool", None), SentinelConnectionPool):
             self.scheduler.add_job(
                 _follow_job,
                 "interval",
