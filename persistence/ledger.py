@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import asyncpg
+
 from persistence import queries
 from persistence.db import Executor
 from persistence.events import SEP, fields
@@ -152,9 +154,21 @@ def _audit_details(e: Mapping[str, str]) -> str:
     return json.dumps(details)
 
 
+LOCK_WAIT_MS = 5000  # the longest a flush waits for a lock (cold paths hold theirs for ms)
+
+
 async def try_flush_lock(conn: Executor, stream: str) -> bool:
-    """Take the per-stream flush lock for the current transaction, without waiting."""
-    return bool(await conn.fetchval(queries.FLUSH_LOCK, stream))
+    """Take the stream for a flush in the current transaction: False at once when another
+    flusher holds it, else once the cold paths loading its users have committed (False if that
+    takes over LOCK_WAIT_MS: the transaction is then aborted, and the shard waits for the
+    next flush)."""
+    if not await conn.fetchval(queries.FLUSHER_LOCK, stream, str(LOCK_WAIT_MS)):
+        return False
+    try:
+        await conn.execute(queries.FLUSH_LOCK_WAIT, stream)
+    except asyncpg.LockNotAvailableError:
+        return False
+    return True
 
 
 async def wait_for_flush(conn: Executor, streams: list[str]) -> None:

@@ -110,8 +110,17 @@ ORDER BY closed_at DESC NULLS FIRST, created_at DESC, id
 LIMIT $3
 """
 
-# Serializes flushers per stream (other gateway processes skip the shard while one holds it).
-FLUSH_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext($1))"
+# Serializes flushers per stream: a flusher takes the stream's flusher lock without waiting
+# (other gateway processes skip the shard while one holds it), with a bound ($2, ms) on any
+# lock wait in its transaction, then the stream's lock (FLUSH_LOCK_WAIT), waiting for the cold
+# paths loading users of the shard to commit (they hold it shared, a few ms each). With only a
+# try on the stream's lock, cold paths arriving back to back (a launch, a Redis restart) kept
+# every shard's lock taken at the flusher's tries, and the flush fell 10 s behind under 2,000
+# new users a second.
+FLUSHER_LOCK = """
+SELECT set_config('lock_timeout', $2, true) IS NOT NULL
+       AND pg_try_advisory_xact_lock(hashtext('flusher:' || $1))
+"""
 
 # The same lock, shared, waited for: a cold path loading users waits for a flush of their shards
 # ($1, the shards' streams) under way to commit (several cold paths at once do not wait for each
