@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -254,3 +255,56 @@ async def test_a_full_backlog_stops_the_calls_until_the_flusher_drains_it(
             "SELECT count(*) FROM user_credits WHERE credits_remaining = 5"
         ) == len(users)
         await assert_books_balance(pool, redis, keys)
+
+
+async def test_a_paced_run_spaces_its_calls_to_the_rate(
+    settings: Settings,
+    clock: FakeClock,
+    tiers: str,
+    pool: asyncpg.Pool,
+    redis: Redis,
+    keys: Keys,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """METERING_RENEW_RATE: each call waits until the users before it fit the rate (the waits
+    are recorded, not slept: the test measures no time), and every user is still renewed once."""
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    async with gateway(settings, clock, tiers_file=tiers) as gw:
+        users = [f"paced-{n}" for n in range(30)]
+        for user in users:
+            await _debit(gw, user, "0.25", "a")
+        await gw.app.state.services.flusher.flush()
+        clock.next_period(minutes=10)
+        monkeypatch.setattr(renewal.Pace, "sleep", staticmethod(sleep))
+        service = gw.app.state.services.credits
+        # 30 users in calls of at most 5 (a shard's users a call), one at a time, 10 a second
+        started = time.monotonic()
+        assert await renew_idle(service, per_call=5, in_flight=1, rate=10) == len(users)
+        took = time.monotonic() - started
+        # the first call at once; each later one waits until the users before it fit 10 a
+        # second from the first (the recorded waits do not pass, so they only grow): the last
+        # comes after at least 25 and at most 29 users
+        assert len(waits) >= 5 and waits == sorted(waits), waits
+        assert 2.5 - took <= waits[-1] <= 2.9, (waits, took)
+        waits.clear()
+        assert await renew_idle(service, per_call=5, in_flight=1, rate=0) == 0  # no pace
+        assert waits == []
+        await gw.app.state.services.flusher.flush()
+        rows = await pool.fetch("SELECT credits_remaining FROM user_credits")
+        assert [r[0] for r in rows] == [Decimal(5)] * len(users)
+    await assert_books_balance(pool, redis, keys)
+
+
+async def test_the_pace_asks_each_call_to_wait_for_the_users_before_it() -> None:
+    pace = renewal.Pace(100)
+    await pace.take(50)  # the first: at once
+    assert pace.started is not None
+    waited = pace.started + pace.taken / pace.rate  # when the next may go: 0.5 s after the first
+    assert 0.49 < waited - pace.started <= 0.5
+    unpaced = renewal.Pace(0)
+    await unpaced.take(10**6)
+    assert unpaced.started is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Literal
@@ -57,6 +58,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     eviction_check: Literal["refuse", "warn"] = "refuse"  # Redis must not evict unflushed state
     period: Period = "month"  # allocation period: month (calendar), week (ISO) or day
     renew_cron: str = "*/10 * * * *"  # crontab (UTC) for renewing idle users; "off" disables
+    renew_rate: float = 0.0  # idle users renewed a second at most (0: as fast as Redis goes)
     webhook_url: str | None = None  # low-balance alerts are POSTed here (none when unset)
     webhook_secret: str | None = None  # HMAC-SHA256 key signing each webhook
     webhook_max_attempts: int = 12  # tries per webhook (backoff 2 s doubling, at most 1 h)
@@ -98,6 +100,7 @@ _ENV = {
     "eviction_check": "METERING_EVICTION_CHECK",
     "period": "METERING_PERIOD",
     "renew_cron": "METERING_RENEW_CRON",
+    "renew_rate": "METERING_RENEW_RATE",
     "webhook_url": "METERING_WEBHOOK_URL",
     "webhook_secret": "METERING_WEBHOOK_SECRET",
     "webhook_max_attempts": "METERING_WEBHOOK_MAX_ATTEMPTS",
@@ -114,8 +117,10 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: object)
     raw.update(overrides)
     try:
         settings = msgspec.convert(raw, Settings, strict=False)
-    except msgspec.ValidationError as exc:
-        raise SystemExit(f"invalid configuration: {exc}") from None
+    except msgspec.ValidationError as exc:  # named as it was set: "at `$.renew_rate`" is
+        # METERING_RENEW_RATE
+        message = re.sub(r"`\$\.(\w+)`", lambda m: _ENV.get(m[1], m[0]), str(exc))
+        raise SystemExit(f"invalid configuration: {message}") from None
     try:
         check_redis_url(settings.redis_url)
     except ValueError as exc:
@@ -150,6 +155,8 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: object)
         expiring_min_micro(settings)
     except ValueError as exc:
         raise SystemExit(f"invalid configuration: METERING_EXPIRING_MIN: {exc}") from None
+    if not settings.renew_rate >= 0:  # NaN too
+        raise SystemExit("invalid configuration: METERING_RENEW_RATE must be >= 0 users a second")
     if settings.expiring_notice < 0:
         raise SystemExit("invalid configuration: METERING_EXPIRING_NOTICE must be >= 0 seconds")
     if settings.webhook_url and not settings.webhook_secret:

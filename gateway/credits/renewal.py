@@ -10,7 +10,9 @@ names each user's keys and groups the page by shard; Redis runs renew_many.lua o
 and `per_call` users. At most `in_flight` calls are out at once, so the hot path's calls wait
 behind at most that many (a call of 100 users holds Redis about 5 ms: 51 µs a user, measured in
 docs/performance.md "Renewal: the measured ceiling"). A call stops where its shard's backlog is
-full; the rest of its users wait for the flusher.
+full; the rest of its users wait for the flusher. With a `rate` (METERING_RENEW_RATE) the calls
+are spaced so that the run renews at most that many users a second: the share of the machine it
+takes from the hot path, traded for its duration.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,14 +44,42 @@ class Tally:
     loaded: int = 0  # users Redis did not hold, loaded from their rows
 
 
+class Pace:
+    """At most `rate` users a second over a run (0: no limit): a call of n users waits until
+    the run's users before it fit the rate."""
+
+    sleep = staticmethod(asyncio.sleep)  # the tests record the waits instead
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.started: float | None = None
+        self.taken = 0
+
+    async def take(self, users: int) -> None:
+        if self.rate <= 0:
+            return
+        now = time.monotonic()
+        if self.started is None:
+            self.started = now
+        wait = self.started + self.taken / self.rate - now
+        self.taken += users
+        if wait > 0:
+            await self.sleep(wait)
+
+
 async def renew_idle(
-    service: CreditService, batch: int = 2000, per_call: int = 100, in_flight: int = 2
+    service: CreditService,
+    batch: int = 2000,
+    per_call: int = 100,
+    in_flight: int = 2,
+    rate: float = 0.0,
 ) -> int:
     """Renew every user whose period ended, then expire the due blocks of every user holding
-    one in PostgreSQL. Returns how many users were renewed."""
+    one in PostgreSQL, at most `rate` users a second (0: no limit). Returns how many users were
+    renewed."""
     now = await service.now()  # the scripts' clock: the same boundary for every instance
     began = period_start(now, service.period)
-    sweep = _Sweep(service, began, per_call, in_flight)
+    sweep = _Sweep(service, began, per_call, in_flight, Pace(rate))
     due = await sweep.run(False, began, batch)
     if due.renewed:
         log.info(
@@ -65,9 +96,15 @@ async def renew_idle(
 
 class _Sweep:
     def __init__(
-        self, service: CreditService, began: datetime, per_call: int, in_flight: int
+        self,
+        service: CreditService,
+        began: datetime,
+        per_call: int,
+        in_flight: int,
+        pace: Pace | None = None,
     ) -> None:
         self.service, self.began, self.per_call = service, began, per_call
+        self.pace = pace if pace is not None else Pace(0)
         self.gate = asyncio.Semaphore(in_flight)
         self.rolls = json.dumps({t.name: roll_flag(t) for t in service.tiers.tiers.values()})
 
@@ -117,6 +154,7 @@ class _Sweep:
         row that do nothing end the run with a 503)."""
         service, stream, idle = self.service, names[0], 0
         async with self.gate:
+            await self.pace.take(len(rows))
             while rows:
                 args = ["", *service.header("")[1:3], new_id(), self.rolls, *rows]
                 res = await service.coalescer.run(service.scripts.renew_many, names, args)

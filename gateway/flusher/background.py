@@ -133,7 +133,7 @@ class Background:
             self.scheduler.add_job(
                 _renew_job,
                 CronTrigger.from_crontab(self.settings.renew_cron, timezone="UTC"),
-                args=[self.service, self.settings if self.webhooks is not None else None],
+                args=[self.service, self.settings, self.webhooks is not None],
                 max_instances=1,
                 coalesce=True,
                 id="renew",
@@ -211,17 +211,17 @@ async def _follow_job(redis: Redis) -> None:
         log.warning("cannot ask the sentinels for the Redis primary: %s", type(exc).__name__)
 
 
-async def _renew_job(service: CreditService, webhooks: Settings | None) -> None:
-    """Renew idle users and expire their due blocks; with webhooks on, queue the
-    credits.expiring notices of blocks expiring soon."""
+async def _renew_job(service: CreditService, settings: Settings, webhooks: bool) -> None:
+    """Renew idle users and expire their due blocks, at most METERING_RENEW_RATE users a
+    second; with webhooks on, queue the credits.expiring notices of blocks expiring soon."""
     try:
-        await renew_idle(service)
-        if webhooks is not None:
+        await renew_idle(service, rate=settings.renew_rate)
+        if webhooks:
             await queue_expiring(
                 service.pool,
                 await service.now(),
-                webhooks.expiring_notice,
-                expiring_min_micro(webhooks),
+                settings.expiring_notice,
+                expiring_min_micro(settings),
             )
     except Exception:
         log.exception("renewing idle users failed; retried at the next run")
