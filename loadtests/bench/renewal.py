@@ -120,12 +120,17 @@ async def renewal_cost(database_url: str, redis_url: str, users: int) -> dict[st
 
 
 async def _renew_and_drain(
-    database_url: str, redis_url: str, users: int, **sweep: int
+    database_url: str, redis_url: str, users: int, **sweep: float
 ) -> dict[str, float]:
     """renew_idle, timed, then how long the gateway's own flusher takes to drain the rest."""
     async with _cron(database_url, redis_url, users) as (service, _):
         t = time.perf_counter()
-        renewed = await renew_idle(service, **sweep)
+        renewed = await renew_idle(
+            service,
+            per_call=int(sweep["per_call"]),
+            in_flight=int(sweep["in_flight"]),
+            rate=sweep.get("renew_rate", 0.0),
+        )
         renew_s = time.perf_counter() - t
         # the hot path keeps adding events: drained when PostgreSQL shows every renewal
         while await service.pool.fetchval(RENEWED, await service.now()) < renewed:
@@ -138,7 +143,7 @@ async def _renew_and_drain(
 
 
 def renewal_under_load(
-    database_url: str, redis_url: str, users: int, rate: float, connections: int, **sweep: int
+    database_url: str, redis_url: str, users: int, rate: float, connections: int, **sweep: float
 ) -> dict[str, Any]:
     """A gateway process (its flusher inside, as deployed) under `rate` debits/s of 1,000 known
     users: wrk's p50/p99 over 10 s before the renewal, then in 5-second windows while the
@@ -204,6 +209,9 @@ def main() -> int:
     parser.add_argument("--skip-alone", action="store_true", help="only beside the hot path")
     parser.add_argument("--per-call", type=int, default=100, help="users a script call")
     parser.add_argument("--in-flight", type=int, default=2, help="script calls at once")
+    parser.add_argument(
+        "--renew-rate", type=float, default=0, help="METERING_RENEW_RATE (users/s; 0: unpaced)"
+    )
     args = parser.parse_args()
     pg, rd = PrivatePostgres(durable=True), PrivateRedis()
     pg.start()
@@ -222,6 +230,7 @@ def main() -> int:
                 args.connections,
                 per_call=args.per_call,
                 in_flight=args.in_flight,
+                renew_rate=args.renew_rate,
             )
             print("renewal beside the hot path:", json.dumps(loaded), flush=True)
     finally:
