@@ -13,6 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.credits.keys import Keys, shard_of
+from gateway.flusher.flush import Flusher
 from persistence import ledger
 from tests.books import assert_books_balance
 from tests.conftest import Client
@@ -20,12 +21,14 @@ from tests.conftest import Client
 USER = "lk"
 
 
-async def _debits(client: Client, n: int) -> None:
+async def _pending(client: Client, keys: Keys, n: int) -> tuple[Flusher, int]:
+    """n debits of USER waiting in Redis; the app's flusher and USER's shard."""
     for i in range(n):
         r = await client.post(
             "/api/v1/credits/debit", json={"user_id": USER, "amount": "0.01", "request_id": f"{i}"}
         )
         assert r.status_code == 200
+    return client.app.state.services.flusher, shard_of(USER, keys.shards)
 
 
 async def _usage(pool: asyncpg.Pool) -> int:
@@ -38,9 +41,7 @@ async def _usage(pool: asyncpg.Pool) -> int:
 async def test_a_flush_waits_for_the_cold_paths_of_its_shard(
     client: Client, pool: asyncpg.Pool, redis: Redis, keys: Keys
 ) -> None:
-    await _debits(client, 3)
-    flusher = client.app.state.services.flusher
-    shard = shard_of(USER, keys.shards)
+    flusher, shard = await _pending(client, keys, 3)
     async with pool.acquire() as load, load.transaction():
         await ledger.wait_for_flush(load, [keys.stream(shard)])  # as a cold path holds it
         flushing = asyncio.ensure_future(flusher.flush_shard(shard))
@@ -55,9 +56,7 @@ async def test_a_flush_waits_for_the_cold_paths_of_its_shard(
 async def test_a_shard_another_flusher_holds_is_skipped_at_once(
     client: Client, pool: asyncpg.Pool, redis: Redis, keys: Keys
 ) -> None:
-    await _debits(client, 2)
-    flusher = client.app.state.services.flusher
-    shard = shard_of(USER, keys.shards)
+    flusher, shard = await _pending(client, keys, 2)
     async with pool.acquire() as other, other.transaction():
         assert await ledger.try_flush_lock(other, keys.stream(shard))
         stats = await asyncio.wait_for(flusher.flush_shard(shard), 2)
@@ -74,10 +73,8 @@ async def test_a_wait_past_the_bound_leaves_the_shard_for_the_next_flush(
     keys: Keys,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    await _debits(client, 2)
+    flusher, shard = await _pending(client, keys, 2)
     monkeypatch.setattr(ledger, "LOCK_WAIT_MS", 200)
-    flusher = client.app.state.services.flusher
-    shard = shard_of(USER, keys.shards)
     async with pool.acquire() as load, load.transaction():
         await ledger.wait_for_flush(load, [keys.stream(shard)])
         stats = await asyncio.wait_for(flusher.flush_shard(shard), 5)

@@ -267,7 +267,7 @@ async def test_a_paced_run_spaces_its_calls_to_the_rate(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """METERING_RENEW_RATE: each call waits until the users before it fit the rate (the waits
-    are recorded, not slept: the test measures no time), and every user is still renewed once."""
+    are recorded, not slept), and every user is still renewed once."""
     waits: list[float] = []
 
     async def sleep(seconds: float) -> None:
