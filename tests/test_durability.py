@@ -59,7 +59,7 @@ def test_the_mode_follows_the_topology_unless_set() -> None:
     env = {"METERING_REDIS_URL": "redis+cluster://a:1", "METERING_REDIS_DURABILITY": "primary"}
     assert durability(settings_from_env(env)) == "primary"
     for bad, says in (
-        ({"METERING_REDIS_DURABILITY": "quorum"}, "redis_durability"),
+        ({"METERING_REDIS_DURABILITY": "quorum"}, "at METERING_REDIS_DURABILITY"),
         ({"METERING_REDIS_WAIT_REPLICAS": "0"}, "METERING_REDIS_WAIT_REPLICAS must be >= 1"),
         ({"METERING_REDIS_WAIT_MS": "2000"}, "below METERING_REDIS_TIMEOUT"),
     ):
