@@ -7,13 +7,16 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
+from typing import Any
 
 import asyncpg
 import pytest
 from redis.asyncio import Redis
 
 from gateway.base.settings import Settings
-from gateway.credits.keys import Keys
+from gateway.credits.keys import Keys, shard_of
+from gateway.ops import reconcile as reconcile_module
 from gateway.ops.reconcile import reconcile
 from tests.conftest import BACKENDS, Client
 
@@ -220,3 +223,41 @@ async def test_repair_brings_drifted_users_back_to_their_ledger(
     ]
     assert {a["actor"] for a in audit} == {f"cli:{getpass.getuser()}"}
     assert run_reconcile(settings).returncode == 0
+
+
+async def test_redis_counts_its_users_and_only_a_shard_that_differs_is_read_back(
+    client: Client,
+    pool: asyncpg.Pool,
+    redis: Redis,
+    keys: Keys,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The users Redis holds are counted inside Redis, by shard (count_users.lua), holds,
+    idempotency buckets and streams left out; the keys of a shard are read back and looked up
+    in PostgreSQL only where that count differs from the users the comparison found there."""
+    users = [f"n{i}" for i in range(24)]
+    for user in users:
+        r = await client.post(
+            "/api/v1/credits/debit", json={"user_id": user, "amount": "0.5", "request_id": "r"}
+        )
+        assert r.status_code == 200
+    await client.app.state.services.flusher.flush()
+    expected = Counter(shard_of(u, keys.shards) for u in users)
+    assert await reconcile_module._count_users(redis, keys) == expected
+    read_back: list[int] = []
+    lookup = reconcile_module._redis_only
+
+    async def recorded(*args: Any) -> None:
+        read_back.append(args[-1])
+        await lookup(*args)
+
+    monkeypatch.setattr(reconcile_module, "_redis_only", recorded)
+    assert (await reconcile(redis, pool, keys)).ok
+    assert read_back == []  # every shard's count agrees: no key leaves Redis
+    await redis.hset(keys.user("ghost"), mapping={"bal": "0", "ver": "0"})
+    report = await reconcile(redis, pool, keys)
+    assert read_back == [shard_of("ghost", keys.shards)]
+    assert [(d.get("key"), d["problem"]) for d in report.drift] == [
+        (keys.user("ghost"), "in Redis but not in PostgreSQL")
+    ]
+    await redis.delete(keys.user("ghost"))

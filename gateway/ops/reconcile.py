@@ -11,7 +11,7 @@ or differ between the two, a negative balance, or a user present on one side onl
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
 from gateway.credits.block_text import parse_blocks
@@ -41,14 +42,17 @@ PAGE = 2000
 # PostgreSQL's aggregate of the blocks is most of reconcile's time, and one backend is one core
 PARTS = 2
 SCAN_COUNT = 10_000  # keys Redis walks a SCAN call (a tenth of the round trips of 1,000)
-# Redis's side of a page of users, one call a shard (gateway/ops/lua/books.lua)
+# Redis's side of a page of users, one call a shard (gateway/ops/lua/books.lua), and the count
+# of the user hashes Redis holds, by shard (count_users.lua)
 BOOKS = resources.files("gateway.ops").joinpath("lua", "books.lua").read_text()
+COUNT_USERS = resources.files("gateway.ops").joinpath("lua", "count_users.lua").read_text()
 SHOWN = 20  # summaries that differ from the ledger's rows, at most, of each kind (deep)
 
 
 @dataclass(slots=True)
 class Report:
     users: int = 0
+    held: Counter[int] = field(default_factory=Counter)  # users PostgreSQL has, found in Redis
     backlog: int = 0  # events still in Redis (a non-zero backlog makes version gaps expected)
     drift: list[dict[str, object]] = field(default_factory=list)
 
@@ -74,17 +78,24 @@ async def reconcile(redis: Redis, pool: asyncpg.Pool, keys: Keys, deep: bool = F
     books = redis.register_script(BOOKS)
     settled = "1" if report.backlog == 0 else "0"
     parts = max(1, min(PARTS, pool.get_max_size() - 1))  # one connection for _redis_only
-    tasks = [
+    counting = asyncio.ensure_future(_count_users(redis, keys))
+    tasks: list[asyncio.Future[Any]] = [
         asyncio.ensure_future(_compare_part(report, pool, keys, books, settled, p, parts))
         for p in range(parts)
     ]
-    tasks.append(asyncio.ensure_future(_redis_only(redis, pool, keys, report)))
+    tasks.append(counting)
     try:
         await asyncio.gather(*tasks)
     finally:  # one failed (PostgreSQL or Redis gone): the others stop too, before its error
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+    # a shard where Redis holds another number of users than the comparison found there may
+    # hold users PostgreSQL lacks: only its keys are read back and looked up
+    in_redis = counting.result()
+    for shard in sorted(set(in_redis) | set(report.held)):
+        if in_redis[shard] != report.held[shard]:
+            await _redis_only(redis, pool, keys, report, shard)
     if deep:
         for problem, found in [
             ("ledger total differs from the ledger", await ledger_totals_drift(pool, SHOWN)),
@@ -126,7 +137,7 @@ async def _compare_part(
             ]
             if comparing is not None:
                 await comparing
-            comparing = asyncio.ensure_future(_compare(report, list(by_shard.values()), calls))
+            comparing = asyncio.ensure_future(_compare(report, list(by_shard.items()), calls))
         if comparing is not None:
             await comparing
     finally:
@@ -134,9 +145,39 @@ async def _compare_part(
             comparing.cancel()
 
 
-async def _redis_only(redis: Redis, pool: asyncpg.Pool, keys: Keys, report: Report) -> None:
-    """Users Redis holds that PostgreSQL has no row for, looked up a page of keys at a time
-    (PostgreSQL answers only the ids it lacks)."""
+async def _count_users(redis: Redis, keys: Keys) -> Counter[int]:
+    """The user state hashes Redis holds, by shard, counted inside Redis (count_users.lua, a
+    SCAN step a call, on every primary of a Cluster): the keys never come to Python."""
+    nodes: list[Any] = [None]
+    if isinstance(redis, RedisCluster):
+        await redis.initialize()  # a client not used yet knows no nodes
+        nodes = list(redis.get_primaries())
+    counts: Counter[int] = Counter()
+    for node in nodes:
+        cursor = "0"
+        while True:
+            args = ("EVAL", COUNT_USERS, 0, cursor, keys.prefix, SCAN_COUNT)
+            if node is None:
+                step = await redis.execute_command(*args)  # type: ignore[no-untyped-call]
+            else:
+                step = await redis.execute_command(*args, target_nodes=node)  # type: ignore[no-untyped-call]
+                if isinstance(step, dict):
+                    (step,) = step.values()
+            for at in range(1, len(step), 2):
+                counts[int(step[at])] += int(step[at + 1])
+            cursor = str(step[0])
+            if cursor == "0":
+                break
+    return counts
+
+
+async def _redis_only(
+    redis: Redis, pool: asyncpg.Pool, keys: Keys, report: Report, shard: int
+) -> None:
+    """Users of a shard Redis holds that PostgreSQL has no row for, looked up a page of keys at
+    a time (PostgreSQL answers only the ids it lacks): only for a shard where Redis holds more
+    or fewer users than the comparison found there (users hydrated or dropped meanwhile also
+    bring a shard here, which this then reads exactly)."""
     page: dict[str, str] = {}
 
     async def look() -> None:
@@ -144,7 +185,7 @@ async def _redis_only(redis: Redis, pool: asyncpg.Pool, keys: Keys, report: Repo
             report.drift.append({"key": page[user], "problem": "in Redis but not in PostgreSQL"})
         page.clear()
 
-    match = f"{keys.prefix}:{{s*}}:u:*"
+    match = f"{keys.prefix}:{{s{shard}}}:u:*"
     async for key in redis.scan_iter(match=match, count=SCAN_COUNT, _type="HASH"):
         user = keys.user_id_of(key)
         if user is not None:
@@ -156,13 +197,17 @@ async def _redis_only(redis: Redis, pool: asyncpg.Pool, keys: Keys, report: Repo
 
 
 async def _compare(
-    report: Report, groups: list[list[BooksRow]], calls: Sequence[Awaitable[list[Any]]]
+    report: Report,
+    groups: list[tuple[int, list[BooksRow]]],
+    calls: Sequence[Awaitable[list[Any]]],
 ) -> None:
     """A page's books.lua calls, one a shard, all at once (a Cluster pipeline refuses scripts);
-    each answers only the users whose figures may differ, which are then checked here."""
+    each answers how many of the users Redis holds, then only the users whose figures may
+    differ, which are then checked here."""
     answers = await asyncio.gather(*calls)
-    for group, found in zip(groups, answers, strict=True):
-        for at in range(0, len(found), 4):
+    for (shard, group), found in zip(groups, answers, strict=True):
+        report.held[shard] += int(found[0])
+        for at in range(1, len(found), 4):
             row = user_books(group[int(found[at]) - 1])
             bal, ver, blks = (v or None for v in found[at + 1 : at + 4])
             _check(report, row, bal, ver)

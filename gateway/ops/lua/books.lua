@@ -7,8 +7,8 @@
 -- ARGV[2] the users' PostgreSQL figures, a line each in KEYS' order (one argument, not one a
 --   user: packing them is half of reconcile's Python): balance, version and open blocks
 --   ('id:micro' joined by ',', '~' when it has none), joined by '|'
--- Returns, for each user Redis holds that is suspect, {i, bal, ver, blks} (false when a field
--- is absent), flattened: a negative balance; with ARGV[1] '1', a balance or version that
+-- Returns how many of the users Redis holds, then, for each of them that is suspect,
+-- {i, bal, ver, blks} (false when a field is absent), flattened: a negative balance; with ARGV[1] '1', a balance or version that
 -- differs; blocks that do not sum to the balance; with ARGV[1] '1' and blocks in PostgreSQL,
 -- blocks that differ in their ids or remainders. Python words the drift (_check, _check_blocks).
 local settled = ARGV[1] == '1'
@@ -21,11 +21,12 @@ for line in gmatch(ARGV[2], '[^\n]+') do
   nf = nf + 1
   figures[nf] = line
 end
-local out, no = {}, 0
+local out, no, held = {0}, 1, 0
 for i = 1, #KEYS do
   local v = call('HMGET', KEYS[i], 'bal', 'ver', 'blks')
   local bal, ver, blks = v[1], v[2], v[3]
   if bal then
+    held = held + 1
     local pbal, pver, pblocks = match(figures[i], '^([^|]*)|([^|]*)|(.*)$')
     local odd = tonumber(bal) < 0 or (settled and (bal ~= pbal or (ver or '0') ~= pver))
     if not odd and blks and not find(blks, ',', 1, true) then
@@ -61,4 +62,5 @@ for i = 1, #KEYS do
     end
   end
 end
+out[1] = held
 return out
