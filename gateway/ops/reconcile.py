@@ -77,7 +77,7 @@ async def reconcile(redis: Redis, pool: asyncpg.Pool, keys: Keys, deep: bool = F
         report.backlog = sum(int(n) for n in await pipe.execute())
     books = redis.register_script(BOOKS)
     settled = "1" if report.backlog == 0 else "0"
-    parts = max(1, min(PARTS, pool.get_max_size() - 1))  # one connection for _redis_only
+    parts = max(1, min(PARTS, pool.get_max_size() - 1))  # one left for the key lookups
     counting = asyncio.ensure_future(_count_users(redis, keys))
     tasks: list[asyncio.Future[Any]] = [
         asyncio.ensure_future(_compare_part(report, pool, keys, books, settled, p, parts))

@@ -8,7 +8,8 @@
 --   user: packing them is half of reconcile's Python): balance, version and open blocks
 --   ('id:micro' joined by ',', '~' when it has none), joined by '|'
 -- Returns how many of the users Redis holds, then, for each of them that is suspect,
--- {i, bal, ver, blks} (false when a field is absent), flattened: a negative balance; with ARGV[1] '1', a balance or version that
+-- {i, bal, ver, blks} (false when a field is absent), flattened: a negative balance; with
+-- ARGV[1] '1', a balance or version that
 -- differs; blocks that do not sum to the balance; with ARGV[1] '1' and blocks in PostgreSQL,
 -- blocks that differ in their ids or remainders. Python words the drift (_check, _check_blocks).
 local settled = ARGV[1] == '1'
